@@ -1,0 +1,1 @@
+"""Datasets: JSONL writing, TFDS/ArrayRecord builders, grain pipelines, tokenizers."""

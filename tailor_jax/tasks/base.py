@@ -1,0 +1,95 @@
+"""The task interface every reasoning task implements.
+
+A task turns a seed into structured records (plain JSON-able dicts), re-derives the ground
+truth from a record with an independent solver, renders the question and a canonical
+step-by-step solution, and parses/grades model answers. Prompt rendering and the reward
+functions are shared (see `prompt.py` and `rewards.py`) and only call the hooks below.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+from tailor_jax.errors import TailorError
+from tailor_jax.tasks import prompt as prompt_lib
+from tailor_jax.tasks import rewards as rewards_lib
+
+
+class Task(abc.ABC):
+    """A verifiable reasoning task. Subclasses are configured by keyword options."""
+
+    name: ClassVar[str]
+
+    # --- data -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def generate(self, num: int, seed: int) -> Iterator[dict]:
+        """Yield `num` records, deterministic in `seed` (raises TailorError if it cannot)."""
+
+    @abc.abstractmethod
+    def solve(self, record: dict) -> Any:
+        """Re-derive the answer from the structured record (independent of the generator)."""
+
+    @abc.abstractmethod
+    def difficulty(self, record: dict) -> int:
+        """The record's difficulty level (KK: people, iGSM: op, GF: steps)."""
+
+    # --- text -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def question(self, record: dict) -> str:
+        """The problem statement shown to the model (no answer-format instructions)."""
+
+    @abc.abstractmethod
+    def solution_trace(self, record: dict) -> str:
+        """The canonical rule-based chain of thought (the text inside <think>...</think>)."""
+
+    @abc.abstractmethod
+    def format_answer(self, answer: Any) -> str:
+        """Answer in the text form expected inside <answer>...</answer>."""
+
+    @abc.abstractmethod
+    def parse_answer(self, text: str, record: dict) -> Any | None:
+        """Parse an answer string (the inside of <answer> or \\boxed{}); None if unparsable.
+
+        Must never raise and never evaluate the text.
+        """
+
+    # --- derived, shared by all tasks ---------------------------------------------------
+    def answer(self, record: dict) -> Any:
+        """The stored ground-truth answer of a record."""
+        return record["answer"]
+
+    def is_correct(self, record: dict, answer: Any) -> bool:
+        return answer is not None and answer == self.answer(record)
+
+    def target(self, record: dict, trace: str | None = None) -> str:
+        """A full assistant completion: <think>trace</think> then <answer>...</answer>."""
+        trace = self.solution_trace(record) if trace is None else trace
+        return prompt_lib.format_completion(trace, self.format_answer(self.answer(record)))
+
+    def prompt(self, record: dict, *, style: str = "plain", think_prefill: bool = False):
+        return prompt_lib.render_prompt(self.question(record), style=style, think_prefill=think_prefill)
+
+    def reward(self, fn: str, record: dict, completion: str, *, finished: bool = True) -> float:
+        """Score a completion (the full assistant text, including any prefill)."""
+        parse = lambda s: self.parse_answer(s, record)  # noqa: E731
+        check = lambda a: self.is_correct(record, a)  # noqa: E731
+        return rewards_lib.score(fn, completion, parse=parse, check=check, finished=finished)
+
+
+def parse_level_range(value: int | str | tuple | list, name: str, lo: int, hi: int) -> tuple[int, int]:
+    """Parse a difficulty option given as an int, "k", "lo-hi" or (lo, hi), within [lo, hi]."""
+    try:
+        if isinstance(value, (tuple, list)) and len(value) == 2:
+            a, b = int(value[0]), int(value[1])
+        elif isinstance(value, str) and "-" in value.strip()[1:]:
+            left, right = value.strip().split("-", 1)
+            a, b = int(left), int(right)
+        else:
+            a = b = int(value)
+    except (TypeError, ValueError):
+        raise TailorError(f"{name} must be an integer or a range such as {lo}-{hi}, got {value!r}") from None
+    if not lo <= a <= b <= hi:
+        raise TailorError(f"{name} must lie in {lo}..{hi} (as k or lo-hi with lo <= hi), got {value!r}")
+    return a, b
