@@ -1,0 +1,408 @@
+"""GF(p) operation chains: our reconstruction of the "Select and Improve" arithmetic task.
+
+A chain v0 -op1-> v1 -> ... -opk-> vk over GF(p) (p = 11 or 13), each op one of `+c`, `-c`,
+`*c` with c != 0. Numerals are written as two-letter syllables through a seeded bijection,
+so pretrained arithmetic does not help. Two kinds of problem:
+
+- `evaluation`: v0 is given, the answer is vk (the unknown output is called `y`);
+- `inversion`: vk is given, the answer is v0 (the unknown input is called `x`).
+
+Two trace renderers (pure functions over a record):
+
+- `forward_trace` walks the chain in its natural direction: numerically on evaluation,
+  carrying x as an affine map `a*x+b` on inversion and solving at the end;
+- `backward_trace` walks it from the far end: undoing each op numerically on inversion,
+  carrying y as an affine map through the inverse ops on evaluation and solving at the end.
+
+Trace grammar (one line per step, symbols only, no digits; see docs/tasks-gf.md):
+
+    num_step   := SYM OP SYM "=" SYM          ka + mo = ri
+    map_step   := MAP OP SYM "=" MAP          bo*x+da * mo = mo*x+da
+    inv_fact   := "inv" SYM "=" SYM           inv su = ko
+    equation   := MAP "=" SYM                 mo*x+ri = te
+    conclusion := VAR "=" SYM                 x = ko
+    MAP := SYM "*" VAR "+" SYM ;  VAR := "x" | "y" ;  OP := "+" | "-" | "*"
+
+Tokens are separated by single spaces; a MAP is one token.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Iterator
+
+import numpy as np
+
+from tailor_jax.errors import TailorError
+from tailor_jax.tasks.base import Task, parse_level_range
+from tailor_jax.tasks.prompt import format_completion
+
+PRIMES = (11, 13)
+KINDS = ("evaluation", "inversion")
+STRATEGIES = ("forward", "backward", "mixed")
+OPS = ("+", "-", "*")
+MIN_STEPS, MAX_STEPS = 1, 32
+CONSONANTS = "bdfgklmnprstvz"
+VOWELS = "aeiou"
+SYLLABLES = tuple(c + v for c in CONSONANTS for v in VOWELS)  # 70 two-letter symbols
+
+# Distinct problems sampled per requested record before the generator gives up: small
+# (p, k) spaces run out of distinct problems, and then we say so instead of looping.
+MAX_DRAWS_PER_RECORD = 50
+
+
+# --- field arithmetic -------------------------------------------------------------------
+def inverse(a: int, p: int) -> int:
+    """Multiplicative inverse of a non-zero element of GF(p)."""
+    if a % p == 0:
+        raise ValueError("0 has no multiplicative inverse")
+    return pow(a, p - 2, p)
+
+
+def apply_op(op: str, value: int, c: int, p: int) -> int:
+    if op == "+":
+        return (value + c) % p
+    if op == "-":
+        return (value - c) % p
+    if op == "*":
+        return (value * c) % p
+    raise ValueError(f"unknown op {op!r}")
+
+
+def undo_op(op: str, value: int, c: int, p: int) -> int:
+    """The v with apply_op(op, v, c) == value."""
+    if op == "+":
+        return (value - c) % p
+    if op == "-":
+        return (value + c) % p
+    if op == "*":
+        return (value * inverse(c, p)) % p
+    raise ValueError(f"unknown op {op!r}")
+
+
+def run_chain(ops: list, v0: int, p: int) -> int:
+    value = v0
+    for op, c in ops:
+        value = apply_op(op, value, c, p)
+    return value
+
+
+def unrun_chain(ops: list, vk: int, p: int) -> int:
+    value = vk
+    for op, c in reversed(ops):
+        value = undo_op(op, value, c, p)
+    return value
+
+
+# --- symbols -----------------------------------------------------------------------------
+def symbol_table(p: int, symbol_seed: int = 0) -> dict[str, str]:
+    """A seeded bijection {str(integer): syllable} over 0..p-1 (string keys, as in JSON)."""
+    rng = np.random.default_rng([symbol_seed, p])
+    chosen = rng.choice(len(SYLLABLES), size=p, replace=False)
+    return {str(i): SYLLABLES[j] for i, j in enumerate(chosen)}
+
+
+def _sym(record: dict, value: int) -> str:
+    return record["symbols"][str(value)]
+
+
+def _map(record: dict, a: int, var: str, b: int) -> str:
+    return f"{_sym(record, a)}*{var}+{_sym(record, b)}"
+
+
+def _chain_values(record: dict) -> tuple[int, int]:
+    """(v0, vk) of a record."""
+    if record["kind"] == "evaluation":
+        return record["given"], record["answer"]
+    return record["answer"], record["given"]
+
+
+# --- renderers (pure) --------------------------------------------------------------------
+def render_question(record: dict) -> str:
+    ops = ", ".join(f"{op} {_sym(record, c)}" for op, c in record["ops"])
+    field = f"GF({record['p']})"
+    if record["kind"] == "evaluation":
+        return f"In {field}, start from {_sym(record, record['given'])} and apply {ops} in order. What is the result y?"
+    return f"In {field}, an unknown x becomes {_sym(record, record['given'])} after applying {ops} in order. What is x?"
+
+
+def _solve_lines(record: dict, var: str, a: int, b: int, known: int) -> list[str]:
+    """Lines that solve a*var + b = known for var; returns them ending with the conclusion."""
+    p = record["p"]
+    diff = (known - b) % p
+    a_inv = inverse(a, p)
+    value = (diff * a_inv) % p
+    s = lambda v: _sym(record, v)  # noqa: E731
+    return [
+        f"{_map(record, a, var, b)} = {s(known)}",
+        f"{s(known)} - {s(b)} = {s(diff)}",
+        f"inv {s(a)} = {s(a_inv)}",
+        f"{s(diff)} * {s(a_inv)} = {s(value)}",
+        f"{var} = {s(value)}",
+    ]
+
+
+def _numeric_walk(record: dict, start: int, steps: list[tuple[str, int]]) -> tuple[list[str], int]:
+    """Apply (op, c) steps numerically, one line each."""
+    p = record["p"]
+    s = lambda v: _sym(record, v)  # noqa: E731
+    lines, value = [], start
+    for op, c in steps:
+        new = apply_op(op, value, c, p)
+        lines.append(f"{s(value)} {op} {s(c)} = {s(new)}")
+        value = new
+    return lines, value
+
+
+def _affine_walk(record: dict, var: str, steps: list[tuple[str, int]]) -> tuple[list[str], int, int]:
+    """Carry var as a*var+b through (op, c) steps, one line each."""
+    p = record["p"]
+    lines, a, b = [], 1, 0
+    for op, c in steps:
+        if op == "*":
+            new_a, new_b = (a * c) % p, (b * c) % p
+        else:
+            new_a, new_b = a, apply_op(op, b, c, p)
+        lines.append(f"{_map(record, a, var, b)} {op} {_sym(record, c)} = {_map(record, new_a, var, new_b)}")
+        a, b = new_a, new_b
+    return lines, a, b
+
+
+def _undo_steps(record: dict) -> list[tuple[str, int]]:
+    """The inverse ops, last op first (`*c` becomes `*` by the inverse of c)."""
+    p = record["p"]
+    flip = {"+": "-", "-": "+"}
+    return [("*", inverse(c, p)) if op == "*" else (flip[op], c) for op, c in reversed(record["ops"])]
+
+
+def _with_inv_facts(record: dict, body: list[str]) -> list[str]:
+    """Put `inv c = c'` right before each step that undoes a multiplication by c."""
+    out: list[str] = []
+    for line, (op, c) in zip(body, reversed(record["ops"])):
+        if op == "*":
+            out.append(f"inv {_sym(record, c)} = {_sym(record, inverse(c, record['p']))}")
+        out.append(line)
+    return out
+
+
+def forward_trace(record: dict) -> str:
+    ops = [(op, c) for op, c in record["ops"]]
+    if record["kind"] == "evaluation":
+        lines, value = _numeric_walk(record, record["given"], ops)
+        lines.append(f"y = {_sym(record, value)}")
+        return "\n".join(lines)
+    lines, a, b = _affine_walk(record, "x", ops)
+    return "\n".join(lines + _solve_lines(record, "x", a, b, record["given"]))
+
+
+def backward_trace(record: dict) -> str:
+    steps = _undo_steps(record)
+    if record["kind"] == "inversion":
+        body, value = _numeric_walk(record, record["given"], steps)
+        lines = _with_inv_facts(record, body)
+        lines.append(f"x = {_sym(record, value)}")
+        return "\n".join(lines)
+    body, a, b = _affine_walk(record, "y", steps)
+    lines = _with_inv_facts(record, body)
+    return "\n".join(lines + _solve_lines(record, "y", a, b, record["given"]))
+
+
+RENDERERS = {"forward": forward_trace, "backward": backward_trace}
+
+
+def mixed_strategy(record: dict) -> str:
+    """The renderer `mixed` uses for a record: a fixed function of the record id."""
+    return ("forward", "backward")[zlib.crc32(str(record["id"]).encode()) % 2]
+
+
+# --- step checker --------------------------------------------------------------------------
+_SYM = r"([a-z]{2})"
+_MAP = _SYM + r"\*([xy])\+" + _SYM
+_OP = r"([-+*])"
+_LINE_FORMS = {
+    "num_step": re.compile(rf"^{_SYM} {_OP} {_SYM} = {_SYM}$"),
+    "map_step": re.compile(rf"^{_MAP} {_OP} {_SYM} = {_MAP}$"),
+    "inv_fact": re.compile(rf"^inv {_SYM} = {_SYM}$"),
+    "equation": re.compile(rf"^{_MAP} = {_SYM}$"),
+    "conclusion": re.compile(r"^([xy]) = " + _SYM + "$"),
+}
+
+
+def check_trace(record: dict, trace: str) -> list[str]:
+    """Check every line of a trace against the field arithmetic of `record`.
+
+    Returns one message per bad line (empty list = every line is well formed and right).
+    Numeric steps and `inv` facts are checked as arithmetic; map steps as affine-map algebra;
+    an equation `a*v+b = s` and a conclusion `v = s` must hold for the record's true value of
+    v (x = v0, y = vk). Chain continuity between lines is not checked. Never raises.
+    """
+    try:
+        p = int(record["p"])
+        value_of = {sym: int(i) for i, sym in record["symbols"].items()}
+        v0, vk = _chain_values(record)
+        var_value = {"x": int(v0), "y": int(vk)}
+    except Exception as err:  # a malformed record is reported, not raised
+        return [f"record is malformed: {err!r}"]
+    if not isinstance(trace, str) or not trace.strip():
+        return ["trace is empty"]
+    errors = []
+    for lineno, raw in enumerate(trace.strip().split("\n"), 1):
+        line = raw.strip()
+        problem = _check_line(line, p, value_of, var_value)
+        if problem:
+            errors.append(f"line {lineno} {line!r}: {problem}")
+    return errors
+
+
+def _check_line(line: str, p: int, value_of: dict[str, int], var_value: dict[str, int]) -> str | None:
+    for form, pattern in _LINE_FORMS.items():
+        match = pattern.match(line)
+        if match:
+            break
+    else:
+        return "not a step of the trace grammar"
+    groups = match.groups()
+    syms = [g for g in groups if len(g) == 2]
+    unknown = [s for s in syms if s not in value_of]
+    if unknown:
+        return f"unknown symbol {unknown[0]!r}"
+    v = lambda s: value_of[s]  # noqa: E731
+    if form == "num_step":
+        left, op, c, right = groups
+        return None if apply_op(op, v(left), v(c), p) == v(right) else "wrong arithmetic"
+    if form == "inv_fact":
+        a, a_inv = groups
+        return None if (v(a) * v(a_inv)) % p == 1 else "not the inverse"
+    if form == "map_step":
+        a, var, b, op, c, a2, var2, b2 = groups
+        if var != var2:
+            return "variable changes within the line"
+        if op == "*":
+            want = ((v(a) * v(c)) % p, (v(b) * v(c)) % p)
+        else:
+            want = (v(a), apply_op(op, v(b), v(c), p))
+        return None if want == (v(a2), v(b2)) else "wrong map arithmetic"
+    if form == "equation":
+        a, var, b, known = groups
+        ok = (v(a) * var_value[var] + v(b)) % p == v(known)
+        return None if ok else "equation does not hold"
+    var, s = groups
+    return None if var_value[var] == v(s) else "wrong value"
+
+
+# --- the task ----------------------------------------------------------------------------
+class GFChain(Task):
+    """GF(p) chains. Options: p (11|13), kind, steps (k or "lo-hi"), strategy, symbol_seed."""
+
+    name = "gf"
+
+    def __init__(
+        self,
+        p: int | str = 11,
+        kind: str = "both",
+        steps: int | str | tuple = "2-5",
+        strategy: str = "forward",
+        symbol_seed: int | str = 0,
+    ):
+        try:
+            p = int(p)
+        except (TypeError, ValueError):
+            raise TailorError(f"gf p must be 11 or 13, got {p!r}") from None
+        if p not in PRIMES:
+            raise TailorError(f"gf p must be 11 or 13, got {p}")
+        if kind not in (*KINDS, "both"):
+            raise TailorError(f"gf kind must be evaluation, inversion or both, got {kind!r}")
+        if strategy not in STRATEGIES:
+            raise TailorError(f"gf strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+        try:
+            symbol_seed = int(symbol_seed)
+        except (TypeError, ValueError):
+            raise TailorError(f"gf symbol_seed must be a non-negative integer, got {symbol_seed!r}") from None
+        if symbol_seed < 0:
+            raise TailorError(f"gf symbol_seed must be a non-negative integer, got {symbol_seed}")
+        self.p = p
+        self.kinds = KINDS if kind == "both" else (kind,)
+        self.steps = parse_level_range(steps, "gf steps", MIN_STEPS, MAX_STEPS)
+        self.strategy = strategy
+        self.symbol_seed = symbol_seed
+        self.symbols = symbol_table(p, symbol_seed)
+
+    # --- data -------------------------------------------------------------------------
+    def generate(self, num: int, seed: int) -> Iterator[dict]:
+        """Yield `num` distinct problems (no repeated kind/ops/given) from one seeded stream."""
+        rng = np.random.default_rng(seed)
+        p, (lo, hi) = self.p, self.steps
+        seen: set = set()
+        draws = 0
+        while len(seen) < num:
+            draws += 1
+            if draws > MAX_DRAWS_PER_RECORD * num:
+                raise TailorError(
+                    f"gf found only {len(seen)} distinct problems for p={p}, steps={lo}-{hi} in {draws - 1} "
+                    f"draws; ask for fewer problems or longer chains"
+                )
+            kind = self.kinds[int(rng.integers(len(self.kinds)))]
+            k = int(rng.integers(lo, hi + 1))
+            op_index = rng.integers(0, len(OPS), size=k)
+            consts = rng.integers(1, p, size=k)
+            v0 = int(rng.integers(0, p))
+            ops = [[OPS[i], int(c)] for i, c in zip(op_index, consts)]
+            vk = run_chain(ops, v0, p)
+            given, answer = (v0, vk) if kind == "evaluation" else (vk, v0)
+            key = (kind, given, tuple(map(tuple, ops)))
+            if key in seen:
+                continue
+            seen.add(key)
+            record = {
+                "task": "gf",
+                "id": f"gf-p{p}-s{seed}-{len(seen) - 1}",
+                "p": p,
+                "kind": kind,
+                "k": k,
+                "ops": ops,
+                "given": given,
+                "answer": answer,
+                "question": "",
+                "symbols": dict(self.symbols),
+            }
+            record["question"] = render_question(record)
+            yield record
+
+    def solve(self, record: dict) -> int:
+        p = record["p"]
+        if record["kind"] == "evaluation":
+            return run_chain(record["ops"], record["given"], p)
+        return unrun_chain(record["ops"], record["given"], p)
+
+    def difficulty(self, record: dict) -> int:
+        return len(record["ops"])
+
+    # --- text -------------------------------------------------------------------------
+    def question(self, record: dict) -> str:
+        return render_question(record)
+
+    def solution_trace(self, record: dict) -> str:
+        strategy = mixed_strategy(record) if self.strategy == "mixed" else self.strategy
+        return RENDERERS[strategy](record)
+
+    def format_answer(self, answer: int) -> str:
+        return self.symbols[str(answer)]
+
+    def parse_answer(self, text: str, record: dict) -> int | None:
+        try:
+            wanted = text.strip()
+            for value, symbol in record["symbols"].items():
+                if symbol == wanted:
+                    return int(value)
+        except Exception:
+            return None
+        return None
+
+    def target(self, record: dict, trace: str | None = None) -> str:
+        # The record's own symbol table (it may come from another symbol_seed).
+        trace = self.solution_trace(record) if trace is None else trace
+        return format_completion(trace, record["symbols"][str(record["answer"])])
+
+
+TASK_CLASS = GFChain
