@@ -1,0 +1,275 @@
+"""Flax NNX decoder for the Qwen2 / Llama 3 family, with a KV cache for decoding.
+
+Parameter layout (logical axes in brackets; HF weights are transposed/reshaped into it on load):
+  embed [vocab, embed], lm_head [embed, vocab] (untied only), final_norm [norm]
+  layers[i].attn: q_kernel [embed, q_heads, head_dim], k/v_kernel [embed, kv_heads, head_dim],
+                  o_kernel [q_heads, head_dim, embed], optional q/k/v_bias [heads, head_dim], o_bias [embed]
+  layers[i].mlp: gate_kernel, up_kernel [embed, mlp], down_kernel [mlp, embed]
+  layers[i].input_norm, post_attn_norm [norm]
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+
+from tailor_jax.errors import TailorError
+from tailor_jax.model.config import ModelConfig
+from tailor_jax.parallel.sharding import constrain
+
+_MASKED = float(np.finfo(np.float32).min)
+
+
+@struct.dataclass
+class KVCache:
+    """Keys/values of every layer for `max_len` slots; `index` is the next slot to write (same for all rows)."""
+
+    k: jax.Array  # [num_layers, batch, max_len, num_kv_heads, head_dim]
+    v: jax.Array
+    mask: jax.Array  # bool [batch, max_len]: slot holds a real (non-pad) token
+    index: jax.Array  # int32 scalar
+
+
+def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
+    """An empty cache (all slots invalid, index 0) in the compute dtype unless `dtype` is given."""
+    shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
+    dtype = config.compute_dtype if dtype is None else dtype
+    return KVCache(
+        k=jnp.zeros(shape, dtype),
+        v=jnp.zeros(shape, dtype),
+        mask=jnp.zeros((batch, max_len), jnp.bool_),
+        index=jnp.zeros((), jnp.int32),
+    )
+
+
+def rope_inv_freq(config: ModelConfig) -> np.ndarray:
+    """Rotary inverse frequencies [head_dim // 2] (float32), with Llama-3 / linear scaling if configured."""
+    dim = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+    scaling = config.rope_scaling or {}
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "default":
+        return inv_freq.astype(np.float32)
+    if kind == "linear":
+        return (inv_freq / scaling["factor"]).astype(np.float32)
+    if kind == "llama3":
+        factor = scaling["factor"]
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        old_len = scaling["original_max_position_embeddings"]
+        wavelen = 2 * np.pi / inv_freq
+        scaled = np.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        return np.where(medium, smoothed, scaled).astype(np.float32)
+    raise TailorError(f"unsupported rope_scaling type {kind!r}: supported are default, linear, llama3")
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate halves of the last axis of x [B, T, N, D] by cos/sin [B, T, D/2] (HF `rotate_half` layout)."""
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    cos, sin = cos[:, :, None, :].astype(x.dtype), sin[:, :, None, :].astype(x.dtype)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def _param(rngs: nnx.Rngs, shape: tuple[int, ...], fan_in: int | None, dtype, axes: tuple[str, ...]) -> nnx.Param:
+    """Normal init with std 1/sqrt(fan_in) (zeros when fan_in is None), tagged with logical axes."""
+    if fan_in is None:
+        value = jnp.zeros(shape, dtype)
+    else:
+        value = (jax.random.normal(rngs.params(), shape, jnp.float32) / np.sqrt(fan_in)).astype(dtype)
+    return nnx.Param(value, logical_axes=axes)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, dtype):
+        self.eps = eps
+        self.scale = nnx.Param(jnp.ones((dim,), dtype), logical_axes=("norm",))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        xf = x.astype(jnp.float32)
+        normed = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        return normed.astype(x.dtype) * self.scale[...].astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+        h, nq, nkv, d = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
+        pd = config.params_dtype
+        self.q_kernel = _param(rngs, (h, nq, d), h, pd, ("embed", "q_heads", "head_dim"))
+        self.k_kernel = _param(rngs, (h, nkv, d), h, pd, ("embed", "kv_heads", "head_dim"))
+        self.v_kernel = _param(rngs, (h, nkv, d), h, pd, ("embed", "kv_heads", "head_dim"))
+        self.o_kernel = _param(rngs, (nq, d, h), nq * d, pd, ("q_heads", "head_dim", "embed"))
+        if config.attention_bias:
+            self.q_bias = _param(rngs, (nq, d), None, pd, ("q_heads", "head_dim"))
+            self.k_bias = _param(rngs, (nkv, d), None, pd, ("kv_heads", "head_dim"))
+            self.v_bias = _param(rngs, (nkv, d), None, pd, ("kv_heads", "head_dim"))
+        if config.attention_out_bias:
+            self.o_bias = _param(rngs, (h,), None, pd, ("embed",))
+        self.config = config
+
+    def _project(self, x: jax.Array, name: str, heads_axis: str) -> jax.Array:
+        dt = x.dtype
+        y = jnp.einsum("bth,hnd->btnd", x, getattr(self, f"{name}_kernel")[...].astype(dt))
+        if self.config.attention_bias:
+            y = y + getattr(self, f"{name}_bias")[...].astype(dt)
+        return constrain(y, ("batch", "length", heads_axis, None))
+
+    def __call__(
+        self,
+        x: jax.Array,  # [B, T, H] compute dtype
+        cos: jax.Array,
+        sin: jax.Array,
+        mask: jax.Array,  # bool [B, T, S]: query t may attend key slot s
+        cache: tuple[jax.Array, jax.Array, int, jax.Array] | None,  # (k_all, v_all, layer, index)
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        cfg = self.config
+        batch, length, _ = x.shape
+        q = apply_rope(self._project(x, "q", "act_heads"), cos, sin)
+        k = apply_rope(self._project(x, "k", "act_kv_heads"), cos, sin)
+        v = self._project(x, "v", "act_kv_heads")
+        new_cache = None
+        if cache is not None:
+            k_all, v_all, layer, index = cache
+            k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), (layer, 0, index, 0, 0))
+            v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), (layer, 0, index, 0, 0))
+            new_cache = (k_all, v_all)
+            k, v = k_all[layer].astype(x.dtype), v_all[layer].astype(x.dtype)
+        # Grouped-query attention without repeating K/V: queries become [B, T, Hkv, G, D].
+        groups = cfg.num_heads // cfg.num_kv_heads
+        q = q.reshape(batch, length, cfg.num_kv_heads, groups, cfg.head_dim)
+        scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+        scores = scores * (cfg.head_dim**-0.5)
+        scores = jnp.where(mask[:, None, None, :, :], scores, _MASKED)
+        probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(batch, length, cfg.num_heads, cfg.head_dim)
+        y = jnp.einsum("btnd,ndh->bth", out, self.o_kernel[...].astype(x.dtype))
+        if cfg.attention_out_bias:
+            y = y + self.o_bias[...].astype(x.dtype)
+        return y, new_cache
+
+
+class MLP(nnx.Module):
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+        h, f, pd = config.hidden_size, config.intermediate_size, config.params_dtype
+        self.gate_kernel = _param(rngs, (h, f), h, pd, ("embed", "mlp"))
+        self.up_kernel = _param(rngs, (h, f), h, pd, ("embed", "mlp"))
+        self.down_kernel = _param(rngs, (f, h), f, pd, ("mlp", "embed"))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dt = x.dtype
+        gate = jnp.einsum("bth,hf->btf", x, self.gate_kernel[...].astype(dt))
+        up = jnp.einsum("bth,hf->btf", x, self.up_kernel[...].astype(dt))
+        hidden = constrain(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
+        return jnp.einsum("btf,fh->bth", hidden, self.down_kernel[...].astype(dt))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+        pd = config.params_dtype
+        self.input_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, pd)
+        self.attn = Attention(config, rngs)
+        self.post_attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, pd)
+        self.mlp = MLP(config, rngs)
+
+    def __call__(self, x, cos, sin, mask, cache):
+        attn_out, new_cache = self.attn(self.input_norm(x), cos, sin, mask, cache)
+        x = constrain(x + attn_out, ("batch", "length", "act_embed"))
+        x = constrain(x + self.mlp(self.post_attn_norm(x)), ("batch", "length", "act_embed"))
+        return x, new_cache
+
+
+def _layer_no_cache(layer: DecoderLayer, x, cos, sin, mask):
+    return layer(x, cos, sin, mask, None)[0]
+
+
+class Transformer(nnx.Module):
+    """Decoder-only language model. See the module docstring for the parameter layout."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        pd = config.params_dtype
+        embed = jax.random.normal(rngs.params(), (config.vocab_size, config.hidden_size), jnp.float32) * 0.02
+        self.embed = nnx.Param(embed.astype(pd), logical_axes=("vocab", "embed"))
+        self.layers = nnx.List([DecoderLayer(config, rngs) for _ in range(config.num_layers)])
+        self.final_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, pd)
+        if not config.tie_word_embeddings:
+            self.lm_head = _param(rngs, (config.hidden_size, config.vocab_size), config.hidden_size, pd,
+                                  ("embed", "vocab"))
+
+    def __call__(
+        self,
+        tokens: jax.Array,
+        positions: jax.Array | None = None,
+        *,
+        attention_mask: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+        cache: KVCache | None = None,
+        return_hidden: bool = False,
+    ) -> tuple[jax.Array, KVCache | None]:
+        cfg = self.config
+        dt = cfg.compute_dtype
+        batch, length = tokens.shape
+        tokens = tokens.astype(jnp.int32)
+        valid = jnp.ones((batch, length), jnp.bool_) if attention_mask is None else attention_mask.astype(jnp.bool_)
+        start = jnp.zeros((), jnp.int32) if cache is None else cache.index
+        if positions is None:
+            positions = jnp.broadcast_to(start + jnp.arange(length, dtype=jnp.int32), (batch, length))
+
+        if cache is None:
+            causal = jnp.tril(jnp.ones((length, length), jnp.bool_))
+            mask = causal[None] & valid[:, None, :]
+            if segment_ids is not None:
+                same = segment_ids[:, :, None] == segment_ids[:, None, :]
+                mask = mask & same & (segment_ids[:, None, :] != 0)
+            slot_mask = None
+        else:
+            if segment_ids is not None:
+                raise TailorError("segment_ids (packed sequences) cannot be combined with a KV cache")
+            max_len = cache.mask.shape[1]
+            slot_mask = jax.lax.dynamic_update_slice(cache.mask, valid, (0, start))
+            slots = jnp.arange(max_len, dtype=jnp.int32)
+            causal = slots[None, :] <= start + jnp.arange(length, dtype=jnp.int32)[:, None]
+            mask = causal[None] & slot_mask[:, None, :]
+
+        inv_freq = jnp.asarray(rope_inv_freq(cfg))
+        angles = positions.astype(jnp.float32)[..., None] * inv_freq
+        cos, sin = jnp.cos(angles), jnp.sin(angles)
+
+        x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
+        x = constrain(x, ("batch", "length", "act_embed"))
+        k_all = v_all = None
+        if cache is not None:
+            k_all, v_all = cache.k, cache.v
+        for i, layer in enumerate(self.layers):
+            if cache is not None:
+                x, (k_all, v_all) = layer(x, cos, sin, mask, (k_all, v_all, i, start))
+            elif cfg.remat:
+                x = nnx.remat(_layer_no_cache)(layer, x, cos, sin, mask)
+            else:
+                x = _layer_no_cache(layer, x, cos, sin, mask)
+        hidden = self.final_norm(x)
+        new_cache = None
+        if cache is not None:
+            new_cache = KVCache(k=k_all, v=v_all, mask=slot_mask, index=start + length)
+        if return_hidden:
+            return hidden, new_cache
+        return self.logits(hidden), new_cache
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """float32 logits [B, T, V] from final-norm hidden states [B, T, H]."""
+        if self.config.tie_word_embeddings:
+            weight = self.embed[...].astype(hidden.dtype)
+            out = jnp.einsum("bth,vh->btv", hidden, weight, preferred_element_type=jnp.float32)
+        else:
+            weight = self.lm_head[...].astype(hidden.dtype)
+            out = jnp.einsum("bth,hv->btv", hidden, weight, preferred_element_type=jnp.float32)
+        return constrain(out, ("batch", "length", "act_vocab"))
+
+
+def token_logprobs(logits: jax.Array, targets: jax.Array, temperature: float = 1.0) -> jax.Array:
+    """log p(targets) under softmax(logits / temperature): logits [..., V] float, targets int [...]."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
+    return jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
