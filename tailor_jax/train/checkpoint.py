@@ -1,0 +1,434 @@
+"""Training checkpoints on top of Orbax: save, keep-N / best-N, resume, preemption.
+
+A checkpoint holds one `TrainCheckpoint`: the step (number of finished optimizer steps), the
+model parameters and the optimizer state (any pytrees of arrays, e.g. `nnx.State`), the RNG
+key (raw key data plus its implementation name), the data-iterator state and the resolved
+config (both JSON). Each is an Orbax item of one step directory:
+
+    <dir>/<step>/{params,opt_state,meta,data_state,config}/  +  tailor_manifest.json
+
+Completeness. Orbax writes a step under a temporary name and renames it when every item is
+written, so an interrupted save never looks like a checkpoint. When Orbax has finalized a
+step we "seal" it: `tailor_manifest.json` lists every file with its size. On resume a step
+whose manifest is missing, unreadable, or disagrees with the files (deleted or truncated
+files) is reported in one line and moved aside to `<step>.corrupt` (never deleted), and the
+previous checkpoint is used. A restore that fails for any other reason (e.g. the model no
+longer matches the checkpoint) raises TailorError and touches no file.
+
+Typical loop:
+
+    preemption = install_preemption_handler()
+    with Checkpointer(run_dir / "checkpoints", cfg.checkpoint) as checkpointer:
+        restored = checkpointer.restore_latest(TrainCheckpoint(0, abstract_params, abstract_opt))
+        start = restored.step if restored else 0
+        for step in range(start + 1, total_steps + 1):
+            ...  # one optimizer step
+            stop = preemption.requested
+            if checkpointer.should_save(step) or stop or step == total_steps:
+                checkpointer.save(TrainCheckpoint(step, params, opt_state, rng, data_state, cfg_dict))
+            if stop:
+                break
+    # leaving the `with` waits for asynchronous saves to be written
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+from orbax.checkpoint._src.checkpoint_managers import preservation_policy as preservation_lib
+
+from tailor_jax.config import CheckpointConfig
+from tailor_jax.errors import TailorError
+
+MANIFEST_NAME = "tailor_manifest.json"
+CORRUPT_SUFFIX = ".corrupt"
+ITEM_NAMES = ("params", "opt_state", "meta", "data_state", "config")
+_FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass
+class TrainCheckpoint:
+    """Everything needed to continue training exactly where it stopped.
+
+    As a restore target, `params`/`opt_state` give the structure, dtypes and shardings to restore
+    into (concrete arrays or `jax.ShapeDtypeStruct`s, e.g. from `nnx.eval_shape`); `opt_state`
+    None skips the optimizer state; `rng_key`, if an array, gives the sharding of the restored key.
+    """
+
+    step: int
+    params: Any
+    opt_state: Any = None
+    rng_key: jax.Array | None = None
+    data_state: dict | None = None
+    config: dict | None = None
+
+
+def abstract_like(tree: Any) -> Any:
+    """ShapeDtypeStructs (with the arrays' shardings) for a pytree of arrays: a restore target."""
+
+    def to_abstract(x):
+        if isinstance(x, jax.ShapeDtypeStruct):
+            return x
+        if isinstance(x, jax.Array):
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+        return jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
+
+    return jax.tree.map(to_abstract, tree)
+
+
+# --------------------------------------------------------------------------------------------
+# Manifests: the list of files (and sizes) of a finalized step.
+def _list_files(root: epath.Path) -> dict[str, int]:
+    files: dict[str, int] = {}
+    pending = [root]
+    while pending:
+        directory = pending.pop()
+        for child in directory.iterdir():
+            if child.is_dir():
+                pending.append(child)
+            elif child.name != MANIFEST_NAME:
+                files[str(child.relative_to(root))] = int(child.stat().length)
+    return files
+
+
+def write_manifest(step_dir: epath.Path) -> None:
+    """Seal a finalized step directory by recording the size of every file in it."""
+    manifest = {"format": _FORMAT_VERSION, "files": dict(sorted(_list_files(step_dir).items()))}
+    tmp = step_dir / (MANIFEST_NAME + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=0))
+    tmp.rename(step_dir / MANIFEST_NAME)
+
+
+def check_manifest(step_dir: epath.Path) -> str | None:
+    """None if the step directory matches its manifest, else a short description of the problem."""
+    path = step_dir / MANIFEST_NAME
+    if not path.exists():
+        return f"no {MANIFEST_NAME} (the save did not finish)"
+    try:
+        expected = json.loads(path.read_text())["files"]
+    except (ValueError, KeyError, TypeError):
+        return f"{MANIFEST_NAME} is unreadable"
+    actual = _list_files(step_dir)
+    for name, size in expected.items():
+        if name not in actual:
+            return f"file {name} is missing"
+        if actual[name] != size:
+            return f"file {name} has {actual[name]} bytes, expected {size}"
+    return None
+
+
+class _SealingCheckpointManager(ocp.CheckpointManager):
+    """Orbax's manager plus a manifest written as soon as a step is finalized.
+
+    `_finalize_checkpoint` runs (in the finalize thread for async saves) after every item is
+    committed and the step directory has its final name, and before old steps are deleted, so a
+    sealed newer step always exists before an older one disappears. Pinned to orbax 0.12.
+    """
+
+    def _finalize_checkpoint(self, step: int):
+        super()._finalize_checkpoint(step)
+        if jax.process_index() == 0:
+            step_dir = self._get_write_step_directory(step, self.directory)
+            if step_dir.exists():
+                write_manifest(step_dir)
+
+
+def _stderr(message: str) -> None:
+    print(f"tailor-jax: {message}", file=sys.stderr, flush=True)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
+
+
+# --------------------------------------------------------------------------------------------
+class Checkpointer:
+    """Save and restore `TrainCheckpoint`s in one directory (see the module docstring)."""
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        cfg: CheckpointConfig = CheckpointConfig(),
+        *,
+        log: Callable[[str], None] = _stderr,
+    ):
+        self.directory = epath.Path(directory)
+        self.cfg = cfg
+        self._log = log
+        policies: list[Any] = [preservation_lib.LatestN(n=cfg.keep)]
+        best_fn = None
+        if cfg.keep_best:
+            metric = cfg.best_metric
+            best_fn = lambda metrics: float(metrics[metric])  # noqa: E731
+            policies.append(
+                preservation_lib.BestN(
+                    get_metric_fn=best_fn,
+                    reverse=cfg.best_mode == "min",  # BestN keeps the last n after sorting
+                    n=cfg.keep_best,
+                    keep_checkpoints_without_metrics=False,
+                )
+            )
+        options = ocp.CheckpointManagerOptions(
+            enable_async_checkpointing=cfg.async_save,
+            preservation_policy=preservation_lib.AnyPreservationPolicy(policies),
+            best_fn=best_fn,  # also makes Orbax store the metrics next to each step
+            best_mode=cfg.best_mode,
+            create=True,
+        )
+        try:
+            self._manager = _SealingCheckpointManager(self.directory, options=options, item_names=ITEM_NAMES)
+        except (OSError, ValueError) as err:
+            raise TailorError(f"cannot open checkpoint directory {self.directory}: {_first_line(err)}") from None
+        self._report_partial_saves()
+
+    # --- context manager: always wait for pending asynchronous saves ---------------------
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def wait(self) -> None:
+        """Block until asynchronous saves are written (call before exiting)."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.close()
+
+    # --- queries -------------------------------------------------------------------------
+    def step_dir(self, step: int) -> epath.Path:
+        return self.directory / str(step)
+
+    def all_steps(self) -> list[int]:
+        """Steps Orbax considers finalized (not checked against their manifests)."""
+        return list(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        """The newest step whose files match its manifest (moves nothing)."""
+        self.wait()
+        for step in sorted(self.all_steps(), reverse=True):
+            if check_manifest(self.step_dir(step)) is None:
+                return step
+        return None
+
+    def best_step(self) -> int | None:
+        """The best kept step by `best_metric` (the latest step if keep_best is 0)."""
+        return self._manager.best_step()
+
+    def should_save(self, step: int) -> bool:
+        return step % self.cfg.every_steps == 0
+
+    # --- save ----------------------------------------------------------------------------
+    def save(self, checkpoint: TrainCheckpoint, *, metrics: dict[str, float] | None = None) -> bool:
+        """Start saving `checkpoint` (asynchronously if `async_save`); False if that step exists.
+
+        `metrics` ranks checkpoints for keep_best (it must then contain `best_metric`).
+        """
+        step = int(checkpoint.step)
+        if step < 0:
+            raise TailorError(f"checkpoint step must be >= 0, got {step}")
+        if step in self._manager.all_steps():
+            return False
+        if metrics is not None:
+            metrics = {name: float(value) for name, value in metrics.items()}
+            if self.cfg.keep_best and self.cfg.best_metric not in metrics:
+                raise TailorError(
+                    f"checkpoint metrics {sorted(metrics)} lack best_metric {self.cfg.best_metric!r}; "
+                    "pass it or change checkpoint.best_metric"
+                )
+        items: dict[str, Any] = {
+            "params": ocp.args.StandardSave(checkpoint.params),
+            "meta": ocp.args.JsonSave(
+                {"format": _FORMAT_VERSION, "step": step, "time": time.time(), "rng": _rng_to_json(checkpoint.rng_key)}
+            ),
+        }
+        if checkpoint.opt_state is not None:
+            items["opt_state"] = ocp.args.StandardSave(checkpoint.opt_state)
+        if checkpoint.data_state is not None:
+            items["data_state"] = ocp.args.JsonSave(checkpoint.data_state)
+        if checkpoint.config is not None:
+            items["config"] = ocp.args.JsonSave(checkpoint.config)
+        return bool(self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True))
+
+    # --- restore -------------------------------------------------------------------------
+    def restore(self, target: TrainCheckpoint, step: int | None = None) -> TrainCheckpoint:
+        """Restore `step` (default: the newest complete one) into `target`'s structure/shardings.
+
+        Unlike `restore_latest`, an incomplete step raises TailorError instead of being moved.
+        """
+        self.wait()
+        if step is None:
+            step = self.latest_step()
+            if step is None:
+                raise TailorError(f"no complete checkpoint in {self.directory}; train first or fix the path")
+        elif step not in self.all_steps():
+            raise TailorError(f"no checkpoint for step {step} in {self.directory}; available: {self.all_steps()}")
+        problem = check_manifest(self.step_dir(step))
+        if problem is not None:
+            raise TailorError(f"checkpoint {self.step_dir(step)} is incomplete or corrupted: {problem}")
+        return self._restore_step(step, target)
+
+    def restore_latest(self, target: TrainCheckpoint) -> TrainCheckpoint | None:
+        """Resume point: the newest complete checkpoint, or None when there is none.
+
+        Incomplete/corrupted newer steps are reported and moved aside to `<step>.corrupt`.
+        """
+        self.wait()
+        for step in sorted(self.all_steps(), reverse=True):
+            problem = check_manifest(self.step_dir(step))
+            if problem is None:
+                return self._restore_step(step, target)
+            self._set_aside(step, problem)
+        return None
+
+    def _restore_step(self, step: int, target: TrainCheckpoint) -> TrainCheckpoint:
+        step_dir = self.step_dir(step)
+        present = {name for name in ITEM_NAMES if (step_dir / name).exists()}
+        if target.opt_state is not None and "opt_state" not in present:
+            raise TailorError(f"checkpoint {step_dir} has no optimizer state; restore with opt_state=None")
+        items: dict[str, Any] = {
+            "params": ocp.args.StandardRestore(abstract_like(target.params)),
+            "meta": ocp.args.JsonRestore(),
+        }
+        if target.opt_state is not None:
+            items["opt_state"] = ocp.args.StandardRestore(abstract_like(target.opt_state))
+        for name in ("data_state", "config"):
+            if name in present:
+                items[name] = ocp.args.JsonRestore()
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as err:  # Orbax/TensorStore raise many types; report one line.
+            raise TailorError(
+                f"checkpoint {step_dir} does not fit the model/optimizer being restored ({_first_line(err)}); "
+                "use the config that wrote it or a fresh checkpoint directory"
+            ) from None
+        meta = restored["meta"]
+        return TrainCheckpoint(
+            step=int(meta["step"]),
+            params=restored["params"],
+            opt_state=restored["opt_state"] if target.opt_state is not None else None,
+            rng_key=_rng_from_json(meta.get("rng"), target.rng_key),
+            data_state=restored["data_state"] if "data_state" in present else None,
+            config=restored["config"] if "config" in present else None,
+        )
+
+    # --- unusable checkpoints ------------------------------------------------------------
+    def _set_aside(self, step: int, problem: str) -> None:
+        source = self.step_dir(step)
+        destination = self.directory / f"{step}{CORRUPT_SUFFIX}"
+        suffix = 1
+        while destination.exists():
+            destination = self.directory / f"{step}{CORRUPT_SUFFIX}{suffix}"
+            suffix += 1
+        if jax.process_index() == 0:
+            source.rename(destination)
+            self._log(
+                f"checkpoint {source} is incomplete or corrupted ({problem}); "
+                f"moved it to {destination.name} and using an earlier checkpoint"
+            )
+        if jax.process_count() > 1:
+            ocp.multihost.sync_global_processes("tailor_checkpoint_set_aside")
+        self._manager.reload()
+
+    def _report_partial_saves(self) -> None:
+        if jax.process_index() != 0 or not self.directory.exists():
+            return
+        for child in sorted(self.directory.iterdir(), key=lambda p: p.name):
+            if ".orbax-checkpoint-tmp" in child.name:
+                self._log(
+                    f"ignoring partially written checkpoint {child} (an interrupted save); it is never "
+                    "used and can be deleted"
+                )
+
+
+# --------------------------------------------------------------------------------------------
+# RNG keys: stored as raw key data (uint32) plus the implementation name.
+def _rng_to_json(key: jax.Array | None) -> dict | None:
+    if key is None:
+        return None
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        data = np.asarray(jax.device_get(jax.random.key_data(key)))
+        return {"typed": True, "impl": str(jax.random.key_impl(key)), "shape": list(data.shape), "data": data.ravel().tolist()}
+    data = np.asarray(jax.device_get(key))
+    return {"typed": False, "impl": None, "shape": list(data.shape), "data": data.ravel().tolist()}
+
+
+def _rng_from_json(stored: dict | None, like: Any) -> jax.Array | None:
+    if stored is None:
+        return None
+    data = jnp.asarray(np.asarray(stored["data"], dtype=np.uint32).reshape(stored["shape"]))
+    key = jax.random.wrap_key_data(data, impl=stored["impl"]) if stored["typed"] else data
+    sharding = getattr(like, "sharding", None)
+    return jax.device_put(key, sharding) if sharding is not None else key
+
+
+# --------------------------------------------------------------------------------------------
+# Preemption: signals only set a flag; the training loop saves and exits at a step boundary.
+class PreemptionFlag:
+    """Set by SIGTERM/SIGINT (see `install_preemption_handler`); checked once per step."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self._event.is_set()
+
+    def request(self, signal_name: str = "request") -> None:
+        self.signal_name = signal_name
+        self._event.set()
+
+    def reached(self, step: int) -> bool:
+        """True when every process should stop after `step` (multi-host: also JAX's preemption sync)."""
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            return bool(multihost_utils.reached_preemption_sync_point(step)) or self.requested
+        return self.requested
+
+    def uninstall(self) -> None:
+        """Put back the signal handlers that were there before."""
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+
+def install_preemption_handler(
+    signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT),
+    *,
+    log: Callable[[str], None] = _stderr,
+) -> PreemptionFlag:
+    """Make SIGTERM/SIGINT request a save-and-exit at the current step instead of killing.
+
+    The handler only sets a flag (saving inside a signal handler could deadlock). A second
+    SIGINT while the flag is set raises KeyboardInterrupt, so Ctrl-C twice still stops a hung run.
+    Must be called from the main thread.
+    """
+    flag = PreemptionFlag()
+
+    def handle(signum, frame):
+        name = signal.Signals(signum).name
+        if flag.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        flag.request(name)
+        log(f"received {name}: saving a checkpoint at the current step, then exiting")
+
+    for signum in signals:
+        flag._previous[signum] = signal.signal(signum, handle)
+    return flag
