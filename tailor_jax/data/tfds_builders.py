@@ -1,0 +1,287 @@
+"""TFDS dataset builders (ArrayRecord files, no TensorFlow needed) for the three tasks.
+
+Each builder writes one ArrayRecord file set per split with two features: `record` (the task
+record as a JSON string) and `difficulty` (int). A config is a list of *levels*; a level is one
+sampler (task options + seed) whose records go, in order, to the level's splits (tests first,
+then train). Because a sampler never repeats a problem, the train and test records of one level
+are disjoint; `generate_splits` checks disjointness across the whole config as well.
+
+Sizes are per level and per role ("train" or "test"): `build_dataset("gf", "sft", d, train=50,
+test=10)` writes 50 train and 10 test problems per k. Each level has a fixed seed, so a smaller
+build's test records are the first ones of any larger build's, and with equal test sizes its
+per-level train records are the first ones too.
+
+Read back with `tailor_jax.data.sources.open_source`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+
+from tailor_jax.errors import TailorError
+from tailor_jax.tasks import get_task
+
+DATASET_VERSION = "1.0.0"
+ROLES = ("train", "test")
+FILE_FORMAT = "array_record"
+
+# Record fields that identify a problem (two records with equal keys are the same problem).
+PROBLEM_KEY_FIELDS = {
+    "kk": ("n_people", "statements"),
+    "igsm": ("problem", "question"),
+    "gf": ("p", "kind", "given", "ops"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Level:
+    """One sampler: task options, and the splits its records fill in order, as
+    (split name, role, default count) triples."""
+
+    options: Mapping
+    splits: tuple[tuple[str, str, int], ...]
+
+
+@dataclasses.dataclass(eq=False)
+class TaskConfig(tfds.core.BuilderConfig):
+    levels: tuple[Level, ...] = ()
+
+
+def level_seed(task: str, options: Mapping) -> int:
+    """The seed of a level's sampler: a stable hash of the task and its options, so the same
+    level gets the same problems in every config (e.g. K&K n=3 tests in `n3` and `logic_rl`)."""
+    return zlib.crc32(json.dumps([task, dict(options)], sort_keys=True).encode())
+
+
+def problem_key(task: str, record: dict) -> str:
+    return json.dumps([record.get(field) for field in PROBLEM_KEY_FIELDS[task]], sort_keys=True)
+
+
+def split_counts(level: Level, sizes: Mapping[str, int]) -> list[tuple[str, int]]:
+    """(split, count) of a level with per-role size overrides applied."""
+    return [(split, int(sizes.get(role, default))) for split, role, default in level.splits]
+
+
+def check_sizes(sizes: Mapping[str, int]) -> dict[str, int]:
+    unknown = sorted(set(sizes) - set(ROLES))
+    if unknown:
+        raise TailorError(f"unknown dataset size {unknown[0]!r}; sizes are per level and role: train=N, test=N")
+    for role, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise TailorError(f"dataset size {role} must be a positive integer, got {value!r}")
+    return {role: int(value) for role, value in sizes.items()}
+
+
+def generate_splits(task_name: str, levels: tuple[Level, ...], sizes: Mapping[str, int]) -> dict[str, list[dict]]:
+    """All records of a config, by split (pure; what the builder writes)."""
+    sizes = check_sizes(sizes)
+    by_split: dict[str, list[dict]] = {}
+    for level in levels:
+        counts = split_counts(level, sizes)
+        task = get_task(task_name, **level.options)
+        records = list(task.generate(sum(n for _, n in counts), level_seed(task_name, level.options)))
+        start = 0
+        for split, n in counts:
+            by_split.setdefault(split, []).extend(records[start : start + n])
+            start += n
+    check_disjoint(task_name, by_split)
+    return by_split
+
+
+def check_disjoint(task_name: str, by_split: Mapping[str, list[dict]]) -> None:
+    """No problem may appear twice within a split or in both a train and a test split."""
+    owner: dict[str, str] = {}
+    for split, records in by_split.items():
+        for record in records:
+            key = problem_key(task_name, record)
+            if key in owner:
+                raise TailorError(
+                    f"{task_name} problem {record.get('id')} appears in both {owner[key]} and {split}; "
+                    "the task generator repeated a problem (report this as a bug)"
+                )
+            owner[key] = split
+
+
+# --- configs -----------------------------------------------------------------------------
+def _kk_configs() -> list[TaskConfig]:
+    configs = []
+    for n in range(2, 9):
+        level = Level({"people": n}, (("test", "test", 100), ("train", "train", 200 if n == 2 else 1000)))
+        configs.append(TaskConfig(name=f"n{n}", description=f"K&K with {n} people (Xie et al. 2024 sizes)", levels=(level,)))
+    logic_rl = []
+    for n in range(2, 9):
+        splits = ((f"test_n{n}", "test", 100),)
+        if 3 <= n <= 7:
+            splits += (("train", "train", 900),)
+        logic_rl.append(Level({"people": n}, splits))
+    configs.append(
+        TaskConfig(
+            name="logic_rl",
+            description="Logic-RL: train on n = 3..7 (900 each), test per n = 2..8 (100 each)",
+            levels=tuple(logic_rl),
+        )
+    )
+    return configs
+
+
+IGSM_PRESETS = {
+    # preset: (train op range, test ops). Test ops above the train range are out of distribution.
+    "med": ("1-15", (15, 20, 21, 22, 23)),
+    "hard": ("1-21", (21, 28, 29, 30, 31, 32)),
+}
+
+
+def _igsm_configs() -> list[TaskConfig]:
+    configs = []
+    for preset, (train_ops, test_ops) in IGSM_PRESETS.items():
+        levels = [Level({"op": train_ops, "preset": preset, "split": "train"}, (("train", "train", 20000),))]
+        for op in test_ops:
+            levels.append(Level({"op": op, "preset": preset, "split": "test"}, ((f"test_op{op}", "test", 200),)))
+        configs.append(
+            TaskConfig(
+                name=preset,
+                description=f"iGSM-{preset}: train op {train_ops} (train templates), test per op {test_ops} (test templates)",
+                levels=tuple(levels),
+            )
+        )
+    return configs
+
+
+GF_RANGES = {"sft": (2, 5), "rl": (6, 9), "rl_long": (6, 15)}
+
+
+def _gf_configs() -> list[TaskConfig]:
+    configs = []
+    for p in (11, 13):
+        for name, (lo, hi) in GF_RANGES.items():
+            levels = tuple(
+                Level({"p": p, "steps": k}, ((f"test_k{k}", "test", 200), ("train", "train", 2000))) for k in range(lo, hi + 1)
+            )
+            configs.append(
+                TaskConfig(
+                    name=name if p == 11 else f"{name}_p{p}",
+                    description=f"GF({p}) chains, k = {lo}..{hi}: train 2000 per k, test 200 per k, both kinds",
+                    levels=levels,
+                )
+            )
+    return configs
+
+
+# --- builders ----------------------------------------------------------------------------
+class _TaskBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Shared builder: one class per task, configs per difficulty setting."""
+
+    TASK: ClassVar[str]
+    VERSION = tfds.core.Version(DATASET_VERSION)
+    RELEASE_NOTES = {DATASET_VERSION: "First release."}
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls) -> epath.Path:
+        # TFDS 4.9.10 derives this through `importlib_resources`, which it declares only for
+        # Python < 3.9 (ModuleNotFoundError without it); our builders live in a plain file.
+        return epath.Path(inspect.getfile(cls))
+
+    def __init__(self, *, sizes: Mapping[str, int] | None = None, **kwargs):
+        self._sizes = check_sizes(sizes or {})
+        kwargs.setdefault("file_format", FILE_FORMAT)
+        super().__init__(**kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=f"tailor-jax {self.TASK} problems: each example is one JSON record plus its difficulty.",
+            features=tfds.features.FeaturesDict(
+                {"record": tfds.features.Text(), "difficulty": tfds.features.Scalar(dtype=np.int32)}
+            ),
+            disable_shuffling=True,  # keep generation order; readers shuffle with grain
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # nothing to download
+        by_split = generate_splits(self.TASK, self.builder_config.levels, self._sizes)
+        return {split: self._generate_examples(records) for split, records in by_split.items()}
+
+    def _generate_examples(self, records: list[dict]):
+        task = get_task(self.TASK)
+        for index, record in enumerate(records):
+            yield index, {"record": json.dumps(record, separators=(",", ":")), "difficulty": task.difficulty(record)}
+
+
+class TailorKk(_TaskBuilder):
+    TASK = "kk"
+    BUILDER_CONFIGS = _kk_configs()
+
+
+class TailorIgsm(_TaskBuilder):
+    TASK = "igsm"
+    BUILDER_CONFIGS = _igsm_configs()
+
+
+class TailorGf(_TaskBuilder):
+    TASK = "gf"
+    BUILDER_CONFIGS = _gf_configs()
+
+
+BUILDERS: dict[str, type[_TaskBuilder]] = {"kk": TailorKk, "igsm": TailorIgsm, "gf": TailorGf}
+
+
+def builder_class(task: str) -> type[_TaskBuilder]:
+    if task not in BUILDERS:
+        raise TailorError(f"no dataset builder for task {task!r}; use one of {', '.join(BUILDERS)}")
+    return BUILDERS[task]
+
+
+def config_names(task: str) -> list[str]:
+    return [config.name for config in builder_class(task).BUILDER_CONFIGS]
+
+
+def check_config(task: str, config_name: str) -> None:
+    names = config_names(task)
+    if config_name not in names:
+        raise TailorError(f"unknown {task} dataset config {config_name!r}; use one of {', '.join(names)}")
+
+
+def dataset_path(task: str, config_name: str, data_dir: str | Path) -> Path:
+    """Where TFDS keeps a built dataset: DATA_DIR/tailor_TASK/CONFIG/VERSION."""
+    return Path(data_dir) / builder_class(task).name / config_name / DATASET_VERSION
+
+
+def build_dataset(task: str, config_name: str, data_dir: str | Path, **sizes: int) -> Path:
+    """Build one config of a task's dataset under `data_dir` and return its directory.
+
+    `sizes` (train=N, test=N) override the per-level counts. An existing dataset with the same
+    split sizes is reused; one with different sizes is left alone and reported.
+    """
+    check_config(task, config_name)
+    sizes = check_sizes(sizes)
+    data_dir = Path(data_dir)
+    if data_dir.exists() and not data_dir.is_dir():
+        raise TailorError(f"data_dir {data_dir} is a file; give a directory")
+    config = next(c for c in builder_class(task).BUILDER_CONFIGS if c.name == config_name)
+    wanted: dict[str, int] = {}
+    for level in config.levels:
+        for split, n in split_counts(level, sizes):
+            wanted[split] = wanted.get(split, 0) + n
+    path = dataset_path(task, config_name, data_dir)
+    if (path / "dataset_info.json").is_file():
+        existing = {name: info.num_examples for name, info in tfds.builder_from_directory(path).info.splits.items()}
+        if existing != wanted:
+            raise TailorError(
+                f"{path} already holds a dataset with other split sizes {existing}; "
+                "delete that directory or choose another data_dir"
+            )
+        return path
+    builder = builder_class(task)(config=config_name, data_dir=str(data_dir), sizes=sizes)
+    builder.download_and_prepare()
+    return path
