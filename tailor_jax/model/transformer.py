@@ -17,7 +17,9 @@ from flax import nnx, struct
 
 from tailor_jax.errors import TailorError
 from tailor_jax.model.config import ModelConfig
-from tailor_jax.parallel.sharding import constrain
+from jax.sharding import Mesh
+
+from tailor_jax.parallel.sharding import Rules, constrain, shard_state, state_shardings
 
 _MASKED = float(np.finfo(np.float32).min)
 
@@ -273,3 +275,21 @@ def token_logprobs(logits: jax.Array, targets: jax.Array, temperature: float = 1
     """log p(targets) under softmax(logits / temperature): logits [..., V] float, targets int [...]."""
     logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
     return jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+
+def create_model(
+    config: ModelConfig, *, seed: int = 0, mesh: Mesh | None = None, rules: Rules | None = None
+) -> Transformer:
+    """A randomly initialised model; with `mesh`, every parameter is created directly in its sharding."""
+    if mesh is None:
+        return Transformer(config, rngs=nnx.Rngs(seed))
+    graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(seed))))
+    shardings = state_shardings(abstract_state, mesh, rules)
+    init = jax.jit(lambda: nnx.split(Transformer(config, rngs=nnx.Rngs(seed)))[1], out_shardings=shardings)
+    return nnx.merge(graphdef, init())
+
+
+def shard_model(model: Transformer, mesh: Mesh, rules: Rules | None = None) -> Transformer:
+    """A copy of `model` whose parameters are placed by their logical axes on `mesh`."""
+    graphdef, state = nnx.split(model)
+    return nnx.merge(graphdef, shard_state(state, mesh, rules))

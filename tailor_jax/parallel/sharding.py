@@ -137,3 +137,18 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
         return x
     mesh, rules = active
     return jax.lax.with_sharding_constraint(x, logical_sharding(logical_axes, mesh, rules, x.shape))
+
+
+def put_global(
+    array: Any, mesh: Mesh, logical_axes: Sequence[str | None], rules: Rules | None = None
+) -> jax.Array:
+    """A global array sharded by logical axes from a host value that every process holds in full
+    (e.g. a batch of token ids); each process only transfers its own shards."""
+    host = np.asarray(array)
+    sharding = logical_sharding(logical_axes, mesh, rules, host.shape)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def shard_state(state: Any, mesh: Mesh, rules: Rules | None = None) -> Any:
+    """`state` (an nnx.State of parameters) moved to the shardings given by its logical axes."""
+    return jax.device_put(state, state_shardings(state, mesh, rules))
