@@ -15,7 +15,7 @@ from tailor_jax.tasks import TASK_MODULES, get_task
 # CLI flag -> (task, task option name). Difficulty flags take an int or a range "lo-hi".
 TASK_FLAGS = {
     "kk": {"people": "people", "depth": "depth", "width": "width"},
-    "igsm": {"op": "op", "preset": "preset"},
+    "igsm": {"op": "op", "preset": "preset", "split": "split"},
     "gf": {"p": "p", "kind": "kind", "steps": "steps"},
 }
 
@@ -33,6 +33,7 @@ def register(subparsers) -> None:
     igsm = parser.add_argument_group("igsm options")
     igsm.add_argument("--op", help="exact operation count, or a range such as 2-15")
     igsm.add_argument("--preset", choices=["med", "hard"], help="difficulty preset")
+    igsm.add_argument("--split", choices=["train", "test"], help="only this template split (default both)")
     gf = parser.add_argument_group("gf options")
     gf.add_argument("--p", type=int, help="field size, 11 or 13")
     gf.add_argument("--kind", help="evaluation, inversion or both")
