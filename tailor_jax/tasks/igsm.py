@@ -636,19 +636,23 @@ class IGSM(Task):
         if preset not in PRESETS:
             raise TailorError(f"unknown igsm preset {preset!r}; use one of {', '.join(PRESETS)}")
         self.preset = PRESETS[preset]
-        max_any = max(p.max_op for p in PRESETS.values())
-        lo, hi = (1, self.preset.max_op) if op is None else parse_level_range(op, "op", 1, max_any)
-        if hi > self.preset.max_op:
-            bigger = [p.name for p in PRESETS.values() if p.max_op >= hi]
-            fix = f"use preset {bigger[0]} (max_op {PRESETS[bigger[0]].max_op})" if bigger else ""
-            raise TailorError(
-                f"op {hi} exceeds preset {preset}'s max_op {self.preset.max_op}; {fix + ' or ' if fix else ''}"
-                f"choose op <= {self.preset.max_op}"
-            )
+        self.op_range = (1, self.preset.max_op) if op is None else self._parse_op(op)
         if split not in (None, *SPLITS):
             raise TailorError(f"igsm split must be train, test or unset (both), got {split!r}")
-        self.op_range = (lo, hi)
         self.split = split
+
+    def _parse_op(self, op: int | str | tuple | list) -> tuple[int, int]:
+        max_op = self.preset.max_op
+        try:
+            return parse_level_range(op, "op", 1, max_op)
+        except TailorError as err:
+            try:  # well-formed but too large: say which preset would take it
+                _, hi = parse_level_range(op, "op", 1, 10**9)
+            except TailorError:
+                raise err from None
+        bigger = [p for p in PRESETS.values() if p.max_op >= hi]
+        fix = f"use preset {bigger[0].name} (max_op {bigger[0].max_op}) or " if bigger else ""
+        raise TailorError(f"op {hi} exceeds preset {self.preset.name}'s max_op {max_op}; {fix}choose op <= {max_op}")
 
     def generate(self, num: int, seed: int) -> Iterator[dict]:
         if not isinstance(seed, (int, np.integer)) or seed < 0:
