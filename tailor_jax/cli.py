@@ -11,6 +11,8 @@ from tailor_jax.errors import TailorError
 # name -> module defining `register(subparsers)`; the parser it adds sets `func(args) -> int`.
 COMMANDS = {
     "generate": "tailor_jax.data.generate",
+    "sft": "tailor_jax.train.sft",
+    "build-dataset": "tailor_jax.data.tfds_builders",
 }
 
 

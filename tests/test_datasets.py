@@ -196,3 +196,15 @@ def test_igsm_datasets(tmp_path):
             assert {task.difficulty(r) for r in records} == {int(split.removeprefix("test_op"))}
     keys = [(r["problem"], r["question"]) for rs in by_split.values() for r in rs]
     assert len(keys) == len(set(keys))
+
+
+def test_build_dataset_cli(tmp_path, capsys):
+    from tailor_jax.cli import main as cli_main
+
+    argv = ["build-dataset", "gf", "rl", "--data-dir", str(tmp_path), "--train", "2", "--test", "1"]
+    assert cli_main(argv) == 0
+    assert "train 8" in capsys.readouterr().out
+    assert [r["k"] for r in open_source("gf", "rl", "train", tmp_path)] == [6, 6, 7, 7, 8, 8, 9, 9]
+    assert cli_main([*argv[:-1], "5"]) == 2  # other sizes over an existing dataset
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "delete that directory" in err

@@ -286,3 +286,23 @@ def build_dataset(task: str, config_name: str, data_dir: str | Path, **sizes: in
     builder = builder_class(task)(config=config_name, data_dir=str(data_dir), sizes=sizes)
     builder.download_and_prepare()
     return path
+
+
+# --- CLI: `tailor-jax build-dataset TASK CONFIG --data-dir DIR` ----------------------------
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("build-dataset", help="build a task dataset (TFDS, ArrayRecord files)")
+    parser.add_argument("task", choices=sorted(BUILDERS), help="which task")
+    parser.add_argument("config", help="dataset config, e.g. kk: n2..n8, logic_rl; igsm: med, hard; gf: sft, rl, rl_long")
+    parser.add_argument("--data-dir", required=True, help="directory that holds TFDS datasets")
+    parser.add_argument("--train", type=int, help="train problems per level (default: the config's)")
+    parser.add_argument("--test", type=int, help="test problems per level (default: the config's)")
+    parser.set_defaults(func=_run_cli)
+
+
+def _run_cli(args) -> int:
+    sizes = {role: getattr(args, role) for role in ROLES if getattr(args, role) is not None}
+    path = build_dataset(args.task, args.config, args.data_dir, **sizes)
+    splits = tfds.builder_from_directory(path).info.splits
+    summary = ", ".join(f"{name} {split.num_examples}" for name, split in sorted(splits.items()))
+    print(f"{args.task}/{args.config} at {path}: {summary}")
+    return 0
