@@ -14,7 +14,8 @@ from flax import nnx
 from tailor_jax.data import pipeline
 from tailor_jax.model import Transformer, get_preset
 from tailor_jax.train import sft
-from tailor_jax.train.state import create_train_state, make_mesh
+from tailor_jax.parallel.mesh import MeshConfig, create_mesh
+from tailor_jax.train.state import create_train_state
 
 from sft_toy import ToySumTask, toy_records, toy_tokenizer
 
@@ -96,7 +97,7 @@ def test_gradient_accumulation_gives_the_same_update(tokenizer):
     records = toy_records(30, seed=12)
     config = pipeline.PipelineConfig(seq_len=48, batch_size=8, seed=0, num_epochs=1)
     batch = next(iter(pipeline.sft_dataset(records, TASK, tokenizer, config)))
-    mesh = make_mesh(data=2)
+    mesh = create_mesh(MeshConfig(data=2, fsdp=1), jax.devices()[:2])
     tx = optax.sgd(0.5)  # not Adam: its normalisation would amplify float noise in ~0 gradients
     results = []
     for accum in (1, 2, 4):

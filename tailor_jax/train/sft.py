@@ -7,14 +7,37 @@ checkpoints, metrics, evaluation and signal handling around it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import hashlib
+import itertools
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
+from tqdm import tqdm
 
-from tailor_jax.train.state import TrainState
+from tailor_jax.config import CheckpointConfig, OptimizerConfig, config_to_dict, dump_config, load_config, require
+from tailor_jax.data import pipeline
+from tailor_jax.data import tokenizer as tok_lib
+from tailor_jax.data.jsonl import read_jsonl
+from tailor_jax.data.tokenizer import MIN_VOCAB_SIZE
+from tailor_jax.errors import TailorError
+from tailor_jax.model import get_preset
+from tailor_jax.model.transformer import create_model
+from tailor_jax.parallel.mesh import MeshConfig, create_mesh
+from tailor_jax.parallel.sharding import use_sharding
+from tailor_jax.tasks import Task, get_task
+from tailor_jax.train.checkpoint import Checkpointer, TrainCheckpoint, install_preemption_handler
+from tailor_jax.train.state import TrainState, create_train_state, data_parallel_size, global_batch, merge_model
 
 Batch = dict[str, jax.Array]
 
@@ -95,3 +118,373 @@ def make_eval_step(graphdef: nnx.GraphDef) -> Callable[[TrainState, Batch], dict
         return {"nll_sum": nll, "num_tokens": count, "correct": correct}
 
     return eval_step
+
+
+# ---------------------------------------------------------------------------------------
+# Config.
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the SFT records come from: a JSONL file or a built TFDS/ArrayRecord dataset."""
+
+    task: str = "gf"
+    task_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. {p: 11}
+    train_file: str | None = None  # JSONL records (from `tailor-jax generate` or the Tailor pipeline)
+    eval_file: str | None = None
+    tfds_dir: str | None = None  # a TFDS data_dir holding the dataset built by tfds_builders
+    tfds_config: str | None = None
+    train_split: str = "train"
+    eval_split: str | None = "test"
+    prompt_style: Literal["plain", "chat"] = "plain"
+    think_prefill: bool = False
+    seq_len: int = 256
+    packing: bool = True
+    buckets: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        require(
+            (self.train_file is None) != (self.tfds_dir is None),
+            "set exactly one of data.train_file (JSONL) and data.tfds_dir (a TFDS dataset)",
+        )
+        require(self.tfds_dir is None or self.tfds_config is not None, "data.tfds_dir needs data.tfds_config")
+        require(self.seq_len >= 2, f"seq_len must be >= 2, got {self.seq_len}")
+        require(all(b >= 2 for b in self.buckets), f"buckets must be >= 2, got {list(self.buckets)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerConfig:
+    path: str | None = None  # a directory with tokenizer.json (e.g. the pretrained checkpoint)
+    vocab_size: int = 512  # when training a BPE (path null): its vocabulary size
+
+    def __post_init__(self):
+        require(self.vocab_size >= MIN_VOCAB_SIZE, f"vocab_size must be >= {MIN_VOCAB_SIZE}, got {self.vocab_size}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+    preset: str = "tiny"  # a from-scratch preset (vocab_size follows the tokenizer)
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. {hidden_size: 64}
+    pretrained: str | None = None  # a local Hugging Face checkpoint directory instead of a preset
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTConfig:
+    run_dir: str
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
+    model: ModelSection = dataclasses.field(default_factory=ModelSection)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    seed: int = 0
+    steps: int = 1000
+    batch_size: int = 16  # global rows per optimizer step (all hosts, all micro-batches)
+    accum_steps: int = 1  # micro-batches per step (gradient accumulation)
+    num_epochs: int | None = None  # null: cycle through the data until `steps`
+    log_every: int = 10
+    eval_every: int = 0  # 0: evaluate only at the end
+    eval_batches: int = 8  # eval-loss batches per evaluation
+    eval_samples: int = 0  # held-out problems decoded greedily per evaluation (0: none)
+    max_new_tokens: int = 256
+    progress: bool = True
+    record_batches: bool = False  # append a hash of every batch to run_dir/batches.txt (tests)
+
+    def __post_init__(self):
+        require(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        require(self.accum_steps >= 1, f"accum_steps must be >= 1, got {self.accum_steps}")
+        require(
+            self.batch_size % self.accum_steps == 0,
+            f"batch_size ({self.batch_size}) must be a multiple of accum_steps ({self.accum_steps})",
+        )
+        require(self.num_epochs is None or self.num_epochs >= 1, f"num_epochs must be >= 1 or null, got {self.num_epochs}")
+        require(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
+        require(self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}")
+        require(self.eval_batches >= 0 and self.eval_samples >= 0, "eval_batches and eval_samples must be >= 0")
+        require(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        require(0 <= self.seed < 2**31, f"seed must be in [0, 2^31), got {self.seed}")
+
+
+# ---------------------------------------------------------------------------------------
+# The stateful shell.
+def load_records(cfg: DataConfig, split: str) -> Sequence[dict]:
+    """The train (`split="train"`) or eval records as a random-access sequence."""
+    if cfg.train_file is not None:
+        path = cfg.train_file if split == "train" else cfg.eval_file
+        return [] if path is None else list(read_jsonl(path))
+        # (JSONL files are read whole: they are small; big sets go through TFDS.)
+    name = cfg.train_split if split == "train" else cfg.eval_split
+    if name is None:
+        return []
+    from tailor_jax.data.sources import open_records
+
+    return open_records(cfg.task, cfg.tfds_config, name, cfg.tfds_dir)
+
+
+def build_tokenizer(cfg: SFTConfig, records: Sequence[dict], task: Task, run_dir: Path):
+    """The tokenizer: from `tokenizer.path`, else the run's own (trained once, then reused on resume)."""
+    if cfg.tokenizer.path is not None:
+        return tok_lib.load_tokenizer(cfg.tokenizer.path)
+    own = run_dir / "tokenizer"
+    if (own / "tokenizer.json").is_file():
+        return tok_lib.load_tokenizer(own)
+    texts, whole_words = [], set()
+    for i in range(min(len(records), 20_000)):
+        record = records[i]
+        prompt, completion = pipeline.record_to_text(task, record, "plain", False)
+        texts.append(prompt.text + completion)
+        whole_words.update(record.get("symbols", {}).values() if isinstance(record.get("symbols"), dict) else ())
+    tokenizer = tok_lib.train_bpe_tokenizer(texts, cfg.tokenizer.vocab_size, sorted(whole_words))
+    tmp = run_dir / "tokenizer.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tok_lib.save_tokenizer(tokenizer, tmp)
+    tmp.rename(own)
+    return tok_lib.load_tokenizer(own)
+
+
+def build_model(cfg: SFTConfig, tokenizer, mesh, rules) -> nnx.Module:
+    if cfg.model.pretrained is not None:
+        from tailor_jax.model.hf_io import load_pretrained
+
+        model = load_pretrained(cfg.model.pretrained, mesh=mesh, rules=rules)
+        if model.config.vocab_size < len(tokenizer):
+            raise TailorError(
+                f"the tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size}; "
+                "use the checkpoint's own tokenizer (tokenizer.path)"
+            )
+        return model
+    try:
+        model_cfg = get_preset(cfg.model.preset).replace(**cfg.model.overrides)
+    except TypeError as err:
+        raise TailorError(f"model.overrides: {err}; use ModelConfig field names such as hidden_size") from None
+    model_cfg = model_cfg.replace(
+        vocab_size=-(-len(tokenizer) // 8) * 8,  # a multiple of 8, >= the tokenizer's size
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_ids=(tokenizer.eos_token_id,),
+        pad_token_id=tok_lib.pad_id(tokenizer),
+    )
+    return create_model(model_cfg, seed=cfg.seed, mesh=mesh, rules=rules)
+
+
+def make_tx(cfg: OptimizerConfig, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW with warmup + schedule and global-norm clipping, as `OptimizerConfig` describes."""
+    decay_steps = max(total_steps - cfg.warmup_steps, 1)
+    end = cfg.lr * cfg.end_lr_ratio
+    if cfg.schedule == "cosine":
+        main = optax.cosine_decay_schedule(cfg.lr, decay_steps, alpha=cfg.end_lr_ratio)
+    elif cfg.schedule == "linear":
+        main = optax.linear_schedule(cfg.lr, end, decay_steps)
+    else:
+        main = optax.constant_schedule(cfg.lr)
+    schedule = optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps), main], [cfg.warmup_steps]) if cfg.warmup_steps else main
+    matrices = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
+    adamw = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=matrices)
+    tx = adamw if cfg.grad_clip is None else optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw)
+    return tx, schedule
+
+
+class _JsonlMetrics:
+    """Metrics as JSON lines in run_dir/metrics.jsonl (process 0 only)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._file = path.open("a", encoding="utf-8") if jax.process_index() == 0 else None
+
+    def write(self, step: int, metrics: dict) -> None:
+        if self._file is not None:
+            values = {k: float(v) for k, v in metrics.items()}
+            self._file.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def _batch_digest(batch: dict) -> str:
+    digest = hashlib.sha256()
+    for key in pipeline.BATCH_KEYS:
+        digest.update(np.ascontiguousarray(batch[key]).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def evaluate(
+    cfg: SFTConfig, state: TrainState, graphdef, eval_step, eval_records, task: Task, tokenizer, mesh, rules
+) -> dict[str, float]:
+    """Held-out loss / token accuracy over `eval_batches` batches, and exact-answer accuracy
+    (greedy decoding, per difficulty) on the first `eval_samples` records."""
+    metrics: dict[str, float] = {}
+    if cfg.eval_batches and len(eval_records):
+        rows = cfg.batch_size // cfg.accum_steps // jax.process_count()
+        pcfg = _pipeline_config(cfg, rows, num_epochs=1)
+        sums = {"nll_sum": 0.0, "num_tokens": 0.0, "correct": 0.0}
+        ds = pipeline.sft_dataset(eval_records, task, tokenizer, pcfg, *pipeline.host_shard())
+        for batch in itertools.islice(iter(ds), cfg.eval_batches):
+            out = eval_step(state, global_batch(batch, mesh, rules))
+            sums = {k: sums[k] + float(out[k]) for k in sums}
+        denom = max(sums["num_tokens"], 1.0)
+        metrics["eval/loss"] = sums["nll_sum"] / denom
+        metrics["eval/token_accuracy"] = sums["correct"] / denom
+    if cfg.eval_samples and len(eval_records):
+        metrics.update(answer_accuracy(merge_model(graphdef, state), eval_records, cfg, task, tokenizer))
+    return metrics
+
+
+def answer_accuracy(model, records: Sequence[dict], cfg: SFTConfig, task: Task, tokenizer) -> dict[str, float]:
+    """Greedy-decode the first `eval_samples` records; `eval/acc/<task>/<level>` and overall."""
+    from tailor_jax.sampling import Sampler
+
+    chosen = [records[i] for i in range(min(cfg.eval_samples, len(records)))]
+    prompts = [task.prompt(r, style=cfg.data.prompt_style, think_prefill=cfg.data.think_prefill) for r in chosen]
+    sampler = Sampler(model, pad_id=tok_lib.pad_id(tokenizer))
+    correct_by_level: dict[int, list[float]] = {}
+    for start in range(0, len(chosen), 64):
+        block = range(start, min(start + 64, len(chosen)))
+        out = sampler.generate(
+            [tok_lib.encode_prompt(tokenizer, prompts[i]) for i in block],
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=0.0,
+            eos_token_ids=[tokenizer.eos_token_id],
+        )
+        for i, tokens, finished in zip(block, out.tokens, out.finished):
+            text = prompts[i].prefill + tokenizer.decode(tokens, skip_special_tokens=True)
+            score = task.reward("binary", chosen[i], text, finished=bool(finished))
+            correct_by_level.setdefault(task.difficulty(chosen[i]), []).append(score)
+    metrics = {f"eval/acc/{task.name}/{level}": float(np.mean(v)) for level, v in sorted(correct_by_level.items())}
+    metrics["eval/acc"] = float(np.mean([s for v in correct_by_level.values() for s in v]))
+    return metrics
+
+
+def _pipeline_config(cfg: SFTConfig, rows: int, num_epochs: int | None) -> pipeline.PipelineConfig:
+    return pipeline.PipelineConfig(
+        seq_len=cfg.data.seq_len,
+        batch_size=rows,
+        packing=cfg.data.packing,
+        buckets=cfg.data.buckets,
+        seed=cfg.seed,
+        num_epochs=num_epochs,
+        prompt_style=cfg.data.prompt_style,
+        think_prefill=cfg.data.think_prefill,
+    )
+
+
+def train(cfg: SFTConfig) -> dict[str, float]:
+    """Run (or resume) SFT as configured; returns the last logged and evaluation metrics."""
+    run_dir = Path(cfg.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TailorError(f"run_dir {run_dir} is a file; give a directory")
+    task = get_task(cfg.data.task, **cfg.data.task_options)
+    records = load_records(cfg.data, "train")  # a missing file fails here, before anything is written
+    eval_records = load_records(cfg.data, "eval")
+    mesh = create_mesh(cfg.mesh)
+    rules = cfg.mesh.axis_rules()
+    shards = data_parallel_size(mesh, rules)
+    micro = cfg.batch_size // cfg.accum_steps
+    if micro % shards or cfg.batch_size % jax.process_count():
+        raise TailorError(
+            f"batch_size / accum_steps = {micro} rows must be a multiple of the {shards}-way data parallelism "
+            f"and batch_size of the {jax.process_count()} processes; change batch_size or mesh"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(cfg, records, task, run_dir)
+    dump_config(cfg, run_dir / "config.yaml")
+
+    model = build_model(cfg, tokenizer, mesh, rules)
+    tx, schedule = make_tx(cfg.optimizer, cfg.steps)
+    graphdef, state = create_train_state(model, tx, cfg.seed, mesh, rules)
+    del model
+    with use_sharding(mesh, rules):
+        train_step = jax.jit(make_train_step(graphdef, tx, cfg.accum_steps, schedule), donate_argnums=0)
+        eval_step = jax.jit(make_eval_step(graphdef))
+
+    # Each host reads its share of the global batch: batch_size / processes rows per step, as
+    # accum_steps micro-batches stacked along the batch axis.
+    rows = cfg.batch_size // jax.process_count()
+    data = pipeline.sft_dataset(records, task, tokenizer, _pipeline_config(cfg, rows, cfg.num_epochs), *pipeline.host_shard())
+    iterator = iter(data)
+
+    checkpoint_dir = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else run_dir / "checkpoints"
+    metrics_log = _JsonlMetrics(run_dir / "metrics.jsonl")
+    batches_log = (run_dir / "batches.txt").open("a") if cfg.record_batches and jax.process_index() == 0 else None
+    preemption = install_preemption_handler()
+    last: dict[str, float] = {}
+    try:
+        with Checkpointer(checkpoint_dir, cfg.checkpoint) as checkpointer:
+            target = TrainCheckpoint(0, state.params, state.opt_state, rng_key=state.rng)
+            restored = checkpointer.restore_latest(target)
+            if restored is not None:
+                state = state.replace(
+                    step=jax.device_put(jnp.asarray(restored.step, jnp.int32), state.step.sharding),
+                    params=restored.params,
+                    opt_state=restored.opt_state,
+                    rng=restored.rng_key,
+                )
+                if restored.data_state is None:
+                    raise TailorError(f"checkpoint step {restored.step} in {checkpoint_dir} has no data position; cannot resume exactly")
+                iterator.set_state(restored.data_state)
+            start = int(state.step)
+            if start >= cfg.steps:
+                _log(f"already trained {start} of {cfg.steps} steps; nothing to do")
+            bar = tqdm(total=cfg.steps, initial=start, desc="sft", unit="step", disable=not cfg.progress or jax.process_index() != 0)
+            window_tokens, window_start, window_step = 0.0, time.perf_counter(), start
+            for step in range(start + 1, cfg.steps + 1):
+                batch = next(iterator)
+                if batches_log is not None:
+                    batches_log.write(f"{step} {_batch_digest(batch)}\n")
+                    batches_log.flush()
+                state, metrics = train_step(state, global_batch(batch, mesh, rules))
+                window_tokens += float((batch["segment_ids"] > 0).sum()) * jax.process_count()
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    elapsed = time.perf_counter() - window_start
+                    metrics["train/tokens_per_s"] = window_tokens / max(elapsed, 1e-9)  # non-padding tokens
+                    metrics["step_time"] = elapsed / max(step - window_step, 1)
+                    window_step = step
+                    window_tokens, window_start = 0.0, time.perf_counter()
+                    last = metrics
+                    metrics_log.write(step, metrics)
+                    bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}")
+                bar.update(1)
+                if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
+                    with use_sharding(mesh, rules):
+                        eval_metrics = evaluate(cfg, state, graphdef, eval_step, eval_records, task, tokenizer, mesh, rules)
+                    if eval_metrics:
+                        metrics_log.write(step, eval_metrics)
+                        last = {**last, **eval_metrics}
+                        bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
+                stop = preemption.reached(step)
+                if checkpointer.should_save(step) or stop or step == cfg.steps:
+                    checkpointer.save(
+                        TrainCheckpoint(step, state.params, state.opt_state, state.rng, iterator.get_state(), config_to_dict(cfg))
+                    )
+                if stop:
+                    _log(f"stopped by {preemption.signal_name} after step {step}; checkpoint saved, rerun the same command to resume")
+                    break
+            bar.close()
+    finally:
+        preemption.uninstall()
+        metrics_log.close()
+        if batches_log is not None:
+            batches_log.close()
+    return last
+
+
+def _log(message: str) -> None:
+    if jax.process_index() == 0:
+        print(f"tailor-jax sft: {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------
+# CLI.
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("sft", help="supervised fine-tuning on task demonstrations")
+    parser.add_argument("config", help="YAML config (see docs/sft.md)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. steps=200")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    cfg = load_config(SFTConfig, args.config, args.overrides)
+    metrics = train(cfg)
+    summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in ("loss", "eval/loss", "eval/acc"))
+    _log(f"done: {summary}" if summary else "done")
+    return 0

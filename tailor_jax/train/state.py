@@ -16,10 +16,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from tailor_jax.errors import TailorError
-from tailor_jax.parallel.sharding import Rules, state_shardings
-
-MESH_AXES = ("data", "fsdp", "tensor")
+from tailor_jax.parallel.sharding import Rules, logical_sharding, state_shardings
 
 
 @flax.struct.dataclass
@@ -40,28 +37,22 @@ def merge_model(graphdef: nnx.GraphDef, state: TrainState) -> nnx.Module:
     return nnx.merge(graphdef, state.params, state.rest)
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
-    """A ("data", "fsdp", "tensor") mesh; data=-1 takes the devices fsdp and tensor leave over."""
-    devices = list(jax.devices() if devices is None else devices)
-    if fsdp < 1 or tensor < 1 or data == 0 or data < -1:
-        raise TailorError(f"mesh sizes must be positive (data may be -1 for 'the rest'), got {data}, {fsdp}, {tensor}")
-    if data == -1:
-        if len(devices) % (fsdp * tensor):
-            raise TailorError(f"{len(devices)} devices do not split into fsdp={fsdp} x tensor={tensor}")
-        data = len(devices) // (fsdp * tensor)
-    needed = data * fsdp * tensor
-    if needed > len(devices):
-        raise TailorError(f"the mesh needs {needed} devices (data={data} x fsdp={fsdp} x tensor={tensor}), only {len(devices)} exist")
-    return Mesh(np.array(devices[:needed]).reshape(data, fsdp, tensor), MESH_AXES)
+def batch_sharding(mesh: Mesh, rules: Rules | None = None) -> NamedSharding:
+    """[batch, length] arrays: batch split as the rules map "batch" (data x fsdp by default)."""
+    return logical_sharding(("batch", "length"), mesh, rules)
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) dimension split over data x fsdp, the rest replicated."""
-    return NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+def data_parallel_size(mesh: Mesh, rules: Rules | None = None) -> int:
+    """How many ways the batch dimension is split (batch sizes must be multiples of it)."""
+    spec = batch_sharding(mesh, rules).spec
+    axes = () if not spec or spec[0] is None else (spec[0],) if isinstance(spec[0], str) else tuple(spec[0])
+    return int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
 
 
-def data_parallel_size(mesh: Mesh) -> int:
-    return mesh.shape["data"] * mesh.shape["fsdp"]
+def global_batch(local_batch: dict, mesh: Mesh, rules: Rules | None = None) -> dict:
+    """Assemble this host's rows into global arrays sharded over the mesh (multi-host safe)."""
+    sharding = batch_sharding(mesh, rules)
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
 
 
 def create_train_state(
