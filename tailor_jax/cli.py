@@ -9,26 +9,41 @@ import sys
 from tailor_jax.errors import TailorError
 
 # name -> module defining `register(subparsers)`; the parser it adds sets `func(args) -> int`.
+# Only the chosen command's module is imported (they pull in jax, grain, orbax, TFDS).
 COMMANDS = {
     "generate": "tailor_jax.data.generate",
     "sft": "tailor_jax.train.sft",
     "build-dataset": "tailor_jax.data.tfds_builders",
 }
 
+# One-line descriptions for `tailor-jax --help` (shown without importing the modules).
+COMMAND_HELP = {
+    "generate": "generate task problems as JSON lines",
+    "build-dataset": "build a TFDS/ArrayRecord dataset of a task",
+    "sft": "supervised fine-tuning (the warm start)",
+    "convert": "convert checkpoints to/from Hugging Face format",
+}
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
+    """The full parser for `chosen`; other commands get a bare placeholder (import-free help)."""
     parser = argparse.ArgumentParser(
         prog="tailor-jax",
         description="RL post-training of language models on verifiable reasoning tasks.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in COMMANDS.values():
-        importlib.import_module(module).register(subparsers)
+    for name, module in COMMANDS.items():
+        if name == chosen:
+            importlib.import_module(module).register(subparsers)
+        else:
+            subparsers.add_parser(name, help=COMMAND_HELP.get(name, f"see `tailor-jax {name} --help`"))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    chosen = next((arg for arg in argv if not arg.startswith("-")), None)
+    parser = build_parser(chosen if chosen in COMMANDS else None)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
