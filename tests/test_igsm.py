@@ -364,6 +364,7 @@ def test_different_seeds_differ():
     a = [r["problem"] for r in task.generate(10, seed=1)]
     b = [r["problem"] for r in task.generate(10, seed=2)]
     assert not set(a) & set(b)
+    assert [r["problem"] for r in task.generate(4, seed=1)] == a[:4]  # one stream per record
 
 
 def ref_sketch(solution):
@@ -406,9 +407,11 @@ def test_only_one_split():
     assert not {ref_sketch(r["solution"]) for r in test} & {ref_sketch(r["solution"]) for r in train}
 
 
-def test_split_with_no_template_raises():
+def test_split_with_no_template_raises_or_skips_the_op():
     with pytest.raises(TailorError, match="no test-split"):
         list(get_task("igsm", op=1, split="test").generate(1, seed=0))
+    # op 1 has a single template (train); in a range it is skipped for the test split.
+    assert {r["op"] for r in get_task("igsm", op="1-4", split="test").generate(10, seed=0)} <= {3, 4}
 
 
 @pytest.mark.parametrize(

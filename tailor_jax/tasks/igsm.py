@@ -659,16 +659,18 @@ class IGSM(Task):
             raise TailorError(f"seed must be a non-negative integer, got {seed!r}")
         for index in range(int(num)):
             rng = np.random.default_rng([int(seed), index])
-            op = int(rng.integers(self.op_range[0], self.op_range[1] + 1))
             record_id = f"igsm-{self.preset.name}-{seed}-{index}"
             for _ in range(MAX_SPLIT_DRAWS):
+                # With a split filter, op is redrawn per draw so that ops without any template
+                # in that split (op 1-2 have no test templates) are skipped, not fatal.
+                op = int(rng.integers(self.op_range[0], self.op_range[1] + 1))
                 record = build_problem(rng, op, self.preset, record_id)
                 if self.split is None or record["split"] == self.split:
                     break
             else:
                 raise TailorError(
-                    f"no {self.split}-split iGSM template found at op={op} in {MAX_SPLIT_DRAWS} draws "
-                    f"(small op has few templates); use a larger op or leave split unset"
+                    f"no {self.split}-split iGSM template found for op {self.op_range[0]}..{self.op_range[1]} "
+                    f"in {MAX_SPLIT_DRAWS} draws (small op has few templates); use a larger op or leave split unset"
                 )
             yield record
 
