@@ -342,7 +342,7 @@ def _evaluate(builder: _GraphBuilder) -> dict[Ref, int]:
             return values[ref]
         if ref[0] == ABSTRACT:
             parents = builder.abstract[ref]
-            if parents[0][0] == INSTANCE and all(p[0] == INSTANCE for p in parents):
+            if all(p[0] == INSTANCE for p in parents):
                 v = sum(value(p) for p in parents)
             else:
                 v = sum(value(parents[i]) * value(parents[i + 1]) for i in range(0, len(parents), 2))
@@ -398,12 +398,14 @@ def phrase(ref: Ref) -> str:
 
 def _sentence(ref: Ref, d: InstanceDef) -> str:
     names = [mention(p) for p in d.parents]
-    inner = {
-        "const": lambda: str(d.const),
-        "param": lambda: names[0],
-        "sum": lambda: "the sum of " + _join(names),
-        "diff": lambda: f"the difference of {names[0]} and {names[1]}" if len(names) == 2 else "",
-    }[d.inner]()
+    if d.inner == "const":
+        inner = str(d.const)
+    elif d.inner == "param":
+        inner = names[0]
+    elif d.inner == "sum":
+        inner = "the sum of " + _join(names)
+    else:
+        inner = f"the difference of {names[0]} and {names[1]}"
     if d.combine == "add":
         inner = f"{d.const} more than {inner}"
     elif d.combine == "mul":
