@@ -281,10 +281,9 @@ def create_model(
     config: ModelConfig, *, seed: int = 0, mesh: Mesh | None = None, rules: Rules | None = None
 ) -> Transformer:
     """A randomly initialised model; with `mesh`, every parameter is created directly in its sharding."""
-    if mesh is None:
-        return Transformer(config, rngs=nnx.Rngs(seed))
     graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(seed))))
-    shardings = state_shardings(abstract_state, mesh, rules)
+    shardings = state_shardings(abstract_state, mesh, rules) if mesh is not None else None
+    # One compiled program instead of one dispatch per parameter.
     init = jax.jit(lambda: nnx.split(Transformer(config, rngs=nnx.Rngs(seed)))[1], out_shardings=shardings)
     return nnx.merge(graphdef, init())
 

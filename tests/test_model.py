@@ -1,0 +1,170 @@
+"""The NNX decoder on its own: KV-cache decoding, padding, packing, remat, dtypes, presets."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from tailor_jax.errors import TailorError
+from tailor_jax.model import (
+    PRESETS, ModelConfig, Transformer, create_model, get_preset, init_cache, token_logprobs,
+)
+
+CONFIG = ModelConfig(
+    vocab_size=97, hidden_size=48, intermediate_size=80, num_layers=2, num_heads=6, num_kv_heads=2,
+    head_dim=8, attention_bias=True, tie_word_embeddings=False,
+)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return create_model(CONFIG, seed=1)
+
+
+@pytest.fixture(scope="module")
+def forward(model):
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def run(tokens, positions, mask):
+        out, _ = nnx.merge(graphdef, state)(tokens, positions, attention_mask=mask)
+        return out
+
+    return run
+
+
+def _tokens(batch, length, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).integers(0, CONFIG.vocab_size, (batch, length)), jnp.int32)
+
+
+def test_prefill_then_decode_matches_full_forward_with_left_padding(model, forward):
+    tokens = _tokens(3, 10)
+    mask = np.ones((3, 10), bool)
+    mask[1, :3] = False
+    mask[2, :6] = False
+    positions = jnp.asarray(np.maximum(np.cumsum(mask, 1) - 1, 0), jnp.int32)
+    mask = jnp.asarray(mask)
+    full = np.asarray(forward(tokens, positions, mask))
+
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def step(tokens, positions, mask, cache):
+        return nnx.merge(graphdef, state)(tokens, positions, attention_mask=mask, cache=cache)
+
+    cache = init_cache(CONFIG, batch=3, max_len=16)
+    prompt = 7
+    logits, cache = step(tokens[:, :prompt], positions[:, :prompt], mask[:, :prompt], cache)
+    pieces = [np.asarray(logits)]
+    for t in range(prompt, 10):
+        logits, cache = step(tokens[:, t : t + 1], positions[:, t : t + 1], mask[:, t : t + 1], cache)
+        pieces.append(np.asarray(logits))
+    decoded = np.concatenate(pieces, axis=1)
+    valid = np.asarray(mask)
+    np.testing.assert_allclose(decoded[valid], full[valid], atol=1e-5)
+    assert int(cache.index) == 10
+    assert cache.k.shape == (2, 3, 16, 2, 8) and cache.k.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(cache.mask[:, :10]), valid)
+    assert not np.asarray(cache.mask[:, 10:]).any()
+
+
+def test_padding_does_not_change_real_tokens(forward):
+    tokens = _tokens(1, 6, seed=3)
+    alone = np.asarray(forward(tokens, jnp.arange(6)[None], jnp.ones((1, 6), bool)))
+    padded_tokens = jnp.concatenate([jnp.zeros((1, 4), jnp.int32), tokens], axis=1)
+    mask = jnp.arange(10)[None] >= 4
+    positions = jnp.maximum(jnp.arange(10) - 4, 0)[None]
+    padded = np.asarray(forward(padded_tokens, positions, mask))
+    np.testing.assert_allclose(padded[:, 4:], alone, atol=1e-5)
+
+
+def test_packed_segments_equal_separate_sequences(model):
+    a, b = _tokens(1, 5, seed=4), _tokens(1, 4, seed=5)
+    packed = jnp.concatenate([a, b, jnp.zeros((1, 1), jnp.int32)], axis=1)
+    segments = jnp.asarray([[1] * 5 + [2] * 4 + [0]])
+    positions = jnp.asarray([list(range(5)) + list(range(4)) + [0]])
+    out, cache = nnx.jit(lambda m, t, p, s: m(t, p, segment_ids=s))(model, packed, positions, segments)
+    assert cache is None
+    separate = nnx.jit(lambda m, t: m(t)[0])
+    np.testing.assert_allclose(out[:, :5], separate(model, a), atol=1e-5)
+    np.testing.assert_allclose(out[:, 5:9], separate(model, b), atol=1e-5)
+
+
+def test_remat_gives_same_loss_and_gradients():
+    tokens = _tokens(2, 8, seed=6)
+
+    def loss(model):
+        logits, _ = model(tokens)
+        return -token_logprobs(logits[:, :-1], tokens[:, 1:]).mean()
+
+    plain = create_model(CONFIG, seed=2)
+    remat = create_model(CONFIG.replace(remat=True), seed=2)
+    value_and_grad = nnx.jit(nnx.value_and_grad(loss))
+    l1, g1 = value_and_grad(plain)
+    l2, g2 = value_and_grad(remat)
+    np.testing.assert_allclose(l1, l2, rtol=1e-6)
+    for x, y in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(x, y, atol=1e-6)
+
+
+def test_bfloat16_policy_and_hidden_output():
+    tokens = _tokens(2, 5, seed=7)
+    run = nnx.jit(lambda m, t: m(t)[0])
+    ref = np.asarray(run(create_model(CONFIG, seed=3), tokens))
+    mixed = create_model(CONFIG.replace(dtype="bfloat16"), seed=3)  # f32 params, bf16 compute
+    assert mixed.layers[0].mlp.up_kernel.get_value().dtype == jnp.float32
+    logits = run(mixed, tokens)
+    assert logits.dtype == jnp.float32
+    assert 0 < np.abs(np.asarray(logits) - ref).max() < 0.05 * np.abs(ref).max()
+    # bf16 params and compute: shapes and dtypes only (no compile needed)
+    half = nnx.eval_shape(lambda: Transformer(CONFIG.replace(param_dtype="bfloat16", dtype="bfloat16"), rngs=nnx.Rngs(0)))
+    assert half.layers[0].mlp.up_kernel.get_value().dtype == jnp.bfloat16
+    hidden = nnx.eval_shape(lambda m, t: m(t, return_hidden=True)[0], half, tokens)
+    assert hidden.shape == (2, 5, CONFIG.hidden_size) and hidden.dtype == jnp.bfloat16
+    assert nnx.eval_shape(lambda m, t: m(t)[0], half, tokens).dtype == jnp.float32
+    assert init_cache(half.config, 2, 8).k.dtype == jnp.bfloat16
+
+
+def test_token_logprobs_matches_numpy():
+    logits = np.random.default_rng(0).normal(size=(2, 3, 7)).astype(np.float32)
+    targets = np.array([[0, 6, 3], [1, 1, 2]])
+    scaled = logits / 0.7
+    expected = scaled - np.log(np.exp(scaled).sum(-1, keepdims=True))
+    expected = np.take_along_axis(expected, targets[..., None], -1)[..., 0]
+    np.testing.assert_allclose(token_logprobs(jnp.asarray(logits), jnp.asarray(targets), 0.7), expected, atol=1e-5)
+
+
+def _abstract_param_count(config):
+    abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("bench-tiny", 4_067_072),  # BENCHMARKS.md: 4.07 M
+    ("qwen2.5-0.5b", 494_032_768),  # published parameter counts of the HF checkpoints
+    ("qwen2.5-7b", 7_615_616_512),
+    ("llama-3.2-1b", 1_235_814_400),
+])
+def test_preset_shapes(name, expected):
+    config = get_preset(name)
+    assert config.num_params() == expected
+    assert _abstract_param_count(config) == expected
+
+
+def test_all_presets_build_abstractly():
+    for name in sorted(set(PRESETS) - {"bench-tiny", "qwen2.5-0.5b", "qwen2.5-7b", "llama-3.2-1b"}):
+        config = get_preset(name)
+        assert _abstract_param_count(config) == config.num_params(), name
+        hash(config)
+
+
+def test_config_errors():
+    with pytest.raises(TailorError, match="unknown model preset 'gpt-9'"):
+        get_preset("gpt-9")
+    with pytest.raises(TailorError, match="multiple of num_kv_heads"):
+        CONFIG.replace(num_kv_heads=4)
+    with pytest.raises(TailorError, match="unknown architecture"):
+        CONFIG.replace(architecture="mamba")
+    with pytest.raises(TailorError, match="unsupported dtype"):
+        CONFIG.replace(dtype="int8")
