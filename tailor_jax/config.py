@@ -313,5 +313,6 @@ class CheckpointConfig:
         )
 
 
-# MeshConfig (device mesh axes: data/fsdp/tensor, and the logical-axis rules) belongs to the
-# parallel package (`tailor_jax/parallel/`); experiment configs import it from there.
+# MeshConfig (mesh axis sizes and logical-axis rules) lives in `tailor_jax/parallel/mesh.py`;
+# experiment configs import it from there (not re-exported here: it imports JAX, and loading a
+# config should stay light).
