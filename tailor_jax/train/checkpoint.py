@@ -395,12 +395,22 @@ class PreemptionFlag:
         self._event.set()
 
     def reached(self, step: int) -> bool:
-        """True when every process should stop after `step` (multi-host: also JAX's preemption sync)."""
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
+        """True when the loop should save and stop after `step`; the same answer on every process.
 
-            return bool(multihost_utils.reached_preemption_sync_point(step)) or self.requested
-        return self.requested
+        With several processes a signal may reach only some hosts, and a save needs all of them,
+        so the flags (and JAX's preemption sync point, when its service runs) are OR-ed across
+        processes with one small all-gather per call.
+        """
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils
+
+        local = self.requested
+        try:
+            local = bool(multihost_utils.reached_preemption_sync_point(step)) or local
+        except RuntimeError:  # the preemption sync service is not running
+            pass
+        return bool(np.any(multihost_utils.process_allgather(np.asarray(local))))
 
     def uninstall(self) -> None:
         """Put back the signal handlers that were there before."""
