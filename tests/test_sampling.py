@@ -172,3 +172,188 @@ def test_stop_sequence_array_right_aligns():
     np.testing.assert_array_equal(array, [[4, 5], [-1, 7]])
     with pytest.raises(TailorError):
         stop_sequence_array([[]])
+
+
+# ---------------------------------------------------------------- the sampler on real models
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from tailor_jax.model import load_pretrained, token_logprobs  # noqa: E402
+from tailor_jax.sampling import Sampler, generate  # noqa: E402
+
+HF_EOS = 3
+PROMPTS = [[5, 17, 33, 2, 60, 7, 91], [12, 4], [100, 101, 102, 9, 8, 70, 71, 72, 73, 74, 75], [50]]
+
+
+def _save_hf(kind: str, directory) -> None:
+    torch.manual_seed(0)
+    common = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  rms_norm_eps=1e-6, initializer_range=0.2, eos_token_id=HF_EOS, pad_token_id=0)
+    if kind == "qwen2":
+        config = transformers.Qwen2Config(tie_word_embeddings=True, rope_theta=10000.0, **common)
+        model = transformers.Qwen2ForCausalLM(config)
+    else:
+        config = transformers.LlamaConfig(tie_word_embeddings=False, rope_theta=500000.0, **common)
+        model = transformers.LlamaForCausalLM(config)
+    model.eval().save_pretrained(directory)
+
+
+@pytest.fixture(scope="module", params=["qwen2", "llama"])
+def checkpoint(request, tmp_path_factory):
+    directory = tmp_path_factory.mktemp(request.param)
+    _save_hf(request.param, directory)
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    model = load_pretrained(directory)
+    return hf_model, model, Sampler(model)
+
+
+def _hf_greedy(hf_model, prompts, max_new_tokens, eos):
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    with torch.no_grad():
+        out = hf_model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
+                                eos_token_id=eos, pad_token_id=0)
+    rows = []
+    for row in out[:, width:].tolist():
+        if eos is not None and eos in row:
+            row = row[: row.index(eos) + 1]
+        rows.append(row)
+    return rows
+
+
+def test_greedy_equals_hf_generate_with_mixed_lengths_and_eos_stops(checkpoint):
+    hf_model, _, sampler = checkpoint
+    free_run = _hf_greedy(hf_model, PROMPTS, 20, None)
+    ours_free = sampler.generate(PROMPTS, max_new_tokens=20, eos_token_ids=[])
+    assert ours_free.tokens == free_run
+    assert ours_free.finished == [False] * 4 and ours_free.lengths == [20] * 4
+    # An EOS id that the free run emits mid-way in some row (its first occurrence there ends the row).
+    eos = next(row[5] for row in free_run if row[5] not in row[:5])
+    expected = _hf_greedy(hf_model, PROMPTS, 20, eos)
+    ours = sampler.generate(PROMPTS, max_new_tokens=20, eos_token_ids=[eos])
+    assert ours.tokens == expected
+    assert any(len(row) < 20 for row in expected)
+    assert ours.finished == [row[-1] == eos for row in expected]
+    assert ours.lengths == [len(row) for row in expected]
+    assert sampler.num_compiles == 1  # the same bucket served all three calls
+
+
+def _trainer_logprobs(model, prompts, completions, temperature):
+    """Log-probs of each completion under one plain forward pass over prompt + completion (right padded)."""
+    seqs = [p + c for p, c in zip(prompts, completions)]
+    width = max(len(s) for s in seqs)
+    tokens = np.array([s + [0] * (width - len(s)) for s in seqs], np.int32)
+    logits, _ = model(jnp.asarray(tokens))
+    logp = np.asarray(token_logprobs(logits[:, :-1], jnp.asarray(tokens[:, 1:]), temperature))
+    return [logp[i, len(p) - 1: len(p) - 1 + len(c)] for i, (p, c) in enumerate(zip(prompts, completions))]
+
+
+def test_grouped_sampling_logprobs_equal_trainer_forward(checkpoint):
+    _, model, sampler = checkpoint
+    out = sampler.generate(PROMPTS, max_new_tokens=24, temperature=0.7, top_k=40, num_samples=3,
+                           eos_token_ids=[HF_EOS], seed=7)
+    assert len(out.tokens) == len(PROMPTS) * 3 and out.num_samples == 3
+    grouped_prompts = [p for p in PROMPTS for _ in range(3)]
+    expected = _trainer_logprobs(model, grouped_prompts, out.tokens, 0.7)
+    for got, want in zip(out.logprobs, expected):
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    for row, length, done in zip(out.tokens, out.lengths, out.finished):
+        assert len(row) == length and done == (row[-1] == HF_EOS) and (done or length == 24)
+    # The G rows of one prompt are distinct draws, and the same seed reproduces the call.
+    assert len({tuple(r) for r in out.tokens[:3]}) > 1
+    again = sampler.generate(PROMPTS, max_new_tokens=24, temperature=0.7, top_k=40, num_samples=3,
+                             eos_token_ids=[HF_EOS], seed=7)
+    assert again.tokens == out.tokens
+    assert np.array_equal(out.token_array[:, :5], np.array([r[:5] + [0] * (5 - len(r[:5])) for r in out.tokens]))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A small random model of our own (no HF) for the engine's bookkeeping tests."""
+    from tailor_jax.model import create_model, get_preset
+
+    config = get_preset("tiny").replace(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=1,
+                                        num_heads=2, num_kv_heads=1, head_dim=16, eos_token_ids=(1,))
+    model = create_model(config, seed=1)
+    return model, Sampler(model)
+
+
+def test_stop_sequences_end_rows_and_eos_defaults(tiny):
+    _, sampler = tiny
+    prompts = [[5, 6, 7], [9, 10]]
+    free = sampler.generate(prompts, max_new_tokens=12, eos_token_ids=[])
+    row = free.tokens[0]
+    stop = row[3:5]
+    first = next(i for i in range(1, len(row)) if row[i - 1: i + 1] == stop)
+    out = sampler.generate(prompts, max_new_tokens=12, eos_token_ids=[], stop_sequences=[stop, [63, 62, 61]])
+    assert out.tokens[0] == row[: first + 1] and out.finished[0]
+    # eos_token_ids=None means the config's EOS ids (here 1).
+    default = sampler.generate(prompts, max_new_tokens=12)
+    for full, got in zip(free.tokens, default.tokens):
+        expected = full[: full.index(1) + 1] if 1 in full else full
+        assert got == expected
+
+
+def test_compilations_are_bucketed_counted_and_logged(tiny, caplog):
+    model, _ = tiny
+    sampler = Sampler(model)
+    with caplog.at_level(logging.INFO, logger="tailor_jax.sampling.engine"):
+        sampler.generate([[1, 2, 3]], max_new_tokens=5, temperature=1.0, seed=0)
+        sampler.generate([[4, 5, 6, 7, 8, 9, 10]], max_new_tokens=9, temperature=0.5, seed=1)
+        assert sampler.num_compiles == 1  # same buckets, new temperature / seed / lengths
+        sampler.generate([list(range(1, 40))], max_new_tokens=9, temperature=0.5, seed=1)
+        assert sampler.num_compiles == 2  # a longer prompt is a new bucket
+    assert sum("compiled program" in r.getMessage() for r in caplog.records) == 2
+    # New weights of the same shapes: no recompilation, different output.
+    before = sampler.generate([[4, 5, 6]], max_new_tokens=8, eos_token_ids=[])
+    assert sampler.num_compiles == 3  # greedy is its own program
+    graphdef, state = nnx.split(model)
+    state = jax.tree.map(lambda x: x * 1.5, state)
+    sampler.update_weights(state)
+    after = sampler.generate([[4, 5, 6]], max_new_tokens=8, eos_token_ids=[])
+    assert sampler.num_compiles == 3 and after.tokens != before.tokens
+    reference = Sampler(nnx.merge(graphdef, state)).generate([[4, 5, 6]], max_new_tokens=8, eos_token_ids=[])
+    assert after.tokens == reference.tokens
+
+
+def test_module_level_generate_reuses_its_sampler(tiny):
+    model, sampler = tiny
+    first = generate(model, [[3, 4]], max_new_tokens=4, eos_token_ids=[])
+    second = generate(model, [[3, 4]], max_new_tokens=4, eos_token_ids=[])
+    assert first.tokens == second.tokens == sampler.generate([[3, 4]], max_new_tokens=4, eos_token_ids=[]).tokens
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(prompts=[]), "non-empty"),
+    (dict(prompts=[[1, 2], []]), "prompt 1 is empty"),
+    (dict(prompts=[[1, 999]]), "outside the model vocabulary"),
+    (dict(prompts="hello"), "token-id lists"),
+    (dict(max_new_tokens=0), "max_new_tokens"),
+    (dict(num_samples=0), "num_samples"),
+    (dict(eos_token_ids=[500]), "eos_token_ids"),
+])
+def test_bad_generate_arguments_raise_one_line(tiny, bad, message):
+    _, sampler = tiny
+    kwargs = dict(prompts=[[1, 2]], max_new_tokens=4) | bad
+    with pytest.raises(TailorError, match=message) as err:
+        sampler.generate(kwargs.pop("prompts"), **kwargs)
+    assert "\n" not in str(err.value)
+
+
+def test_sharded_sampling_matches_single_device(tiny):
+    from tailor_jax.model import shard_model
+    from tailor_jax.parallel.mesh import MeshConfig, create_mesh
+
+    model, sampler = tiny
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 (virtual) devices")
+    mesh = create_mesh(MeshConfig(data=4, fsdp=1, tensor=2))
+    sharded = Sampler(shard_model(model, mesh), mesh=mesh)
+    prompts = [[5, 6, 7], [9, 10], [11], [2, 3, 4, 5, 6]]
+    out = sharded.generate(prompts, max_new_tokens=10, num_samples=2, temperature=0.9, seed=3, eos_token_ids=[])
+    ref = sampler.generate(prompts, max_new_tokens=10, num_samples=2, temperature=0.9, seed=3, eos_token_ids=[])
+    assert out.tokens == ref.tokens
+    np.testing.assert_allclose(out.logprob_array, ref.logprob_array, atol=1e-4)

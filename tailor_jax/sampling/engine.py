@@ -33,7 +33,7 @@ from jax.sharding import Mesh
 
 from tailor_jax.errors import TailorError
 from tailor_jax.model import KVCache, Transformer, init_cache
-from tailor_jax.parallel.sharding import Rules, constrain, logical_sharding, use_sharding
+from tailor_jax.parallel.sharding import Rules, constrain, logical_sharding, put_global, use_sharding
 from tailor_jax.sampling.buckets import bucket, check_prompts, pad_prompts, stop_sequence_array
 from tailor_jax.sampling.ops import SamplingParams, sample_tokens
 
@@ -253,7 +253,7 @@ class Sampler:
     def _put(self, x: np.ndarray, axes: tuple[str | None, ...]) -> jax.Array:
         if self.mesh is None:
             return jnp.asarray(x)
-        return jax.device_put(x, logical_sharding(axes, self.mesh, self.rules, x.shape))
+        return put_global(x, self.mesh, axes, self.rules)
 
     def generate(
         self,
