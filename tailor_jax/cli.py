@@ -14,6 +14,7 @@ COMMANDS = {
     "generate": "tailor_jax.data.generate",
     "sft": "tailor_jax.train.sft",
     "build-dataset": "tailor_jax.data.tfds_builders",
+    "convert": "tailor_jax.model.convert",
 }
 
 # One-line descriptions for `tailor-jax --help` (shown without importing the modules).
