@@ -13,6 +13,7 @@ from tailor_jax.errors import TailorError
 COMMANDS = {
     "generate": "tailor_jax.data.generate",
     "sft": "tailor_jax.train.sft",
+    "grpo": "tailor_jax.train.grpo_trainer",
     "build-dataset": "tailor_jax.data.tfds_builders",
     "convert": "tailor_jax.model.convert",
 }
@@ -22,6 +23,7 @@ COMMAND_HELP = {
     "generate": "generate task problems as JSON lines",
     "build-dataset": "build a TFDS/ArrayRecord dataset of a task",
     "sft": "supervised fine-tuning (the warm start)",
+    "grpo": "GRPO reinforcement learning (DASH, dynamic sampling, curriculum)",
     "convert": "convert checkpoints to/from Hugging Face format",
 }
 

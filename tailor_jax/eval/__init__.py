@@ -1,1 +1,1 @@
-"""eval"""
+"""Evaluation: exact-answer accuracy per difficulty level, pass@k, reports."""

@@ -1,0 +1,219 @@
+"""GRPO loop: row layout, DASH filtering and packing, accumulation == plain GRPO, end-to-end
+run with evaluation, exact resume after SIGKILL, and config errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from itertools import islice
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tailor_jax.config import load_config
+from tailor_jax.data import tokenizer as tok_lib
+from tailor_jax.errors import TailorError
+from tailor_jax.model import create_model, get_preset, save_pretrained
+from tailor_jax.tasks import get_task
+from tailor_jax.train import grpo_trainer as gt
+from tailor_jax.train.grpo import grpo_loss, token_logprobs
+from tailor_jax.train.optim import make_optimizer
+from tailor_jax.train.state import create_train_state
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def init_dir(tmp_path_factory) -> Path:
+    """A tiny random Qwen2-shaped model + a BPE tokenizer trained on GF text, in HF format."""
+    path = tmp_path_factory.mktemp("init")
+    task = get_task("gf", steps="1-3")
+    records = list(islice(task.generate(300, 0), 300))
+    texts = [task.prompt(r).text + task.target(r) for r in records]
+    symbols = sorted(set(records[0]["symbols"].values()))
+    tokenizer = tok_lib.train_bpe_tokenizer(texts, 320, symbols)
+    tok_lib.save_tokenizer(tokenizer, path)
+    config = get_preset("tiny").replace(
+        vocab_size=-(-len(tokenizer) // 8) * 8, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
+        num_kv_heads=1, head_dim=16, bos_token_id=tokenizer.bos_token_id, eos_token_ids=(tokenizer.eos_token_id,),
+        pad_token_id=tok_lib.pad_id(tokenizer),
+    )
+    save_pretrained(create_model(config, seed=0), path)
+    return path
+
+
+def base_overrides(init_dir: Path, run_dir: Path) -> list[str]:
+    return [
+        f"run_dir={run_dir}", f"init={init_dir}", "task=gf", "task_options={steps: '1-2', p: 11}",
+        "rollout.prompts_per_step=4", "rollout.num_generations=4", "rollout.max_new_tokens=16",
+        "optimizer.lr=0.001", "steps=3", "progress=false", "checkpoint.async_save=false", "checkpoint.every_steps=1",
+    ]
+
+
+# --- pure pieces -----------------------------------------------------------------------------
+def test_build_rows_layout():
+    rows = gt.build_rows([[5, 6, 7], [8]], np.array([[1, 2, 0], [3, 0, 0]]), np.array([2, 1]), pad_id=0)
+    p = rows["tokens"].shape[1] - 3
+    assert rows["tokens"][0, p - 3 : p].tolist() == [5, 6, 7] and rows["tokens"][1, p - 1] == 8
+    assert rows["tokens"][0, p:].tolist() == [1, 2, 0]
+    assert rows["completion_mask"].tolist() == [[1, 1, 0], [1, 0, 0]]
+    assert rows["positions"][0, p - 3 : p + 2].tolist() == [0, 1, 2, 3, 4]
+    assert rows["positions"][1, p - 1 : p + 1].tolist() == [0, 1]
+    assert not rows["attention_mask"][1, : p - 1].any()
+
+
+def test_filtering_drops_small_advantages_and_shrinks_the_update():
+    adv = np.array([0.0, 0.05, -0.5, 0.0, 1.2, -0.09, 0.3, 0.0])
+    keep = gt.select_rows(adv, tau=0.1, enabled=True)
+    assert keep.tolist() == [2, 4, 6]
+    assert gt.select_rows(np.zeros(4), 0.1, True).tolist() == [0]  # at least one row survives
+    assert gt.select_rows(adv, 0.1, enabled=False).tolist() == list(range(8))
+    rows = {"x": np.arange(8)[:, None].repeat(3, 1), "completion_mask": np.ones((8, 3), np.float32),
+            "advantages": adv.astype(np.float32)}
+    batches = gt.pack_micro_batches(rows, keep, micro=2)
+    assert len(batches) == 2 and sum(b["x"].shape[0] for b in batches) == 4  # 3 real rows + 1 filler
+    assert batches[0]["x"][:, 0].tolist() == [2, 4]
+    assert batches[1]["completion_mask"][1].sum() == 0 and batches[1]["advantages"][1] == 0
+    assert len(gt.pack_micro_batches(rows, gt.select_rows(adv, 0.1, False), micro=2)) == 4
+
+
+def test_curriculum_and_prompts_are_pure_in_step(init_dir, tmp_path):
+    cfg = load_config(gt.GRPOConfig, None, [*base_overrides(init_dir, tmp_path),
+                      "curriculum=[{start_step: 3, task_options: {steps: '4-5'}}]"])
+    assert gt.task_options_at(cfg, 2)["steps"] == "1-2" and gt.task_options_at(cfg, 3)["steps"] == "4-5"
+    assert gt.step_records(cfg, 3, 0, None) == gt.step_records(cfg, 3, 0, None)
+    assert gt.step_records(cfg, 3, 0, None) != gt.step_records(cfg, 4, 0, None)
+    assert all(2 + 2 < r["k"] + 2 <= 5 + 2 for r in gt.step_records(cfg, 3, 0, None))
+
+
+# --- accumulation equals plain GRPO ---------------------------------------------------------
+@pytest.mark.parametrize("loss_agg", ["token_mean", "seq_mean_token_mean"])
+def test_micro_batch_accumulation_equals_one_batch(init_dir, loss_agg):
+    from tailor_jax.model import load_pretrained
+    from tailor_jax.parallel.mesh import MeshConfig, create_mesh
+
+    mesh = create_mesh(MeshConfig(fsdp=1), devices=jax.devices()[:1])
+    model = load_pretrained(init_dir, dtype="float32")
+    tx = make_optimizer(load_config(gt.GRPOConfig, None, [f"run_dir=x", f"init={init_dir}"]).optimizer, 10)
+    graphdef, state = create_train_state(model, tx, 0, mesh)
+    rng = np.random.default_rng(0)
+    n, c = 8, 6
+    prompts = [list(rng.integers(3, 100, size=rng.integers(2, 6))) for _ in range(n)]
+    rows = gt.build_rows(prompts, rng.integers(3, 100, size=(n, c)), rng.integers(1, c + 1, size=n), pad_id=0)
+    rows["advantages"] = rng.normal(size=n).astype(np.float32)
+    logp_fn = jax.jit(gt.make_logp_fn(graphdef, 1.0))
+    old = np.asarray(logp_fn(state.params, state.rest, {k: jnp.asarray(v) for k, v in rows.items()}))
+    rows["old_logp"] = rows["sampler_logp"] = (old + rng.normal(scale=0.05, size=old.shape)).astype(np.float32)
+    loss_cfg = gt.LossConfig(loss_agg=loss_agg, epsilon_low=0.1, epsilon_high=0.3)
+    acc = jax.jit(gt.make_accumulate_fn(graphdef, loss_cfg, 1.0, c))
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+
+    whole, _ = acc(zeros, state.params, state.rest, {k: jnp.asarray(v) for k, v in rows.items()}, jnp.float32(1.0))
+    grads = zeros
+    total_tokens = rows["completion_mask"].sum()
+    for b in gt.pack_micro_batches(rows, np.arange(n), micro=2):
+        w = b["completion_mask"].sum() / total_tokens if loss_agg == "token_mean" else 2 / n
+        grads, _ = acc(grads, state.params, state.rest, {k: jnp.asarray(v) for k, v in b.items()}, jnp.float32(w))
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(grads)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=1e-6)
+
+    # and the accumulated gradient is the gradient of grpo_loss on the whole batch
+    def direct(params):
+        logp = token_logprobs(gt._completion_logits(graphdef, params, state.rest, {k: jnp.asarray(v) for k, v in rows.items()}, c),
+                              jnp.asarray(rows["tokens"][:, -c:]))
+        return grpo_loss(logp, rows["old_logp"], None, rows["advantages"], rows["completion_mask"],
+                         epsilon_low=0.1, epsilon_high=0.3, loss_agg=loss_agg, max_len=c)[0]
+
+    expected = jax.grad(direct)(state.params)
+    for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(whole)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=1e-6)
+
+
+# --- end to end ----------------------------------------------------------------------------
+def test_run_logs_metrics_filters_and_evaluates(init_dir, tmp_path):
+    cfg = load_config(gt.GRPOConfig, None, [
+        *base_overrides(init_dir, tmp_path / "run"), "loss.beta=0.04", "dash.filter=true", "dash.micro_batch_size=8",
+        "dynamic_sampling.enabled=true", "dynamic_sampling.max_rounds=1", "eval.levels=[1, 2]", "eval.per_level=4",
+        "steps=2", "rewards={binary: 1.0, logic_rl: 0.5}",
+    ])
+    result = gt.train(cfg)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [line for line in lines if "reward" in line.get("metrics", line)]
+    assert len(steps) == 2
+    last = result.history[-1]
+    for key in ("reward", "reward_std", "rewards/binary/mean", "rewards/logic_rl/mean", "frac_reward_zero_std",
+                "completions/mean_length", "completions/clipped_ratio", "kl", "entropy", "clip_ratio/low_mean",
+                "clip_ratio/high_mean", "num_tokens", "step_time", "sampler/tokens_per_s", "train/tokens_per_s",
+                "sampler_trainer/logp_diff_mean", "dash/kept_frac", "eval/acc/gf/1", "eval/acc/gf/2",
+                "dynamic_sampling/rounds"):
+        assert key in last, key
+    assert 0 < last["dash/kept_frac"] <= 1
+    assert last["dash/micro_batches"] == np.ceil(last["dash/kept_frac"] * 16 / 8)
+    # sampler log-probs match a trainer forward pass with the same weights (float32 model)
+    assert last["sampler_trainer/logp_diff_mean"] < 1e-3
+    assert result.history[0]["step"] == 0 and "eval/acc" in result.history[0]
+
+
+CONFIG = ROOT / "tests" / "data" / "grpo_tiny.yaml"
+
+
+def _command(args) -> list[str]:
+    return [sys.executable, "-m", "tailor_jax.cli", "grpo", str(CONFIG), *args]
+
+
+def _run_cli(args):
+    return subprocess.run(_command(args), capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""})
+
+
+def _params(run_dir: Path, init_dir: Path):
+    cfg = load_config(gt.GRPOConfig, None, base_overrides(init_dir, run_dir))
+    from tailor_jax.train.checkpoint import Checkpointer, TrainCheckpoint
+
+    model, _ = gt.load_policy(cfg, None, None)
+    from flax import nnx
+
+    params = nnx.state(model, nnx.Param)
+    with Checkpointer(run_dir / "checkpoints", cfg.checkpoint) as ck:
+        restored = ck.restore_latest(TrainCheckpoint(0, params))
+    return restored.step, jax.tree.leaves(restored.params)
+
+
+def test_exact_resume_after_sigkill(init_dir, tmp_path):
+    overrides = base_overrides(init_dir, tmp_path / "full")
+    done = _run_cli([*overrides])
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    killed_dir = tmp_path / "killed"
+    proc = subprocess.Popen(_command(base_overrides(init_dir, killed_dir)),
+                            cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (killed_dir / "checkpoints" / "1").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = _run_cli(base_overrides(init_dir, killed_dir))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    step_a, full = _params(tmp_path / "full", init_dir)
+    step_b, again = _params(killed_dir, init_dir)
+    assert step_a == step_b == 3
+    for a, b in zip(full, again):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_bad_config_is_one_line(init_dir, tmp_path):
+    result = _run_cli([*base_overrides(init_dir, tmp_path / "r"), "dash.tua=0.2"])
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "dash.tau" in result.stderr
+    result = _run_cli([f"run_dir={tmp_path / 'r2'}", f"init={tmp_path / 'nowhere'}"])
+    assert result.returncode == 2 and "config.json" in result.stderr
+    assert not (tmp_path / "r2").exists()
