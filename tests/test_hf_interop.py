@@ -154,3 +154,31 @@ def test_bad_checkpoints_fail_with_clear_errors(checkpoints, tmp_path):
 
     with pytest.raises(TailorError, match="config.json not found"):
         load_pretrained(tmp_path / "nowhere")
+
+
+def test_convert_cli_hf_to_hf_and_checkpoint_to_hf(checkpoints, batch, tmp_path, capsys):
+    import orbax.checkpoint as ocp
+    from flax import nnx
+
+    from tailor_jax.cli import main
+
+    directory, hf_model = checkpoints["llama3_scaled"]
+    tokens, _, _ = batch
+    assert main(["convert", str(directory), str(tmp_path / "half"), "--dtype", "bfloat16"]) == 0
+    half = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "half", dtype="auto")
+    assert half.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    assert torch.equal(half.model.layers[0].mlp.up_proj.weight,
+                       hf_model.model.layers[0].mlp.up_proj.weight.to(torch.bfloat16))
+    assert main(["convert", str(directory), str(tmp_path / "half")]) == 2  # never overwrites
+    assert "already exists" in capsys.readouterr().err
+
+    # a trainer-style checkpoint: Orbax StandardSave of the model's nnx.Param state under <step>/params
+    model = load_pretrained(directory)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save((tmp_path / "ckpt" / "7" / "params").absolute(), nnx.state(model, nnx.Param))
+    checkpointer.wait_until_finished()
+    assert main(["convert", str(tmp_path / "ckpt" / "7"), str(tmp_path / "from_ckpt"), "--model", str(directory)]) == 0
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "from_ckpt").eval()
+    np.testing.assert_array_equal(_hf_logits(reloaded, tokens), _hf_logits(hf_model, tokens))
+    assert main(["convert", str(tmp_path / "ckpt" / "7"), str(tmp_path / "x"), "--model", "tiny"]) == 2
+    assert "cannot restore model parameters" in capsys.readouterr().err
