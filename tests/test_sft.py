@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
-import dataclasses
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import yaml
 from flax import nnx
+
+from tailor_jax.config import CheckpointConfig
+from tailor_jax.data.jsonl import write_jsonl
+from tailor_jax.tasks import get_task
+from tailor_jax.train.checkpoint import Checkpointer
 
 from tailor_jax.data import pipeline
 from tailor_jax.model import Transformer, get_preset
@@ -111,3 +123,141 @@ def test_gradient_accumulation_gives_the_same_update(tokenizer):
         np.testing.assert_allclose(float(metrics["loss"]), float(base_metrics["loss"]), rtol=1e-5)
         np.testing.assert_allclose(float(metrics["grad_norm"]), float(base_metrics["grad_norm"]), rtol=1e-5)
         _assert_trees_close(state.params, base.params)
+
+
+# ---------------------------------------------------------------------------------------
+# The trainer end to end (subprocesses: SIGKILL / SIGTERM need their own process).
+WORKER = Path(__file__).with_name("sft_worker.py")
+STEPS = 10
+
+
+@pytest.fixture(scope="module")
+def gf_run(tmp_path_factory):
+    """GF data + a tiny-model config; run A (uninterrupted) done once for the module."""
+    root = tmp_path_factory.mktemp("sft")
+    task = get_task("gf", p=11, steps="2-3")
+    write_jsonl(root / "train.jsonl", task.generate(200, seed=1))
+    write_jsonl(root / "test.jsonl", task.generate(20, seed=2))
+    config = {
+        "run_dir": str(root / "A"),
+        "data": {"task": "gf", "task_options": {"p": 11, "steps": "2-3"}, "train_file": str(root / "train.jsonl"),
+                 "eval_file": str(root / "test.jsonl"), "seq_len": 192},
+        "tokenizer": {"vocab_size": 300},
+        "model": {"preset": "tiny", "overrides": {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2,
+                                                  "num_heads": 2, "num_kv_heads": 1, "head_dim": 16}},
+        "optimizer": {"lr": 1e-2, "warmup_steps": 2, "schedule": "cosine"},
+        "checkpoint": {"every_steps": 3, "async_save": False},
+        "steps": STEPS, "batch_size": 8, "log_every": 1, "eval_batches": 1, "progress": False,
+        "record_batches": True,
+    }
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    run = _worker(root, "A", wait=True)
+    assert run.returncode == 0, run.stderr.read()
+    return root
+
+
+def _worker(root: Path, name: str, *overrides: str, wait: bool = False) -> subprocess.Popen:
+    cmd = [sys.executable, str(WORKER), str(root / "config.yaml"), str(root / f"{name}.npz"),
+           f"run_dir={root / name}", *overrides]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if wait:
+        proc.wait(timeout=300)
+    return proc
+
+
+def _wait_for_step(root: Path, name: str, proc: subprocess.Popen, step: int) -> None:
+    path = root / name / "batches.txt"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) >= step:
+            return
+        assert proc.poll() is None, f"worker ended early: {proc.stderr.read()}"
+        time.sleep(0.05)
+    raise AssertionError(f"run {name} did not reach step {step}")
+
+
+def _batches(root: Path, name: str) -> dict[int, str]:
+    """step -> batch digest; a step seen twice (replayed after a resume) must match itself."""
+    seen: dict[int, str] = {}
+    for line in (root / name / "batches.txt").read_text().splitlines():
+        step, digest = line.split()
+        assert seen.setdefault(int(step), digest) == digest, f"step {step} saw different data on replay"
+    return seen
+
+
+def _assert_same_params(root: Path, a: str, b: str) -> None:
+    with np.load(root / f"{a}.npz") as x, np.load(root / f"{b}.npz") as y:
+        assert sorted(x.files) == sorted(y.files) and int(x["step"]) == int(y["step"]) == STEPS
+        for key in x.files:
+            assert np.array_equal(x[key], y[key]), f"{key} differs"  # bitwise
+
+
+def test_sigkill_and_resume_is_exact(gf_run):
+    kill_after = random.Random().randint(4, STEPS - 1)  # past the first checkpoint (step 3)
+    proc = _worker(gf_run, "B")
+    _wait_for_step(gf_run, "B", proc, kill_after)
+    proc.kill()
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    resumed = _worker(gf_run, "B", wait=True)
+    assert resumed.returncode == 0, resumed.stderr.read()
+    _assert_same_params(gf_run, "A", "B")
+    assert _batches(gf_run, "B") == _batches(gf_run, "A"), f"killed after step {kill_after}"
+    assert len(_batches(gf_run, "A")) == STEPS
+
+
+def test_sigterm_saves_the_current_step(gf_run):
+    proc = _worker(gf_run, "C")
+    _wait_for_step(gf_run, "C", proc, 5)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    stderr = proc.stderr.read()
+    assert proc.returncode == 0, stderr
+    assert "stopped by SIGTERM" in stderr
+    last_step = max(_batches(gf_run, "C"))
+    assert last_step < STEPS
+    with Checkpointer(gf_run / "C" / "checkpoints", CheckpointConfig(async_save=False)) as checkpointer:
+        assert checkpointer.latest_step() == last_step  # complete (manifest checked) at the stop step
+    resumed = _worker(gf_run, "C", wait=True)
+    assert resumed.returncode == 0, resumed.stderr.read()
+    _assert_same_params(gf_run, "A", "C")
+
+
+def test_corrupted_checkpoint_is_skipped(gf_run):
+    shutil.copytree(gf_run / "A", gf_run / "D")
+    ckpt = gf_run / "D" / "checkpoints"
+    latest = max(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
+    victim = max((p for p in (ckpt / str(latest)).rglob("*") if p.is_file() and p.name != "tailor_manifest.json"),
+                 key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    proc = _worker(gf_run, "D", wait=True)
+    stderr = proc.stderr.read()
+    assert proc.returncode == 0, stderr
+    assert "corrupted" in stderr
+    assert (ckpt / f"{latest}.corrupt").is_dir()  # moved aside, not deleted
+    _assert_same_params(gf_run, "A", "D")  # retrained the lost steps from the previous checkpoint
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tailor_jax.cli", "sft", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("stepz=3", "unknown config key 'stepz'"),
+        ("steps=ten", "config key 'steps' must be int"),
+        ("batch_size=0", "batch_size must be >= 1"),
+        ("accum_steps=3", "multiple of accum_steps"),
+        ("data.seq_len=1", "seq_len must be >= 2"),
+        ("optimizer.lr=-1", "lr must be > 0"),
+        ("data.train_file=/nonexistent/train.jsonl", "/nonexistent/train.jsonl not found"),
+    ],
+)
+def test_bad_configs_give_one_clear_line(gf_run, override, message):
+    before = {p: p.stat().st_mtime_ns for p in (gf_run / "A").rglob("*")}
+    result = _cli(str(gf_run / "config.yaml"), f"run_dir={gf_run / 'A'}", override)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert {p: p.stat().st_mtime_ns for p in (gf_run / "A").rglob("*")} == before  # nothing touched

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
-import json
 import shutil
 import sys
 import time
@@ -36,6 +35,8 @@ from tailor_jax.model.transformer import create_model
 from tailor_jax.parallel.mesh import MeshConfig, create_mesh
 from tailor_jax.parallel.sharding import use_sharding
 from tailor_jax.tasks import Task, get_task
+from tailor_jax.train.metrics import MetricsWriter, Progress
+from tailor_jax.train.optim import learning_rate_schedule, make_optimizer
 from tailor_jax.train.checkpoint import Checkpointer, TrainCheckpoint, install_preemption_handler
 from tailor_jax.train.state import TrainState, create_train_state, data_parallel_size, global_batch, merge_model
 
@@ -265,41 +266,6 @@ def build_model(cfg: SFTConfig, tokenizer, mesh, rules) -> nnx.Module:
     return create_model(model_cfg, seed=cfg.seed, mesh=mesh, rules=rules)
 
 
-def make_tx(cfg: OptimizerConfig, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW with warmup + schedule and global-norm clipping, as `OptimizerConfig` describes."""
-    decay_steps = max(total_steps - cfg.warmup_steps, 1)
-    end = cfg.lr * cfg.end_lr_ratio
-    if cfg.schedule == "cosine":
-        main = optax.cosine_decay_schedule(cfg.lr, decay_steps, alpha=cfg.end_lr_ratio)
-    elif cfg.schedule == "linear":
-        main = optax.linear_schedule(cfg.lr, end, decay_steps)
-    else:
-        main = optax.constant_schedule(cfg.lr)
-    schedule = optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps), main], [cfg.warmup_steps]) if cfg.warmup_steps else main
-    matrices = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
-    adamw = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=matrices)
-    tx = adamw if cfg.grad_clip is None else optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adamw)
-    return tx, schedule
-
-
-class _JsonlMetrics:
-    """Metrics as JSON lines in run_dir/metrics.jsonl (process 0 only)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._file = path.open("a", encoding="utf-8") if jax.process_index() == 0 else None
-
-    def write(self, step: int, metrics: dict) -> None:
-        if self._file is not None:
-            values = {k: float(v) for k, v in metrics.items()}
-            self._file.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
-            self._file.flush()
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-
-
 def _batch_digest(batch: dict) -> str:
     digest = hashlib.sha256()
     for key in pipeline.BATCH_KEYS:
@@ -367,8 +333,16 @@ def _pipeline_config(cfg: SFTConfig, rows: int, num_epochs: int | None) -> pipel
     )
 
 
-def train(cfg: SFTConfig) -> dict[str, float]:
-    """Run (or resume) SFT as configured; returns the last logged and evaluation metrics."""
+@dataclasses.dataclass
+class SFTResult:
+    metrics: dict[str, float]  # the last logged training and evaluation metrics
+    state: TrainState
+    graphdef: nnx.GraphDef
+    tokenizer: Any
+
+
+def train(cfg: SFTConfig) -> SFTResult:
+    """Run (or resume) SFT as configured."""
     run_dir = Path(cfg.run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise TailorError(f"run_dir {run_dir} is a file; give a directory")
@@ -389,7 +363,7 @@ def train(cfg: SFTConfig) -> dict[str, float]:
     dump_config(cfg, run_dir / "config.yaml")
 
     model = build_model(cfg, tokenizer, mesh, rules)
-    tx, schedule = make_tx(cfg.optimizer, cfg.steps)
+    tx, schedule = make_optimizer(cfg.optimizer, cfg.steps), learning_rate_schedule(cfg.optimizer, cfg.steps)
     graphdef, state = create_train_state(model, tx, cfg.seed, mesh, rules)
     del model
     with use_sharding(mesh, rules):
@@ -403,7 +377,7 @@ def train(cfg: SFTConfig) -> dict[str, float]:
     iterator = iter(data)
 
     checkpoint_dir = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else run_dir / "checkpoints"
-    metrics_log = _JsonlMetrics(run_dir / "metrics.jsonl")
+    metrics_log = MetricsWriter(run_dir, is_primary=jax.process_index() == 0)
     batches_log = (run_dir / "batches.txt").open("a") if cfg.record_batches and jax.process_index() == 0 else None
     preemption = install_preemption_handler()
     last: dict[str, float] = {}
@@ -424,33 +398,31 @@ def train(cfg: SFTConfig) -> dict[str, float]:
             start = int(state.step)
             if start >= cfg.steps:
                 _log(f"already trained {start} of {cfg.steps} steps; nothing to do")
-            bar = tqdm(total=cfg.steps, initial=start, desc="sft", unit="step", disable=not cfg.progress or jax.process_index() != 0)
-            window_tokens, window_start, window_step = 0.0, time.perf_counter(), start
+            bar = Progress(cfg.steps, initial_step=start, desc="sft", enabled=cfg.progress and jax.process_index() == 0)
+            window_tokens, window_start, window_step = 0, time.perf_counter(), start
             for step in range(start + 1, cfg.steps + 1):
                 batch = next(iterator)
                 if batches_log is not None:
                     batches_log.write(f"{step} {_batch_digest(batch)}\n")
                     batches_log.flush()
                 state, metrics = train_step(state, global_batch(batch, mesh, rules))
-                window_tokens += float((batch["segment_ids"] > 0).sum()) * jax.process_count()
+                window_tokens += int((batch["segment_ids"] > 0).sum()) * jax.process_count()  # non-padding
                 if step % cfg.log_every == 0 or step == cfg.steps:
                     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     elapsed = time.perf_counter() - window_start
-                    metrics["train/tokens_per_s"] = window_tokens / max(elapsed, 1e-9)  # non-padding tokens
+                    metrics["train/tokens_per_s"] = window_tokens / max(elapsed, 1e-9)
                     metrics["step_time"] = elapsed / max(step - window_step, 1)
-                    window_step = step
-                    window_tokens, window_start = 0.0, time.perf_counter()
-                    last = metrics
                     metrics_log.write(step, metrics)
-                    bar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}")
-                bar.update(1)
+                    bar.update(step, loss=metrics["loss"], tokens=window_tokens)
+                    last = metrics
+                    window_tokens, window_start, window_step = 0, time.perf_counter(), step
                 if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
                     with use_sharding(mesh, rules):
                         eval_metrics = evaluate(cfg, state, graphdef, eval_step, eval_records, task, tokenizer, mesh, rules)
                     if eval_metrics:
                         metrics_log.write(step, eval_metrics)
                         last = {**last, **eval_metrics}
-                        bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
+                        tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
                 stop = preemption.reached(step)
                 if checkpointer.should_save(step) or stop or step == cfg.steps:
                     checkpointer.save(
@@ -465,7 +437,7 @@ def train(cfg: SFTConfig) -> dict[str, float]:
         metrics_log.close()
         if batches_log is not None:
             batches_log.close()
-    return last
+    return SFTResult(last, state, graphdef, tokenizer)
 
 
 def _log(message: str) -> None:
@@ -484,7 +456,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     cfg = load_config(SFTConfig, args.config, args.overrides)
-    metrics = train(cfg)
+    metrics = train(cfg).metrics
     summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in ("loss", "eval/loss", "eval/acc"))
     _log(f"done: {summary}" if summary else "done")
     return 0

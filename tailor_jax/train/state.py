@@ -64,6 +64,12 @@ def create_train_state(
     replicated = NamedSharding(mesh, PartitionSpec())
     rest = jax.device_put(rest, replicated)
     opt_state = jax.jit(tx.init)(params)
+    # Moment estimates follow their parameters' shardings; scalars (step counts) would land on
+    # one device, so replicate them over the mesh (a restore must see one consistent layout).
+    opt_state = jax.tree.map(
+        lambda x: x if isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh else jax.device_put(x, replicated),
+        opt_state,
+    )
     step = jax.device_put(jnp.zeros((), jnp.int32), replicated)
     rng = jax.device_put(jax.random.key_data(jax.random.key(seed)), replicated)
     return graphdef, TrainState(step=step, params=params, rest=rest, opt_state=opt_state, rng=rng)
