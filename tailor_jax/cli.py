@@ -16,6 +16,9 @@ COMMANDS = {
     "grpo": "tailor_jax.train.grpo_trainer",
     "build-dataset": "tailor_jax.data.tfds_builders",
     "convert": "tailor_jax.model.convert",
+    "run": "tailor_jax.run",
+    "eval": "tailor_jax.eval.evaluate",
+    "report": "tailor_jax.eval.report",
 }
 
 # One-line descriptions for `tailor-jax --help` (shown without importing the modules).
@@ -25,6 +28,9 @@ COMMAND_HELP = {
     "sft": "supervised fine-tuning (the warm start)",
     "grpo": "GRPO reinforcement learning (DASH, dynamic sampling, curriculum)",
     "convert": "convert checkpoints to/from Hugging Face format",
+    "run": "the whole pipeline: data, warm start, SFT, GRPO, evaluation, report",
+    "eval": "evaluate a model on held-out problems per difficulty level",
+    "report": "write a run's report and plots, or overlay several runs",
 }
 
 

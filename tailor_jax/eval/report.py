@@ -1,0 +1,352 @@
+"""Run reports: `report.md` plus PNG plots of a run's metrics, and overlays of several runs.
+
+    tailor-jax report RUN_DIR                 # RUN_DIR/report.md, RUN_DIR/plots/*.png
+    tailor-jax report RUN_A RUN_B --out DIR   # DIR/report.md, DIR/plots/*.png (runs overlaid)
+
+Everything is read from files a run leaves behind (`sft/metrics.jsonl`, `grpo/metrics.jsonl`,
+`eval/<model>.json`, `warm_start/stats.json`, `<stage>/stage.json`), so a report can be made
+again at any time. Plots use matplotlib's Agg backend (no display needed).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tailor_jax.errors import TailorError
+from tailor_jax.eval.evaluate import format_table
+
+STAGES = ("data", "warm_start", "sft", "grpo", "eval")
+MODELS = ("sft", "grpo")
+
+
+# ---------------------------------------------------------------------------------------
+# Reading a run.
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except json.JSONDecodeError:
+        return None
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    from tailor_jax.train.metrics import read_metrics
+
+    return read_metrics(path) if path.is_file() else []
+
+
+def load_run(run_dir: str | Path) -> dict[str, Any]:
+    """Everything a report needs from a run directory (missing pieces are empty)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise TailorError(f"run directory {run_dir} does not exist; pass the run_dir of a `tailor-jax run`")
+    config = {}
+    if (run_dir / "config.yaml").is_file():
+        import yaml
+
+        config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    return {
+        "name": run_dir.name,
+        "dir": run_dir,
+        "config": config,
+        "stages": {s: _read_json(run_dir / s / "stage.json") for s in STAGES},
+        "sft_metrics": _read_metrics(run_dir / "sft" / "metrics.jsonl"),
+        "grpo_metrics": _read_metrics(run_dir / "grpo" / "metrics.jsonl"),
+        "eval": {m: r for m in MODELS if (r := _read_json(run_dir / "eval" / f"{m}.json")) is not None},
+        "warm_start": _read_json(run_dir / "warm_start" / "stats.json"),
+    }
+
+
+def series(metrics: Sequence[dict], key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of one metric, skipping records without it (or with null)."""
+    points = [(m["step"], m[key]) for m in metrics if m.get(key) is not None]
+    return [p[0] for p in points], [float(p[1]) for p in points]
+
+
+def level_keys(metrics: Sequence[dict], prefix: str = "eval/acc/") -> list[str]:
+    keys = {k for m in metrics for k in m if k.startswith(prefix) and k[len(prefix):].count("/") == 1}
+    return sorted(keys, key=lambda k: int(k.rsplit("/", 1)[1]) if k.rsplit("/", 1)[1].isdigit() else 0)
+
+
+# ---------------------------------------------------------------------------------------
+# Plots.
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+    return path
+
+
+def plot_sft_loss(runs: Sequence[dict], path: Path) -> Path | None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    drawn = False
+    for run in runs:
+        for key, style in (("loss", "-"), ("eval/loss", "o--")):
+            steps, values = series(run["sft_metrics"], key)
+            if steps:
+                label = key if len(runs) == 1 else f"{run['name']} {key}"
+                ax.plot(steps, values, style, label=label)
+                drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set(xlabel="SFT step", ylabel="cross-entropy (nats / token)", title="SFT loss", yscale="log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_grpo_reward(runs: Sequence[dict], path: Path) -> Path | None:
+    plt = _pyplot()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 6), sharex=True)
+    drawn = False
+    for run in runs:
+        steps, reward = series(run["grpo_metrics"], "reward")
+        if not steps:
+            continue
+        drawn = True
+        label = "reward" if len(runs) == 1 else run["name"]
+        top.plot(steps, reward, "-", label=label)
+        steps_l, length = series(run["grpo_metrics"], "completions/mean_length")
+        bottom.plot(steps_l, length, "-", label=label)
+    if not drawn:
+        plt.close(fig)
+        return None
+    top.set(ylabel="mean reward", title="GRPO rollouts")
+    bottom.set(xlabel="GRPO step", ylabel="mean completion length (tokens)")
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _save(fig, path)
+
+
+def plot_grpo_accuracy(runs: Sequence[dict], path: Path) -> Path | None:
+    """Held-out accuracy over GRPO steps: per level for one run, overall per run for several."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    drawn = False
+    for run in runs:
+        keys = level_keys(run["grpo_metrics"]) if len(runs) == 1 else []
+        for key in [*keys, "eval/acc"]:
+            steps, values = series(run["grpo_metrics"], key)
+            if steps:
+                name = "all levels" if key == "eval/acc" else f"level {key.rsplit('/', 1)[1]}"
+                label = name if len(runs) == 1 else run["name"]
+                ax.plot(steps, values, "o-" if key == "eval/acc" else ".--", label=label, lw=2.5 if key == "eval/acc" else 1)
+                drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set(xlabel="GRPO step", ylabel="greedy accuracy", title="Held-out accuracy during GRPO", ylim=(-0.02, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_accuracy_by_level(runs: Sequence[dict], path: Path) -> Path | None:
+    """Grouped bars: final held-out accuracy per level, one bar per (run, model)."""
+    import numpy as np
+
+    plt = _pyplot()
+    bars = [(f"{m}" if len(runs) == 1 else f"{run['name']} {m}", run["eval"][m]) for run in runs for m in MODELS if m in run["eval"]]
+    if not bars:
+        return None
+    levels = sorted({lv for _, r in bars for lv in r["acc_by_level"]}, key=int)
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(levels) + 2), 4))
+    width = 0.8 / len(bars)
+    x = np.arange(len(levels) + 1)
+    for i, (label, result) in enumerate(bars):
+        values = [result["acc_by_level"].get(lv, 0.0) for lv in levels] + [result["acc"]]
+        ax.bar(x + (i - (len(bars) - 1) / 2) * width, values, width, label=f"{label} ({100 * result['acc']:.1f}%)")
+    ax.set_xticks(x, [*levels, "all"])
+    ax.set(xlabel="difficulty level", ylabel="greedy accuracy", title="Held-out accuracy by level", ylim=(0, 1.05))
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_warm_start(runs: Sequence[dict], path: Path) -> Path | None:
+    """Warm-start mix (demonstrations per primitive) and distinct-n of the traces."""
+    import numpy as np
+
+    plt = _pyplot()
+    stats = [(run["name"], run["warm_start"]) for run in runs if run["warm_start"]]
+    if not stats:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    names = sorted({p for _, s in stats for p in s["primitives"]})
+    width = 0.8 / len(stats)
+    for i, (run_name, s) in enumerate(stats):
+        offset = (i - (len(stats) - 1) / 2) * width
+        left.bar(np.arange(len(names)) + offset, [s["primitives"].get(n, 0) for n in names], width, label=run_name)
+        right.bar(np.arange(3) + offset, [s[f"distinct_{n}"] for n in (1, 2, 3)], width, label=run_name)
+    left.set_xticks(np.arange(len(names)), names, rotation=30, ha="right")
+    left.set(ylabel="demonstrations", title="Warm-start mix by primitive")
+    right.set_xticks(np.arange(3), ["distinct-1", "distinct-2", "distinct-3"])
+    right.set(ylabel="distinct n-grams / n-grams", title="Trace diversity", ylim=(0, 1))
+    for ax in (left, right):
+        ax.grid(alpha=0.3, axis="y")
+        if len(stats) > 1:
+            ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+PLOTS = {
+    "sft_loss.png": plot_sft_loss,
+    "grpo_reward.png": plot_grpo_reward,
+    "grpo_accuracy.png": plot_grpo_accuracy,
+    "accuracy_by_level.png": plot_accuracy_by_level,
+    "warm_start_diversity.png": plot_warm_start,
+}
+
+
+# ---------------------------------------------------------------------------------------
+# Markdown.
+def _level_label(config: dict) -> str:
+    return {"kk": "people", "igsm": "op", "gf": "k"}.get(config.get("task", ""), "level")
+
+
+def _eval_tables(run: dict) -> list[str]:
+    results = run["eval"]
+    if not results:
+        return ["(no evaluation results yet)"]
+    label = _level_label(run["config"])
+    parts = ["Greedy accuracy (%) on held-out problems:", "", format_table(results, label=label)]
+    kinds = {f"{m} ({kind})": {"acc": acc, "acc_by_level": r["acc_by_kind_level"][kind]}
+             for m, r in results.items() for kind, acc in r.get("acc_by_kind", {}).items()}
+    if kinds:
+        parts += ["", "By problem kind:", "", format_table(kinds, label=label)]
+    passes = {f"{m} pass@{r.get('pass_k', 'k')}": {"acc": r["pass_at_k"], "acc_by_level": r["pass_at_k_by_level"]}
+              for m, r in results.items() if "pass_at_k" in r}
+    if passes:
+        parts += ["", "pass@k (%):", "", format_table(passes, label=label)]
+    lengths = ", ".join(f"{m} {r['mean_length']:.1f}" for m, r in results.items())
+    parts += ["", f"Mean completion length (tokens, greedy): {lengths}. Problems per level: "
+              + ", ".join(f"{lv}: {n}" for lv, n in next(iter(results.values()))["num_by_level"].items()) + "."]
+    if "sft" in results and "grpo" in results:
+        delta = 100 * (results["grpo"]["acc"] - results["sft"]["acc"])
+        parts += ["", f"**GRPO vs SFT: {100 * results['sft']['acc']:.1f}% -> {100 * results['grpo']['acc']:.1f}% "
+                  f"({delta:+.1f} points).**"]
+    return parts
+
+
+def _stage_table(run: dict) -> list[str]:
+    lines = ["| stage | status | seconds | summary |", "|---|---|---|---|"]
+    for stage, info in run["stages"].items():
+        if info:
+            lines.append(f"| {stage} | {info.get('status', '?')} | {info.get('seconds', 0.0):.1f} | {info.get('summary', '')} |")
+    total = sum((info or {}).get("seconds", 0.0) for info in run["stages"].values())
+    lines.append(f"| total | | {total:.1f} | |")
+    return lines
+
+
+def _grpo_curve(run: dict) -> list[str]:
+    steps, acc = series(run["grpo_metrics"], "eval/acc")
+    r_steps, reward = series(run["grpo_metrics"], "reward")
+    lines = []
+    if steps:
+        lines.append("Held-out accuracy during GRPO (greedy, the trainer's own eval set): "
+                     + ", ".join(f"step {s}: {100 * a:.1f}%" for s, a in zip(steps, acc)) + ".")
+    if r_steps:
+        lines.append(f"Mean rollout reward: step {r_steps[0]}: {reward[0]:.3f} -> step {r_steps[-1]}: {reward[-1]:.3f}.")
+    return lines
+
+
+def _embed(plots: dict[str, Path], base: Path) -> list[str]:
+    return [f"![{name}]({path.relative_to(base)})" for name, path in plots.items()]
+
+
+def make_plots(runs: Sequence[dict], plot_dir: Path) -> dict[str, Path]:
+    made = {}
+    for name, fn in PLOTS.items():
+        path = fn(runs, plot_dir / name)
+        if path is not None:
+            made[name.removesuffix(".png")] = path
+    return made
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """RUN_DIR/report.md and RUN_DIR/plots/*.png for one run."""
+    run = load_run(run_dir)
+    base = run["dir"]
+    plots = make_plots([run], base / "plots")
+    cfg = run["config"]
+    lines = [f"# Run report: {run['name']}", ""]
+    if cfg:
+        warm = cfg.get("warm_start", {})
+        lines += [f"Task `{cfg.get('task')}` {cfg.get('task_options', {})}; warm start `{warm.get('method')}`"
+                  + (f" (strategy {warm.get('strategy')})" if warm.get("strategy") else "")
+                  + f"; held-out levels {cfg.get('eval', {}).get('levels')}.", ""]
+    lines += ["## Stages", "", *_stage_table(run), "", "## Held-out evaluation", "", *_eval_tables(run), ""]
+    curve = _grpo_curve(run)
+    if curve:
+        lines += ["## GRPO", "", *curve, ""]
+    if run["warm_start"]:
+        ws = run["warm_start"]
+        lines += ["## Warm start", "", f"{ws['num_demos']} demonstrations from {ws['num_primitives']} primitive(s) "
+                  f"{ws['primitives']}; distinct-1/2/3 {ws['distinct_1']:.3f} / {ws['distinct_2']:.3f} / "
+                  f"{ws['distinct_3']:.3f}; mean {ws['mean_words']:.1f} words per demonstration.", ""]
+    lines += ["## Plots", "", *_embed(plots, base), ""]
+    path = base / "report.md"
+    tmp = path.with_name("report.md.tmp")
+    tmp.write_text("\n".join(lines))
+    tmp.replace(path)
+    return path
+
+
+def write_comparison(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Path:
+    """OUT/report.md and OUT/plots/*.png overlaying several runs (e.g. Tailor vs baselines)."""
+    runs = [load_run(d) for d in run_dirs]
+    names = [r["name"] for r in runs]
+    if len(set(names)) != len(names):  # same basename in different parents
+        for r in runs:
+            r["name"] = f"{r['dir'].parent.name}/{r['name']}"
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = make_plots(runs, out / "plots")
+    rows = ["| run | warm start | SFT acc (%) | GRPO acc (%) | total seconds |", "|---|---|---|---|---|"]
+    for r in runs:
+        acc = lambda m: f"{100 * r['eval'][m]['acc']:.1f}" if m in r["eval"] else "-"  # noqa: E731
+        seconds = sum((i or {}).get("seconds", 0.0) for i in r["stages"].values())
+        method = r["config"].get("warm_start", {}).get("method", "?")
+        rows.append(f"| {r['name']} | {method} | {acc('sft')} | {acc('grpo')} | {seconds:.0f} |")
+    finals = {f"{r['name']} {m}": r["eval"][m] for r in runs for m in MODELS if m in r["eval"]}
+    lines = ["# Run comparison", "", *rows, ""]
+    if finals:
+        lines += ["Greedy accuracy (%) per level:", "", format_table(finals, label=_level_label(runs[0]["config"])), ""]
+    lines += ["## Plots", "", *_embed(plots, out), ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+# ---------------------------------------------------------------------------------------
+# CLI.
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("report", help="write report.md and plots for one run, or overlay several runs")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories of `tailor-jax run`")
+    parser.add_argument("--out", help="output directory when comparing several runs (default: ./report-compare)")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if len(args.run_dirs) == 1 and not args.out:
+        path = write_report(args.run_dirs[0])
+    else:
+        path = write_comparison(args.run_dirs, args.out or "report-compare")
+    print(f"wrote {path} and plots in {path.parent / 'plots'}", file=sys.stderr)
+    return 0

@@ -1,0 +1,540 @@
+"""`tailor-jax run CONFIG.yaml`: data -> warm start -> SFT -> GRPO -> evaluation -> report.
+
+Everything lives in one run directory, one sub-directory per stage:
+
+    RUN_DIR/config.yaml              the resolved run config
+    RUN_DIR/data/                    train.jsonl (SFT problem pool), sft_eval.jsonl (held out)
+    RUN_DIR/warm_start/              sft.jsonl (demonstrations with `completion`), stats.json
+    RUN_DIR/sft/                     the SFT trainer's run dir; model/ (HF format + tokenizer)
+    RUN_DIR/grpo/                    the GRPO trainer's run dir; model/
+    RUN_DIR/eval/                    records.jsonl (held-out), <model>.json per evaluated model
+    RUN_DIR/report.md, RUN_DIR/plots/*.png
+
+Each stage writes `<stage>/stage.json` = {"hash", "status": "running" | "done", ...}. The hash
+covers the stage's own config and the hash of the stage before it, so a stage is skipped when
+it is done with the same hash, resumed when it was interrupted with the same hash (the trainers
+restore their latest checkpoint), and started afresh (its directory cleared) when its config or
+anything upstream changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from tailor_jax.config import apply_overrides, config_from_dict, config_hash, config_to_dict, dump_config, read_yaml, require
+from tailor_jax.errors import TailorError
+
+STAGES = ("data", "warm_start", "sft", "grpo", "eval", "report")
+WARM_START_METHODS = ("task_trace", "tailor", "rule_based", "four_star")
+
+# Mesh layouts by name (`mesh_preset`); an explicit `mesh` section wins over the preset.
+MESH_PRESETS: dict[str, dict[str, Any]] = {
+    "auto": {"data": 1, "fsdp": -1, "tensor": 1},  # every device on the fsdp axis
+    "single-device": {"data": 1, "fsdp": 1, "tensor": 1},  # one CPU or one GPU
+    "tpu-v4-8": {"data": 1, "fsdp": 4, "tensor": 1},  # 4 chips on one host
+    "tpu-v5e-8": {"data": 2, "fsdp": 4, "tensor": 1},  # 8 chips on one host
+}
+
+
+# ---------------------------------------------------------------------------------------
+# Config.
+@dataclasses.dataclass(frozen=True)
+class DataSection:
+    """The SFT problem pool and a small held-out set at the same levels."""
+
+    num_train: int = 2000
+    num_sft_eval: int = 64  # held-out problems at the training levels (SFT eval loss / accuracy)
+    train_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # over task_options, e.g. {steps: "2-5"}
+    seed: int = 1
+
+    def __post_init__(self):
+        require(self.num_train >= 1, f"data.num_train must be >= 1, got {self.num_train}")
+        require(self.num_sft_eval >= 0, f"data.num_sft_eval must be >= 0, got {self.num_sft_eval}")
+
+
+@dataclasses.dataclass(frozen=True)
+class WarmStartSection:
+    """How the SFT demonstrations are made.
+
+    `task_trace`: the task's own rule-based trace (GF: `strategy` forward | backward | mixed);
+    `tailor`, `rule_based`, `four_star`: the primitives pipeline (tailor_jax.primitives).
+    """
+
+    method: Literal["task_trace", "tailor", "rule_based", "four_star"] = "task_trace"
+    strategy: str | None = None  # task_trace: the task's `strategy` option (GF only)
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)  # passed to the primitives pipeline
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSection:
+    """The held-out evaluation of every trained model (greedy accuracy, optional pass@k)."""
+
+    levels: tuple[int, ...] = ()
+    per_level: int = 50
+    task_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # over task_options
+    seed: int = 2
+    max_new_tokens: int = 256
+    pass_k: int = 0  # k samples per problem at `temperature` for pass@k (0: off)
+    temperature: float = 1.0
+
+    def __post_init__(self):
+        require(self.per_level >= 1, f"eval.per_level must be >= 1, got {self.per_level}")
+        require(self.max_new_tokens >= 1, f"eval.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        require(self.pass_k >= 0 and self.pass_k != 1, f"eval.pass_k must be 0 (off) or >= 2, got {self.pass_k}")
+        require(self.temperature > 0, f"eval.temperature must be > 0, got {self.temperature}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    run_dir: str
+    task: Literal["gf", "kk", "igsm"] = "gf"
+    task_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # shared by every stage
+    prompt_style: Literal["plain", "chat"] = "plain"
+    think_prefill: bool = False
+    mesh_preset: str = "auto"
+    mesh: dict[str, Any] | None = None  # explicit mesh (MeshConfig keys); wins over mesh_preset
+    data: DataSection = dataclasses.field(default_factory=DataSection)
+    warm_start: WarmStartSection = dataclasses.field(default_factory=WarmStartSection)
+    sft: dict[str, Any] = dataclasses.field(default_factory=dict)  # SFTConfig keys (run_dir and data files are set here)
+    grpo: dict[str, Any] | None = dataclasses.field(default_factory=dict)  # GRPOConfig keys; null: no RL stage
+    eval: EvalSection = dataclasses.field(default_factory=EvalSection)
+    report: bool = True
+
+    def __post_init__(self):
+        require(bool(self.eval.levels), "eval.levels must list at least one difficulty level, e.g. [6, 7, 8, 9]")
+        require(self.mesh_preset in MESH_PRESETS, f"mesh_preset must be one of {', '.join(MESH_PRESETS)}, got {self.mesh_preset!r}")
+        for name, section in (("sft", self.sft), ("grpo", self.grpo or {})):
+            for key in ("run_dir", "init"):
+                require(key not in section, f"{name}.{key} is set by `tailor-jax run` (from run_dir); remove it")
+        require("task" not in (self.grpo or {}), "grpo.task is the run's `task`; remove it")
+
+
+def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
+    return config_from_dict(RunConfig, apply_overrides(read_yaml(path), overrides))
+
+
+def mesh_dict(cfg: RunConfig) -> dict[str, Any]:
+    return dict(cfg.mesh) if cfg.mesh is not None else dict(MESH_PRESETS[cfg.mesh_preset])
+
+
+def stage_dir(cfg: RunConfig, stage: str) -> Path:
+    return Path(cfg.run_dir) / stage
+
+
+def model_dir(cfg: RunConfig, stage: str) -> Path:
+    """The exported Hugging Face-format model (with tokenizer) of a training stage."""
+    return stage_dir(cfg, stage) / "model"
+
+
+def sft_config(cfg: RunConfig):
+    """The SFTConfig of the run (validated), with data files inside the run directory."""
+    from tailor_jax.train.sft import SFTConfig
+
+    section = dict(cfg.sft)
+    data = {
+        **section.get("data", {}),
+        "task": cfg.task,
+        "task_options": dict(cfg.task_options),
+        "train_file": str(stage_dir(cfg, "warm_start") / "sft.jsonl"),
+        "eval_file": str(stage_dir(cfg, "data") / "sft_eval.jsonl"),
+        "prompt_style": cfg.prompt_style,
+        "think_prefill": cfg.think_prefill,
+    }
+    section.update(run_dir=str(stage_dir(cfg, "sft")), data=data)
+    section.setdefault("mesh", mesh_dict(cfg))
+    return _section_config(SFTConfig, section, "sft")
+
+
+def grpo_config(cfg: RunConfig):
+    """The GRPOConfig of the run (validated), initialised from the exported SFT model."""
+    from tailor_jax.train.grpo_trainer import GRPOConfig
+
+    section = dict(cfg.grpo or {})
+    section.update(
+        run_dir=str(stage_dir(cfg, "grpo")), init=str(model_dir(cfg, "sft")), task=cfg.task,
+        task_options={**cfg.task_options, **section.get("task_options", {})},
+        prompt_style=cfg.prompt_style, think_prefill=cfg.think_prefill,
+    )
+    section.setdefault("mesh", mesh_dict(cfg))
+    return _section_config(GRPOConfig, section, "grpo")
+
+
+def _section_config(cls, section: dict, name: str):
+    try:
+        return config_from_dict(cls, section)
+    except TailorError as err:
+        raise TailorError(f"{name}: {err}") from None
+
+
+def _without(data: dict, *keys: str) -> dict:
+    return {k: v for k, v in data.items() if k not in keys}
+
+
+def stage_hashes(cfg: RunConfig) -> dict[str, str]:
+    """A hash per stage: its own config plus the previous stage's hash (paths excluded, so a
+    moved run directory keeps its hashes)."""
+    sft = config_to_dict(sft_config(cfg))
+    sft["data"] = _without(sft["data"], "train_file", "eval_file")
+    parts: dict[str, Any] = {
+        "data": {"task": cfg.task, "task_options": cfg.task_options, "data": config_to_dict(cfg.data)},
+        "warm_start": config_to_dict(cfg.warm_start),
+        "sft": _without(sft, "run_dir"),
+        "grpo": _without(config_to_dict(grpo_config(cfg)), "run_dir", "init") if cfg.grpo is not None else None,
+        "eval": {"eval": config_to_dict(cfg.eval), "prompt_style": cfg.prompt_style, "think_prefill": cfg.think_prefill},
+    }
+    hashes, previous = {}, ""
+    for stage, part in parts.items():
+        previous = hashes[stage] = config_hash({"previous": previous, "config": part})
+    return hashes
+
+
+# ---------------------------------------------------------------------------------------
+# Stage bookkeeping.
+def read_stage(directory: Path) -> dict | None:
+    path = directory / "stage.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None  # a torn write: treat as never started
+
+
+def write_stage(directory: Path, info: dict) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / "stage.json.tmp"
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    tmp.replace(directory / "stage.json")
+
+
+def stage_status(directory: Path, wanted_hash: str) -> Literal["done", "resume", "fresh"]:
+    info = read_stage(directory)
+    if info is None or info.get("hash") != wanted_hash:
+        return "fresh"
+    return "done" if info.get("status") == "done" else "resume"
+
+
+def _atomic_dir(final: Path, write: Callable[[Path], None]) -> None:
+    """Write a directory through `write(tmp)`, then swap it in (a reader never sees half of it)."""
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+
+
+def export_model(model, tokenizer, directory: Path) -> None:
+    from tailor_jax.data import tokenizer as tok_lib
+    from tailor_jax.model import save_pretrained
+
+    def write(tmp: Path) -> None:
+        save_pretrained(model, tmp)
+        tok_lib.save_tokenizer(tokenizer, tmp)
+
+    _atomic_dir(directory, write)
+
+
+class Interrupted(Exception):
+    """A trainer stopped early on SIGINT/SIGTERM after saving a checkpoint."""
+
+
+# ---------------------------------------------------------------------------------------
+# Stages. Each returns a one-line summary; artefacts go into its directory.
+def problem_key(record: dict) -> str:
+    """Identity of a problem regardless of its id (held-out sets exclude training problems)."""
+    return json.dumps(_without(record, "id", "completion", "primitive"), sort_keys=True)
+
+
+def run_data(cfg: RunConfig, out: Path) -> str:
+    from itertools import islice
+
+    from tailor_jax.data.jsonl import write_jsonl
+    from tailor_jax.tasks import get_task
+
+    task = get_task(cfg.task, **{**cfg.task_options, **cfg.data.train_options})
+    train = list(islice(task.generate(cfg.data.num_train, cfg.data.seed), cfg.data.num_train))
+    seen = {problem_key(r) for r in train}
+    want = cfg.data.num_sft_eval
+    held_out = [r for r in islice(task.generate(3 * want + 10, cfg.data.seed + 1), 3 * want + 10) if problem_key(r) not in seen]
+    write_jsonl(out / "train.jsonl", train)
+    write_jsonl(out / "sft_eval.jsonl", held_out[:want])
+    return f"{len(train)} training problems, {min(want, len(held_out))} held out"
+
+
+def warm_start_records(cfg: RunConfig, records: list[dict]) -> list[dict]:
+    """SFT demonstrations (records with `completion` and `primitive`) for the training problems."""
+    from tailor_jax.tasks import get_task
+
+    method = cfg.warm_start.method
+    if method == "task_trace":
+        options = dict(cfg.task_options)
+        if cfg.warm_start.strategy is not None:
+            if cfg.task != "gf":
+                raise TailorError(f"warm_start.strategy applies to the gf task only; remove it for {cfg.task}")
+            options["strategy"] = cfg.warm_start.strategy
+        task = get_task(cfg.task, **options)
+        name_of = _trace_namer(cfg.task, cfg.warm_start.strategy)
+        return [{**r, "completion": task.target(r), "primitive": name_of(r)} for r in records]
+    return _primitive_warm_start(cfg, records)
+
+
+def _trace_namer(task: str, strategy: str | None) -> Callable[[dict], str]:
+    if task == "gf" and strategy == "mixed":
+        from tailor_jax.tasks.gf import mixed_strategy
+
+        return mixed_strategy
+    name = strategy or "canonical"
+    return lambda record: name
+
+
+def _primitive_warm_start(cfg: RunConfig, records: list[dict]) -> list[dict]:
+    try:
+        from tailor_jax.primitives import pipeline as primitives_pipeline  # type: ignore[attr-defined]
+    except ImportError:
+        raise TailorError(
+            f"warm_start.method {cfg.warm_start.method!r} needs the Tailor primitives pipeline "
+            "(tailor_jax/primitives/pipeline.py), which is not built yet; use warm_start.method=task_trace"
+        ) from None
+    return primitives_pipeline.warm_start(cfg.task, records, method=cfg.warm_start.method,
+                                          task_options=dict(cfg.task_options), **cfg.warm_start.options)
+
+
+def diversity_stats(demos: Sequence[dict]) -> dict[str, Any]:
+    """Counts per primitive, distinct-1/2/3 over whitespace tokens of the completions, mean length."""
+    counts: dict[str, int] = {}
+    ngrams: dict[int, set] = {1: set(), 2: set(), 3: set()}
+    totals = {1: 0, 2: 0, 3: 0}
+    lengths = []
+    for demo in demos:
+        name = str(demo.get("primitive", "unknown"))
+        counts[name] = counts.get(name, 0) + 1
+        words = demo["completion"].split()
+        lengths.append(len(words))
+        for n in ngrams:
+            grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+            ngrams[n].update(grams)
+            totals[n] += len(grams)
+    stats: dict[str, Any] = {"num_demos": len(demos), "primitives": dict(sorted(counts.items())),
+                             "num_primitives": len(counts)}
+    for n in ngrams:
+        stats[f"distinct_{n}"] = len(ngrams[n]) / totals[n] if totals[n] else 0.0
+    stats["mean_words"] = sum(lengths) / len(lengths) if lengths else 0.0
+    return stats
+
+
+def run_warm_start(cfg: RunConfig, out: Path) -> str:
+    from tailor_jax.data.jsonl import read_jsonl, write_jsonl
+
+    records = list(read_jsonl(stage_dir(cfg, "data") / "train.jsonl"))
+    demos = warm_start_records(cfg, records)
+    if not demos:
+        raise TailorError("the warm start produced no demonstrations; check warm_start and data settings")
+    stats = diversity_stats(demos)
+    write_jsonl(out / "sft.jsonl", demos)
+    (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    mix = ", ".join(f"{k} {v}" for k, v in stats["primitives"].items())
+    return f"{len(demos)} demonstrations ({cfg.warm_start.method}: {mix}); distinct-2 {stats['distinct_2']:.3f}"
+
+
+def run_sft(cfg: RunConfig, out: Path) -> str:
+    from tailor_jax.train import sft as sft_lib
+    from tailor_jax.train.state import merge_model
+
+    sft_cfg = sft_config(cfg)
+    result = sft_lib.train(sft_cfg)
+    if int(result.state.step) < sft_cfg.steps:
+        raise Interrupted(f"SFT stopped at step {int(result.state.step)} of {sft_cfg.steps}")
+    export_model(merge_model(result.graphdef, result.state), result.tokenizer, model_dir(cfg, "sft"))
+    return _metric_summary(result.metrics, ("loss", "eval/loss", "eval/acc"), f"{sft_cfg.steps} steps")
+
+
+def run_grpo(cfg: RunConfig, out: Path) -> str:
+    from tailor_jax.train import grpo_trainer as grpo_lib
+    from tailor_jax.train.state import merge_model
+
+    grpo_cfg = grpo_config(cfg)
+    result = grpo_lib.train(grpo_cfg)
+    if result.history and result.history[-1]["step"] < grpo_cfg.steps:
+        raise Interrupted(f"GRPO stopped at step {result.history[-1]['step']} of {grpo_cfg.steps}")
+    export_model(merge_model(result.graphdef, result.state), result.tokenizer, model_dir(cfg, "grpo"))
+    return _metric_summary(result.metrics, ("reward", "eval/acc"), f"{grpo_cfg.steps} steps")
+
+
+def trained_models(cfg: RunConfig) -> list[str]:
+    return ["sft"] + (["grpo"] if cfg.grpo is not None else [])
+
+
+def eval_records(cfg: RunConfig) -> list[dict]:
+    """The held-out evaluation problems: per level, none of them in the SFT problem pool."""
+    from tailor_jax.data.jsonl import read_jsonl
+    from tailor_jax.eval.accuracy import level_records
+
+    train_keys = {problem_key(r) for r in read_jsonl(stage_dir(cfg, "data") / "train.jsonl")}
+    options = {**cfg.task_options, **cfg.eval.task_options}
+    spare = level_records(cfg.task, options, cfg.eval.levels, 2 * cfg.eval.per_level, cfg.eval.seed)
+    from tailor_jax.eval.accuracy import LEVEL_OPTION  # noqa: F401 (level names documented there)
+    from tailor_jax.tasks import get_task
+
+    task = get_task(cfg.task, **options)
+    chosen: dict[int, list[dict]] = {}
+    for record in spare:
+        level = task.difficulty(record)
+        if problem_key(record) not in train_keys and len(chosen.setdefault(level, [])) < cfg.eval.per_level:
+            chosen[level].append(record)
+    return [r for level in sorted(chosen) for r in chosen[level]]
+
+
+def run_eval(cfg: RunConfig, out: Path) -> str:
+    from tailor_jax.data.jsonl import read_jsonl, write_jsonl
+    from tailor_jax.eval import evaluate as eval_lib
+    from tailor_jax.tasks import get_task
+
+    records_path = out / "records.jsonl"
+    if not records_path.is_file():
+        write_jsonl(records_path, eval_records(cfg))
+    records = list(read_jsonl(records_path))
+    task = get_task(cfg.task, **{**cfg.task_options, **cfg.eval.task_options})
+    parts = []
+    for name in trained_models(cfg):
+        result_path = out / f"{name}.json"
+        if not result_path.is_file():  # each model's result is kept as soon as it exists
+            result = eval_lib.evaluate_model(
+                model_dir(cfg, name), task, records, prompt_style=cfg.prompt_style, think_prefill=cfg.think_prefill,
+                max_new_tokens=cfg.eval.max_new_tokens, pass_k=cfg.eval.pass_k, temperature=cfg.eval.temperature,
+                seed=cfg.eval.seed, mesh=mesh_dict(cfg),
+            )
+            eval_lib.write_result(result, result_path)
+        result = json.loads(result_path.read_text())
+        parts.append(f"{name} acc {result['acc']:.3f}")
+    return f"{len(records)} held-out problems (levels {', '.join(map(str, cfg.eval.levels))}): " + ", ".join(parts)
+
+
+def run_report(cfg: RunConfig, out: Path) -> str:
+    from tailor_jax.eval import report as report_lib
+
+    path = report_lib.write_report(Path(cfg.run_dir))
+    return f"{path} and {len(list((Path(cfg.run_dir) / 'plots').glob('*.png')))} plots"
+
+
+def _metric_summary(metrics: dict, keys: Sequence[str], head: str) -> str:
+    shown = [f"{k} {metrics[k]:.3f}" for k in keys if k in metrics]
+    return ", ".join([head, *shown])
+
+
+STAGE_FUNCTIONS: dict[str, Callable[[RunConfig, Path], str]] = {
+    "data": run_data, "warm_start": run_warm_start, "sft": run_sft, "grpo": run_grpo,
+    "eval": run_eval, "report": run_report,
+}
+
+
+# ---------------------------------------------------------------------------------------
+# The plan and the driver.
+@dataclasses.dataclass(frozen=True)
+class PlannedStage:
+    name: str
+    hash: str | None  # None: always runs (report)
+    status: Literal["done", "resume", "fresh", "always"]
+
+
+def plan(cfg: RunConfig) -> list[PlannedStage]:
+    hashes = stage_hashes(cfg)
+    stages = []
+    for name in STAGES:
+        if name == "grpo" and cfg.grpo is None or name == "report" and not cfg.report:
+            continue
+        if name == "report":
+            stages.append(PlannedStage(name, None, "always"))
+        else:
+            stages.append(PlannedStage(name, hashes[name], stage_status(stage_dir(cfg, name), hashes[name])))
+    return stages
+
+
+_PLAN_WORDS = {"done": "skip (done)", "resume": "resume", "fresh": "run", "always": "run"}
+
+
+def format_plan(cfg: RunConfig, stages: list[PlannedStage]) -> str:
+    lines = [f"plan for {cfg.run_dir}:"]
+    for i, stage in enumerate(stages, 1):
+        tag = f"hash {stage.hash}" if stage.hash else ""
+        lines.append(f"  [{i}/{len(stages)}] {stage.name:<10} {_PLAN_WORDS[stage.status]:<12} {tag}")
+    return "\n".join(lines)
+
+
+def format_resolved(cfg: RunConfig) -> str:
+    """The run config and the trainer configs it resolves to (every default filled in), as YAML."""
+    resolved = {"run": config_to_dict(cfg), "sft (resolved)": config_to_dict(sft_config(cfg))}
+    if cfg.grpo is not None:
+        resolved["grpo (resolved)"] = config_to_dict(grpo_config(cfg))
+    return yaml.safe_dump(resolved, sort_keys=False, default_flow_style=False)
+
+
+def _say(message: str) -> None:
+    print(f"tailor-jax run: {message}", file=sys.stderr, flush=True)
+
+
+def execute(cfg: RunConfig, *, log: Callable[[str], None] = _say) -> dict[str, str]:
+    """Run every stage that is not already done; returns {stage: summary}."""
+    run_dir = Path(cfg.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TailorError(f"run_dir {run_dir} is a file; give a directory")
+    stages = plan(cfg)  # validates the whole config before any work
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, run_dir / "config.yaml")
+    summaries: dict[str, str] = {}
+    start_all = time.perf_counter()
+    for i, stage in enumerate(stages, 1):
+        directory = stage_dir(cfg, stage.name)
+        prefix = f"[{i}/{len(stages)}] {stage.name}"
+        if stage.status == "done":
+            summaries[stage.name] = read_stage(directory).get("summary", "")
+            log(f"{prefix}: skipped (done, hash {stage.hash}): {summaries[stage.name]}")
+            continue
+        if stage.status == "fresh" and directory.exists():
+            shutil.rmtree(directory)  # another config's (or a torn) output
+        if stage.name != "report":
+            previous = read_stage(directory) or {}
+            write_stage(directory, {"hash": stage.hash, "status": "running", "seconds": previous.get("seconds", 0.0)})
+        log(f"{prefix}: {'resuming' if stage.status == 'resume' else 'running'}")
+        t0 = time.perf_counter()
+        try:
+            summary = STAGE_FUNCTIONS[stage.name](cfg, directory)
+        except Interrupted as stop:
+            log(f"{prefix}: {stop}; checkpoint saved, rerun the same command to continue")
+            raise KeyboardInterrupt from None
+        seconds = time.perf_counter() - t0
+        if stage.name != "report":
+            total = (read_stage(directory) or {}).get("seconds", 0.0) + seconds
+            write_stage(directory, {"hash": stage.hash, "status": "done", "summary": summary, "seconds": total})
+        summaries[stage.name] = summary
+        log(f"{prefix}: done in {seconds:.1f}s: {summary}")
+    log(f"finished in {time.perf_counter() - start_all:.1f}s; report: {run_dir / 'report.md'}")
+    return summaries
+
+
+# ---------------------------------------------------------------------------------------
+# CLI.
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("run", help="the whole pipeline: data, warm start, SFT, GRPO, eval, report")
+    parser.add_argument("config", help="YAML run config (see configs/ and docs/run.md)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. grpo.steps=10")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and the plan, run nothing")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    cfg = load_run_config(args.config, args.overrides)
+    if args.dry_run:
+        print(format_resolved(cfg), end="")
+        print(format_plan(cfg, plan(cfg)))
+        return 0
+    execute(cfg)
+    return 0
