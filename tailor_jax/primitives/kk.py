@@ -231,7 +231,7 @@ def check_dfs(record: dict, trace: str) -> list[str]:
     lines = _lines(trace)
     if not lines or lines[0][1] != header:
         c.fail(1, "missing the assume-and-refute header line")
-    # Stack of assumption frames: [person, role, contradicted, {child person: refuted roles}].
+    # Assumption frames: [person, role, contradicted, {child: refuted roles}, statements found consistent].
     stack: list[list] = []
     concluded = False
 
@@ -260,9 +260,11 @@ def check_dfs(record: dict, trace: str) -> list[str]:
             person = c.person(line_no, m[1])
             if person is None:
                 continue
-            while any(frame[0] == person for frame in stack):
-                stack.pop()
-            stack.append([person, ROLE_WORDS[m[2]], False, {}])
+            if any(frame[0] == person for frame in stack):
+                c.fail(line_no, f"assumes a role for {m[1]} again before refuting the current assumption")
+                while any(frame[0] == person for frame in stack):
+                    stack.pop()
+            stack.append([person, ROLE_WORDS[m[2]], False, {}, set()])
         elif m := _DFS_CLAIM.fullmatch(line):
             speaker, subject = c.person(line_no, m[1]), c.person(line_no, m[5] or m[6])
             if speaker is None or subject is None or not c.statement_of(line_no, speaker, m[2]):
@@ -277,6 +279,8 @@ def check_dfs(record: dict, trace: str) -> list[str]:
                 c.fail(line_no, "calls a match a contradiction or a contradiction consistent")
             if contradiction and stack:
                 stack[-1][2] = True
+            elif stack:
+                stack[-1][4].add(speaker)
         elif m := _DFS_REFUTE.fullmatch(line):
             person = c.person(line_no, m[1])
             if person is not None:
@@ -293,6 +297,10 @@ def check_dfs(record: dict, trace: str) -> list[str]:
             if int(m[1]) != puzzle.n:
                 c.fail(line_no, f"there are {puzzle.n} statements, not {m[1]}")
             c.conclusion(line_no, m[2], roles())
+            checked = set().union(*(frame[4] for frame in stack))
+            if checked != set(range(puzzle.n)):
+                missing = ", ".join(puzzle.names[i] for i in sorted(set(range(puzzle.n)) - checked))
+                c.fail(line_no, f"the statements of {missing} were never checked on this branch")
         else:
             c.fail(line_no, f"unrecognised line {line!r}")
     if not concluded:
