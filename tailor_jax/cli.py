@@ -19,6 +19,8 @@ COMMANDS = {
     "run": "tailor_jax.run",
     "eval": "tailor_jax.eval.evaluate",
     "report": "tailor_jax.eval.report",
+    "tailor": "tailor_jax.primitives.cli",
+    "primitives": "tailor_jax.primitives.cli",
 }
 
 # One-line descriptions for `tailor-jax --help` (shown without importing the modules).
@@ -31,6 +33,8 @@ COMMAND_HELP = {
     "run": "the whole pipeline: data, warm start, SFT, GRPO, evaluation, report",
     "eval": "evaluate a model on held-out problems per difficulty level",
     "report": "write a run's report and plots, or overlay several runs",
+    "tailor": "build a primitive-tailored SFT set (analyse, discover, synthesize, curate) and baselines",
+    "primitives": "list a task's reasoning primitives with an example trace each",
 }
 
 
@@ -44,7 +48,7 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     for name, module in COMMANDS.items():
         if name == chosen:
             importlib.import_module(module).register(subparsers)
-        else:
+        elif name not in subparsers.choices:  # a module may register several commands
             subparsers.add_parser(name, help=COMMAND_HELP.get(name, f"see `tailor-jax {name} --help`"))
     return parser
 

@@ -659,3 +659,42 @@ def comparison_markdown(results: dict[str, dict]) -> str:
         text += f"\nTailor is strictly higher than every baseline on: {', '.join(wins) or 'none'} " \
                 f"(of {', '.join(metrics_lib.DIVERSITY_METRICS)}).\n"
     return text
+
+
+def warm_start(
+    task: str,
+    records: list[dict],
+    *,
+    method: str = "tailor",
+    task_options: dict | None = None,
+    run_dir: str | None = None,
+    budget: int | None = None,
+    **options: Any,
+) -> list[dict]:
+    """SFT lines (records + "completion" + "primitive") for `tailor-jax run`'s warm start.
+
+    `tailor` runs the pipeline on `records` as the question pool (artefacts in `run_dir`, a
+    temporary directory when not given; `options` are further TailorConfig keys such as
+    `curate` or `student`); `rule_based` / `four_star` build those baselines. `budget`
+    defaults to one demonstration per record.
+    """
+    import tempfile
+
+    from tailor_jax.config import config_from_dict
+    from tailor_jax.primitives import baselines as baselines_lib
+
+    budget = len(records) if budget is None else int(budget)
+    if method in ("rule_based", "four_star"):
+        examples = baselines_lib.build_baseline(method, get_task(task, **(task_options or {})), records, budget)
+        return [metrics_lib.example_to_json(ex) for ex in examples]
+    if method != "tailor":
+        raise TailorError(f"unknown warm-start method {method!r}; use tailor, rule_based or four_star")
+    with tempfile.TemporaryDirectory(prefix="tailor-") as scratch:
+        cfg = config_from_dict(TailorConfig, {
+            **options, "run_dir": run_dir or scratch, "task": task, "task_options": dict(task_options or {}),
+            "num_questions": len(records), "budget": budget,
+        })
+        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+        write_jsonl(Path(cfg.run_dir) / "questions.jsonl", records)
+        result = run_pipeline(cfg)
+        return [metrics_lib.example_to_json(ex) for ex in result.examples]
