@@ -15,7 +15,8 @@ our claims as stated above, plus the walk structure the task checker leaves out:
 step starts from the value the previous step produced (or the guess / conclusion / equation
 right before it), a map step from the previous map (or the identity), and every walk that
 starts at the top of the trace, at a guess or at a conclusion follows the chain's ops (or the
-undo steps, last op first) from the first op on. A corrupted step therefore fails the check.
+undo steps, last op first) from the first op on, and is complete before a comparison or a
+conclusion. A corrupted step therefore fails the check.
 """
 
 from __future__ import annotations
@@ -286,6 +287,8 @@ def _check_claim(line, record, value_of, var_value, forward, undo, st: _WalkStat
         st.map, st.value, st.run = None, v(known), None  # the solve steps start from `known`
         return _task_check(record, line)
     if m := _CONCLUSION.match(line):
+        if st.run and st.run != forward and st.run != undo:
+            return "concludes before walking the whole chain"
         st.value, st.run, st.map = v(m.group(2)), [], None
         return _task_check(record, line)
     return "not a step of the trace grammar"
