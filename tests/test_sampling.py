@@ -357,3 +357,15 @@ def test_sharded_sampling_matches_single_device(tiny):
     ref = sampler.generate(prompts, max_new_tokens=10, num_samples=2, temperature=0.9, seed=3, eos_token_ids=[])
     assert out.tokens == ref.tokens
     np.testing.assert_allclose(out.logprob_array, ref.logprob_array, atol=1e-4)
+
+
+def test_shared_prompt_cache_matches_the_models_own_cache_path(tiny):
+    """The default decode step (prompt cache shared by the G rows) equals decoding through the model's
+    KVCache with the prompt cache repeated G times, for grouped sampling across two cache segments."""
+    model, sampler = tiny
+    prompts = [[5, 6, 7, 8, 9], [9, 10], [11, 12, 13]]
+    kwargs = dict(max_new_tokens=70, num_samples=3, temperature=1.0, seed=5, eos_token_ids=[])
+    shared = sampler.generate(prompts, **kwargs)
+    repeated = Sampler(model, share_prompt_cache=False).generate(prompts, **kwargs)
+    assert shared.tokens == repeated.tokens
+    np.testing.assert_allclose(shared.logprob_array, repeated.logprob_array, atol=1e-5)

@@ -34,6 +34,9 @@ from jax.sharding import Mesh
 from tailor_jax.errors import TailorError
 from tailor_jax.model import KVCache, Transformer, init_cache
 from tailor_jax.parallel.sharding import Rules, constrain, logical_sharding, put_global, use_sharding
+from tailor_jax.sampling.decode import (
+    decode_step, empty_completion_cache, grow_completion_cache, prompt_cache_from_model_cache,
+)
 from tailor_jax.sampling.buckets import bucket, check_prompts, pad_prompts, stop_sequence_array
 from tailor_jax.sampling.ops import SamplingParams, sample_tokens
 
@@ -127,6 +130,7 @@ def _sample_program(
     segment_ends: tuple[int, ...],
     params: SamplingParams,
     pad_id: int,
+    share_prompt_cache: bool,
 ):
     """Prefill + grouped decode. Returns tokens [R, N], log-probs [R, N], lengths [R], finished [R]."""
     model = nnx.merge(graphdef, state)
@@ -134,17 +138,21 @@ def _sample_program(
     rows = batch * num_samples
     window = stop_sequences.shape[1]
 
-    cache = _constrain_cache(init_cache(model.config, batch, prompt_len + segment_ends[0]))
+    first_capacity = prompt_len if share_prompt_cache else prompt_len + segment_ends[0]
+    cache = _constrain_cache(init_cache(model.config, batch, first_capacity))
     hidden, cache = model(tokens, positions, attention_mask=mask, cache=cache, return_hidden=True)
-    logits = model.logits(hidden[:, -1:])[:, 0]
-    cache = KVCache(
-        k=_repeat_rows(cache.k, num_samples, 1),
-        v=_repeat_rows(cache.v, num_samples, 1),
-        mask=_repeat_rows(cache.mask, num_samples, 0),
-        index=cache.index,
-    )
-    logits = _repeat_rows(logits, num_samples, 0)
+    logits = _repeat_rows(model.logits(hidden[:, -1:])[:, 0], num_samples, 0)
     lengths_in = _repeat_rows(prompt_lengths, num_samples, 0)
+    if share_prompt_cache:
+        prompt_cache = prompt_cache_from_model_cache(cache.k, cache.v, cache.mask)
+        cache = empty_completion_cache(model, rows, segment_ends[0], cache.k.dtype)
+    else:
+        cache = KVCache(
+            k=_repeat_rows(cache.k, num_samples, 1),
+            v=_repeat_rows(cache.v, num_samples, 1),
+            mask=_repeat_rows(cache.mask, num_samples, 0),
+            index=cache.index,
+        )
 
     def choose(step, logits, carry):
         """Sample the token of `step` for every row and fold it into the carry."""
@@ -175,16 +183,22 @@ def _sample_program(
 
     def body(loop):
         step, token, cache, carry = loop
-        position = (lengths_in + step - 1)[:, None]
-        hidden, cache = model(token[:, None], position, attention_mask=jnp.ones((rows, 1), jnp.bool_),
-                              cache=cache, return_hidden=True)
-        logits = model.logits(hidden)[:, 0]
+        position = lengths_in + step - 1
+        if share_prompt_cache:
+            logits, cache = decode_step(model, token, position, prompt_cache, cache)
+        else:
+            hidden, cache = model(token[:, None], position[:, None], attention_mask=jnp.ones((rows, 1), jnp.bool_),
+                                  cache=cache, return_hidden=True)
+            logits = model.logits(hidden)[:, 0]
         token, carry = choose(step, logits, carry)
         return step + 1, token, cache, carry
 
     step = jnp.ones((), jnp.int32)
     for end in segment_ends:
-        cache = _constrain_cache(_grow_cache(cache, prompt_len + end))
+        if share_prompt_cache:
+            cache = grow_completion_cache(cache, end)
+        else:
+            cache = _constrain_cache(_grow_cache(cache, prompt_len + end))
 
         def keep_going(loop, end=end):
             step, _, _, carry = loop
@@ -217,6 +231,7 @@ class Sampler:
         min_prompt_bucket: int = 16,
         min_new_token_bucket: int = 16,
         max_segments: int = 4,
+        share_prompt_cache: bool = True,
     ):
         self.config = model.config
         self.mesh = mesh
@@ -225,6 +240,7 @@ class Sampler:
         self.min_prompt_bucket = min_prompt_bucket
         self.min_new_token_bucket = min_new_token_bucket
         self.max_segments = max_segments
+        self.share_prompt_cache = share_prompt_cache
         self._programs: dict[tuple, Any] = {}
         self.graphdef, self.state = nnx.split(model)
 
@@ -341,6 +357,7 @@ class Sampler:
             fn = functools.partial(
                 _sample_program, self.graphdef, num_samples=num_samples, new_token_bucket=new_tokens,
                 segment_ends=segments, params=params, pad_id=self.pad_id,
+                share_prompt_cache=self.share_prompt_cache,
             )
             begin = time.perf_counter()
             with use_sharding(self.mesh, self.rules) if self.mesh is not None else contextlib.nullcontext():

@@ -1,0 +1,167 @@
+"""The `sample` workload of /work/shared/BENCHMARKS.md: this sampler vs Hugging Face generate vs tunix.
+
+    python benchmarks/sampler.py [--runs 3] [--peers hf,tunix] [--model bench-tiny]
+
+One invocation: builds the `bench-tiny` Qwen2 checkpoint (HF, random weights, seed 0) in a temp
+dir, measures this machine's float32 matmul peak through JAX, then times every system on the same
+16 prompts x G=8 x 128 new tokens (temperature 1, no top-k/top-p, EOS off), end to end from token
+ids in to token ids out. Each system warms up (compiles) once and is timed `--runs` times; prints
+one JSON line per system and a table with tok/s (median, min, max), ratios and the fraction of the
+arithmetic roofline. HF runs in this venv (PyTorch CPU); tunix runs in its own venv, created on
+first use under ~/.cache/tailor-jax/peers-venv (google-tunix 0.1.7, jax 0.10.2), so it never touches
+this project's environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+PEERS_VENV = Path(os.environ.get("TAILOR_JAX_PEERS_VENV", Path.home() / ".cache/tailor-jax/peers-venv"))
+PEERS_REQUIREMENTS = ["google-tunix==0.1.7", "jax==0.10.2", "flax==0.12.8"]
+
+WORKLOAD = dict(prompts=16, prompt_len=64, samples=8, new_tokens=128)
+BENCH_TINY = dict(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+                  num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=1024,
+                  tie_word_embeddings=True, rope_theta=10000.0, rms_norm_eps=1e-6)
+
+
+def build_checkpoint(directory: Path) -> dict:
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(**BENCH_TINY))
+    model.save_pretrained(directory)
+    return {"parameters": sum(p.numel() for p in model.parameters())}
+
+
+def matmul_peak_flops(size: int = 2048, repeats: int = 7) -> float:
+    """Median float32 rate of a size^3 matmul through JAX (FLOP/s)."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+    matmul = jax.jit(jnp.matmul)
+    matmul(a, b).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a, b).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times)
+
+
+def workload_flops(parameters: int) -> float:
+    """FLOPs of the workload: 2 x params per processed token + attention 4 x layers x hidden x context.
+
+    Processed tokens: each distinct prompt once (16 x 64) and every generated token (128 x 128) at
+    its context length (64 + t).
+    """
+    layers, hidden = BENCH_TINY["num_hidden_layers"], BENCH_TINY["hidden_size"]
+    p, n = WORKLOAD["prompt_len"], WORKLOAD["new_tokens"]
+    prefill = WORKLOAD["prompts"] * sum(2 * parameters + 4 * layers * hidden * (t + 1) for t in range(p))
+    rows = WORKLOAD["prompts"] * WORKLOAD["samples"]
+    decode = rows * sum(2 * parameters + 4 * layers * hidden * (p + t + 1) for t in range(n))
+    return float(prefill + decode)
+
+
+def run_ours(model_dir: Path, prompts: list[list[int]], runs: int) -> dict:
+    from tailor_jax.model import load_pretrained
+    from tailor_jax.sampling import Sampler
+
+    sampler = Sampler(load_pretrained(model_dir))
+
+    def once(seed: int):
+        start = time.perf_counter()
+        out = sampler.generate(prompts, max_new_tokens=WORKLOAD["new_tokens"], temperature=1.0,
+                               num_samples=WORKLOAD["samples"], eos_token_ids=[], seed=seed)
+        return time.perf_counter() - start, out.num_tokens
+
+    once(0)
+    timed = [once(seed + 1) for seed in range(runs)]
+    return {"system": "tailor_jax", "seconds": [t for t, _ in timed], "tokens": timed[0][1],
+            "compiles": sampler.num_compiles}
+
+
+def ensure_peers_venv() -> Path:
+    python = PEERS_VENV / "bin" / "python"
+    if python.exists() and subprocess.run([str(python), "-c", "import tunix.generate.sampler"],
+                                          capture_output=True).returncode == 0:
+        return python
+    print(f"creating the peers' venv at {PEERS_VENV} ({', '.join(PEERS_REQUIREMENTS)}) ...", file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "venv", str(PEERS_VENV)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *PEERS_REQUIREMENTS], check=True)
+    return python
+
+
+def run_peer(python: str, system: str, model_dir: Path, prompts_file: Path, runs: int) -> dict:
+    command = [python, str(HERE / "sampler_peers.py"), system, "--model-dir", str(model_dir),
+               "--prompts", str(prompts_file), "--new-tokens", str(WORKLOAD["new_tokens"]),
+               "--samples", str(WORKLOAD["samples"]), "--runs", str(runs)]
+    done = subprocess.run(command, capture_output=True, text=True,
+                          env=os.environ | {"JAX_PLATFORMS": "cpu", "TOKENIZERS_PARALLELISM": "false"})
+    if done.returncode != 0:
+        raise SystemExit(f"{system} peer failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="sample workload: tailor-jax vs HF generate vs tunix")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--peers", default="hf,tunix", help="comma list of hf, tunix (empty: ours only)")
+    args = parser.parse_args()
+    peers = [p for p in args.peers.split(",") if p]
+
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(1, BENCH_TINY["vocab_size"], WORKLOAD["prompt_len"]).tolist()
+               for _ in range(WORKLOAD["prompts"])]
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir, prompts_file = Path(tmp) / "bench-tiny", Path(tmp) / "prompts.json"
+        info = build_checkpoint(model_dir)
+        prompts_file.write_text(json.dumps(prompts))
+        peak = matmul_peak_flops()
+        results = [run_ours(model_dir, prompts, args.runs)]
+        for peer in peers:
+            python = sys.executable if peer == "hf" else str(ensure_peers_venv())
+            results.append(run_peer(python, peer, model_dir, prompts_file, args.runs))
+        peak_after = matmul_peak_flops()
+
+    flops = workload_flops(info["parameters"])
+    generated = WORKLOAD["prompts"] * WORKLOAD["samples"] * WORKLOAD["new_tokens"]
+    roofline = generated / (flops / peak)
+    ours = None
+    for result in results:
+        rates = [generated / s for s in result["seconds"]]
+        result.update(tok_per_s_median=statistics.median(rates), tok_per_s_min=min(rates),
+                      tok_per_s_max=max(rates), roofline_fraction=statistics.median(rates) / roofline,
+                      workload="sample", model="bench-tiny", cores=os.cpu_count())
+        if result["tokens"] != generated:
+            raise SystemExit(f"{result['system']} generated {result['tokens']} tokens, expected {generated}")
+        ours = ours or result
+        print(json.dumps(result))
+    print(json.dumps({"matmul_peak_gflops": peak / 1e9, "matmul_peak_gflops_after": peak_after / 1e9,
+                      "workload_gflop": flops / 1e9, "roofline_tok_per_s": roofline,
+                      "parameters": info["parameters"]}))
+    print(f"\nsample workload, bench-tiny, {os.cpu_count()} cores; matmul peak {peak / 1e9:.0f} GFLOP/s "
+          f"({peak_after / 1e9:.0f} after) -> roofline {roofline:,.0f} tok/s")
+    print(f"{'system':<16}{'median tok/s':>14}{'min':>10}{'max':>10}{'ours/this':>11}{'roofline':>10}")
+    for result in results:
+        ratio = ours["tok_per_s_median"] / result["tok_per_s_median"]
+        print(f"{result['system']:<16}{result['tok_per_s_median']:>14,.0f}{result['tok_per_s_min']:>10,.0f}"
+              f"{result['tok_per_s_max']:>10,.0f}{ratio:>10.2f}x{result['roofline_fraction']:>10.0%}")
+
+
+if __name__ == "__main__":
+    main()
