@@ -478,9 +478,9 @@ def _force_line(puzzle: Puzzle, roles: list[bool | None], speaker: int, person: 
     return f'{a} says "{s}": this only fits if {p} is a {role_word(role)}.'
 
 
-def _propagate(puzzle: Puzzle, roles: list[bool | None], style: PropagationStyle, lines: list[str], depth: int) -> list[bool | None] | None:
-    """Propagate forced roles; branch when stuck. Returns the full roles, or None on a contradiction
-    (after writing its line)."""
+def _propagate(puzzle: Puzzle, roles: list[bool | None], lines: list[str]) -> list[bool | None] | None:
+    """Propagate forced roles; branch when stuck (always in the FORCED_STYLE wording). Returns the
+    full roles, or None on a contradiction (after writing its line)."""
     roles = list(roles)
     while True:
         kind, speaker, person, role = _forced(puzzle, roles)
@@ -495,7 +495,7 @@ def _propagate(puzzle: Puzzle, roles: list[bool | None], style: PropagationStyle
             return roles
         person = roles.index(None)
         lines.append(f"{FORCED_STYLE.branch} {puzzle.names[person]} is a knight.")
-        result = _propagate(puzzle, roles[:person] + [True] + roles[person + 1 :], style, lines, depth + 1)
+        result = _propagate(puzzle, roles[:person] + [True] + roles[person + 1 :], lines)
         if result is not None:
             return result
         lines.append(f"{FORCED_STYLE.refuted} {puzzle.names[person]} is a knave.")
@@ -509,7 +509,7 @@ def _wrong_guess(puzzle: Puzzle) -> tuple[int, bool]:
         lines: list[str] = []
         wrong = [None] * puzzle.n
         wrong[person] = not puzzle.solution[person]
-        _propagate(puzzle, wrong, FORCED_STYLE, lines, 1)
+        _propagate(puzzle, wrong, lines)
         branched = any(line.startswith(FORCED_STYLE.branch) for line in lines)
         key = (branched, len(lines), person)
         if best is None or key < best[0]:
@@ -527,11 +527,11 @@ def render_propagation(record: dict, style: PropagationStyle) -> str:
         lines.append(f"{style.branch} {puzzle.names[person]} is a {role_word(role)}.")
         guessed = list(roles)
         guessed[person] = role
-        if _propagate(puzzle, guessed, style, lines, 1) is not None:
+        if _propagate(puzzle, guessed, lines) is not None:
             raise AssertionError("a wrong guess reached a consistent assignment")
         lines.append(f"{style.refuted} {puzzle.names[person]} is a {role_word(not role)}.")
         roles[person] = not role
-    final = _propagate(puzzle, roles, style, lines, 0)
+    final = _propagate(puzzle, roles, lines)
     lines.append(f"{style.done} {solution_text(puzzle.names, final)}")
     return "\n".join(lines)
 
