@@ -85,6 +85,7 @@ class CurateConfig:
     max_per_question: int = 1  # demonstrations per question in the SFT set
     dedup_threshold: float = 0.98  # cosine similarity at which two traces are near-duplicates
     diversity_weight: float = 1.0  # weight of the max-min embedding distance in the selection gain
+    primitive_weight: float = 1.0  # gain for the first demonstration of a primitive not yet in the mix
     fit_weight: float = 0.0  # weight of the student's z-scored per-token log-likelihood (needs a student)
     max_length_words: int | None = None  # drop longer demonstrations
 
@@ -92,7 +93,7 @@ class CurateConfig:
         require(0.0 <= self.min_accuracy <= 1.0, f"curate.min_accuracy must be in [0, 1], got {self.min_accuracy}")
         require(self.max_per_question >= 1, f"curate.max_per_question must be >= 1, got {self.max_per_question}")
         require(0.0 < self.dedup_threshold <= 1.0, f"curate.dedup_threshold must be in (0, 1], got {self.dedup_threshold}")
-        require(self.diversity_weight >= 0 and self.fit_weight >= 0, "curate weights must be >= 0")
+        require(min(self.diversity_weight, self.fit_weight, self.primitive_weight) >= 0, "curate weights must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -414,6 +415,8 @@ def select_diverse(
     budget: int,
     *,
     diversity_weight: float = 1.0,
+    labels: list[str] | None = None,
+    label_weight: float = 0.0,
     bonus: np.ndarray | None = None,
     max_per_group: int = 1,
     dedup_threshold: float = 0.98,
@@ -421,8 +424,9 @@ def select_diverse(
     """Greedy coverage-maximising selection of at most `budget` items.
 
     gain(i | S) = |features_i not yet covered| / length_i + diversity_weight * min_{j in S}
-    (1 - cos(e_i, e_j)) + bonus_i. Both terms only shrink as S grows, so lazy greedy (re-scoring
-    only the heap top) picks the same items as plain greedy. Items within `dedup_threshold`
+    (1 - cos(e_i, e_j)) + label_weight * [label_i not yet in S] + bonus_i. Every term only
+    shrinks as S grows, so lazy greedy (re-scoring only the heap top) picks the same items as
+    plain greedy. Items within `dedup_threshold`
     cosine similarity of a chosen one are near-duplicates and are never chosen; at most
     `max_per_group` items per group (question). Returns (chosen indices, near-duplicates skipped).
     """
@@ -431,11 +435,14 @@ def select_diverse(
     min_dist = np.ones(n)  # distance to the empty set: the maximum
     bonus = np.zeros(n) if bonus is None else np.asarray(bonus, np.float64)
     covered: set[int] = set()
+    labels = labels or [""] * n
+    seen_labels: set[str] = set()
     per_group: Counter = Counter()
     lengths = np.maximum(np.asarray(lengths, np.float64), 1.0)
 
     def gain(i: int) -> float:
-        return len(features[i] - covered) / lengths[i] + diversity_weight * min_dist[i] + bonus[i]
+        new_label = label_weight * (labels[i] not in seen_labels)
+        return len(features[i] - covered) / lengths[i] + diversity_weight * min_dist[i] + new_label + bonus[i]
 
     heap = [(-gain(i), i) for i in range(n)]
     heapq.heapify(heap)
@@ -455,6 +462,7 @@ def select_diverse(
         chosen.append(i)
         per_group[groups[i]] += 1
         covered |= features[i]
+        seen_labels.add(labels[i])
         row = unit[i]
         sims = np.asarray((unit @ row.T).todense()).ravel() if hasattr(row, "todense") else unit @ row
         min_dist = np.minimum(min_dist, 1.0 - sims)
@@ -532,6 +540,8 @@ def curate(cfg: TailorConfig, synthesis: SynthesizeResult) -> CurateResult:
         [metrics_lib.question_key(d.record) for d in pool],
         cfg.budget,
         diversity_weight=ccfg.diversity_weight,
+        labels=[d.primitive for d in pool],
+        label_weight=ccfg.primitive_weight,
         bonus=bonus,
         max_per_group=ccfg.max_per_question,
         dedup_threshold=ccfg.dedup_threshold,
