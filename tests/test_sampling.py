@@ -369,3 +369,34 @@ def test_shared_prompt_cache_matches_the_models_own_cache_path(tiny):
     repeated = Sampler(model, share_prompt_cache=False).generate(prompts, **kwargs)
     assert shared.tokens == repeated.tokens
     np.testing.assert_allclose(shared.logprob_array, repeated.logprob_array, atol=1e-5)
+
+
+class _CharTokenizer:
+    """Token t <-> chr(65 + t), except token 62, which decodes to the two characters "BC"."""
+
+    def encode(self, text, add_special_tokens=False):
+        return [ord(c) - 65 for c in text]
+
+    def decode(self, ids):
+        return "".join("BC" if t == 62 else chr(65 + t) for t in ids)
+
+
+def test_stop_strings_stop_in_loop_and_on_other_tokenizations(tiny):
+    from tailor_jax.sampling.engine import _stop_string_cut
+
+    _, sampler = tiny
+    tokenizer = _CharTokenizer()
+    prompts = [[5, 6, 7], [9, 10]]
+    free = sampler.generate(prompts, max_new_tokens=12, eos_token_ids=[])
+    text = tokenizer.decode(free.tokens[0])
+    stop = text[4:6]
+    out = sampler.generate(prompts, max_new_tokens=12, eos_token_ids=[], stop_strings=[stop], tokenizer=tokenizer)
+    cut = text.index(stop) + 2
+    assert out.tokens[0] == free.tokens[0][:cut] and out.finished[0] and out.lengths[0] == cut
+    assert out.logprobs[0] == free.logprobs[0][:cut]
+    # A stop string reached through a different tokenization ("BC" as one token) is cut on the host.
+    assert _stop_string_cut(tokenizer, [0, 5, 62, 7], ["BC"]) == 3
+    assert _stop_string_cut(tokenizer, [0, 1, 2, 7], ["BC"]) == 3
+    assert _stop_string_cut(tokenizer, [0, 1, 7], ["BC"]) is None
+    with pytest.raises(TailorError, match="tokenizer"):
+        sampler.generate(prompts, max_new_tokens=4, stop_strings=["x"])

@@ -209,6 +209,30 @@ def _sample_program(
     return out_tokens, out_logprobs, lengths, finished
 
 
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    if not isinstance(text, str) or not text:
+        raise TailorError(f"stop string {text!r} must be a non-empty string")
+    try:
+        return list(tokenizer.encode(text, add_special_tokens=False))
+    except TypeError:
+        return list(tokenizer.encode(text))
+
+
+def _stop_string_cut(tokenizer: Any, tokens: list[int], stop_strings: Sequence[str]) -> int | None:
+    """Fewest leading tokens whose decoded text contains a stop string (None if the full text has none)."""
+    def hit(n: int) -> bool:
+        text = tokenizer.decode(tokens[:n])
+        return any(s in text for s in stop_strings)
+
+    if not tokens or not hit(len(tokens)):
+        return None
+    low, high = 0, len(tokens)  # hit(high) is True; hit(0) is False (empty text)
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if hit(mid) else (mid, high)
+    return high
+
+
 def _leaf_signature(x: Any) -> tuple:
     return (tuple(np.shape(x)), str(getattr(x, "dtype", type(x))), str(getattr(x, "sharding", None)))
 
@@ -282,12 +306,17 @@ class Sampler:
         num_samples: int = 1,
         eos_token_ids: Sequence[int] | None = None,
         stop_sequences: Sequence[Sequence[int]] = (),
+        stop_strings: Sequence[str] = (),
+        tokenizer: Any = None,
         seed: int | jax.Array = 0,
     ) -> SampleOutput:
         """Sample `num_samples` completions per prompt. See `SampleOutput` for what comes back.
 
         `eos_token_ids=None` uses the model config's EOS ids, `[]` never stops on EOS;
         `stop_sequences` are token-id sequences that end a row when its completion ends with one.
+        `stop_strings` (with the `tokenizer`, anything with HF-style `encode`/`decode`) end a row at
+        the first token whose decoded completion contains one: their own tokenization stops the
+        decode loop early, any other tokenization is caught when the result is assembled.
         """
         start = time.perf_counter()
         cfg = self.config
@@ -308,6 +337,11 @@ class Sampler:
         padded = pad_prompts(prompts, prompt_len, batch, self.pad_id)
         eos_array = np.full((bucket(len(eos), minimum=4),), -1, np.int32)
         eos_array[: len(eos)] = eos
+        if isinstance(stop_strings, str):
+            stop_strings = [stop_strings]
+        if stop_strings and tokenizer is None:
+            raise TailorError("stop_strings need a tokenizer (pass tokenizer=...) or give stop_sequences as token ids")
+        stop_sequences = list(stop_sequences) + [_encode(tokenizer, text) for text in stop_strings]
         stops = stop_sequence_array(stop_sequences)
         stops = np.pad(stops, ((0, bucket(stops.shape[0], 1) - stops.shape[0]),
                                (bucket(stops.shape[1], 1) - stops.shape[1], 0)), constant_values=-1)
@@ -330,14 +364,21 @@ class Sampler:
         out_tokens, out_logprobs, lengths, finished = jax.device_get(program(*args))
 
         rows = len(prompts) * num_samples
-        lengths = lengths[:rows]
-        token_array = out_tokens[:rows, :max_new_tokens]
-        logprob_array = out_logprobs[:rows, :max_new_tokens]
+        lengths = lengths[:rows].copy()
+        finished = finished[:rows].copy()
+        token_array = out_tokens[:rows, :max_new_tokens].copy()
+        logprob_array = out_logprobs[:rows, :max_new_tokens].copy()
+        if stop_strings:
+            for r in range(rows):
+                cut = _stop_string_cut(tokenizer, token_array[r, : lengths[r]].tolist(), stop_strings)
+                if cut is not None and (cut < lengths[r] or not finished[r]):
+                    lengths[r], finished[r] = cut, True
+                    token_array[r, cut:], logprob_array[r, cut:] = self.pad_id, 0.0
         return SampleOutput(
             tokens=[token_array[r, : lengths[r]].tolist() for r in range(rows)],
             logprobs=[logprob_array[r, : lengths[r]].tolist() for r in range(rows)],
             lengths=lengths.tolist(),
-            finished=finished[:rows].tolist(),
+            finished=finished.tolist(),
             num_samples=num_samples,
             token_array=token_array,
             logprob_array=logprob_array,
@@ -385,6 +426,8 @@ def generate(
     num_samples: int = 1,
     eos_token_ids: Sequence[int] | None = None,
     stop_sequences: Sequence[Sequence[int]] = (),
+    stop_strings: Sequence[str] = (),
+    tokenizer: Any = None,
     seed: int | jax.Array = 0,
 ) -> SampleOutput:
     """Sample completions of token-id `prompts` with `model` (see `Sampler.generate`).
@@ -401,5 +444,6 @@ def generate(
         sampler.update_weights(model)
     return sampler.generate(
         prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-        num_samples=num_samples, eos_token_ids=eos_token_ids, stop_sequences=stop_sequences, seed=seed,
+        num_samples=num_samples, eos_token_ids=eos_token_ids, stop_sequences=stop_sequences,
+        stop_strings=stop_strings, tokenizer=tokenizer, seed=seed,
     )
