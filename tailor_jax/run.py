@@ -100,6 +100,7 @@ class RunConfig:
     task_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # shared by every stage
     prompt_style: Literal["plain", "chat"] = "plain"
     think_prefill: bool = False
+    pretrained: str | None = None  # a local Hugging Face checkpoint: SFT starts from it and uses its tokenizer
     mesh_preset: str = "auto"
     mesh: dict[str, Any] | None = None  # explicit mesh (MeshConfig keys); wins over mesh_preset
     data: DataSection = dataclasses.field(default_factory=DataSection)
@@ -151,6 +152,9 @@ def sft_config(cfg: RunConfig):
     }
     section.update(run_dir=str(stage_dir(cfg, "sft")), data=data)
     section.setdefault("mesh", mesh_dict(cfg))
+    if cfg.pretrained is not None:
+        section["model"] = {**section.get("model", {}), "pretrained": cfg.pretrained}
+        section["tokenizer"] = {**section.get("tokenizer", {}), "path": cfg.pretrained}
     return _section_config(SFTConfig, section, "sft")
 
 
@@ -173,6 +177,26 @@ def _section_config(cls, section: dict, name: str):
         return config_from_dict(cls, section)
     except TailorError as err:
         raise TailorError(f"{name}: {err}") from None
+
+
+def check_batches(cfg: RunConfig) -> None:
+    """Batch sizes must split evenly over the data-parallel devices of an explicit mesh
+    (checked here so a TPU config fails in `--dry-run`, not after the SFT stage)."""
+    mesh = mesh_dict(cfg)
+    sizes = [mesh.get("data", 1), mesh.get("fsdp", -1)]
+    if any(s == -1 for s in sizes) or mesh.get("rules"):
+        return  # decided by the device count (or custom rules) at run time
+    shards = sizes[0] * sizes[1]
+    sft = sft_config(cfg)
+    if (sft.batch_size // sft.accum_steps) % shards:
+        raise TailorError(f"sft.batch_size / sft.accum_steps = {sft.batch_size // sft.accum_steps} is not a multiple of the "
+                          f"{shards}-way data parallelism of mesh {mesh}; change sft.batch_size or the mesh")
+    if cfg.grpo is not None:
+        grpo = grpo_config(cfg)
+        micro = grpo.dash.micro_batch_size or grpo.rollout.prompts_per_step * grpo.rollout.num_generations
+        if micro % shards:
+            raise TailorError(f"grpo rows per micro-batch ({micro}) are not a multiple of the {shards}-way data parallelism "
+                              f"of mesh {mesh}; change grpo.dash.micro_batch_size or the rollout size")
 
 
 def _without(data: dict, *keys: str) -> dict:
@@ -297,15 +321,13 @@ def _trace_namer(task: str, strategy: str | None) -> Callable[[dict], str]:
 
 
 def _primitive_warm_start(cfg: RunConfig, records: list[dict]) -> list[dict]:
-    try:
-        from tailor_jax.primitives import pipeline as primitives_pipeline  # type: ignore[attr-defined]
-    except ImportError:
-        raise TailorError(
-            f"warm_start.method {cfg.warm_start.method!r} needs the Tailor primitives pipeline "
-            "(tailor_jax/primitives/pipeline.py), which is not built yet; use warm_start.method=task_trace"
-        ) from None
-    return primitives_pipeline.warm_start(cfg.task, records, method=cfg.warm_start.method,
-                                          task_options=dict(cfg.task_options), **cfg.warm_start.options)
+    """The Tailor pipeline (or a baseline); its artefacts go to `warm_start/tailor/`."""
+    from tailor_jax.primitives import pipeline as primitives_pipeline
+
+    return primitives_pipeline.warm_start(
+        cfg.task, records, method=cfg.warm_start.method, task_options=dict(cfg.task_options),
+        run_dir=str(stage_dir(cfg, "warm_start") / "tailor"), prompt_style=cfg.prompt_style, **cfg.warm_start.options,
+    )
 
 
 def diversity_stats(demos: Sequence[dict]) -> dict[str, Any]:
@@ -446,6 +468,7 @@ class PlannedStage:
 
 
 def plan(cfg: RunConfig) -> list[PlannedStage]:
+    check_batches(cfg)
     hashes = stage_hashes(cfg)
     stages = []
     for name in STAGES:
