@@ -59,3 +59,21 @@ def test_two_processes_form_one_mesh(tmp_path):
     saved = load_pretrained(tmp_path / "saved")
     np.testing.assert_array_equal(np.asarray(saved.layers[1].attn.o_kernel.get_value()),
                                   np.asarray(model.layers[1].attn.o_kernel.get_value()))
+
+
+def test_initialize_distributed_is_a_noop_or_a_clear_error_in_one_process(monkeypatch):
+    import pytest
+
+    from tailor_jax.errors import TailorError
+    from tailor_jax.parallel import initialize_distributed
+
+    for name in ("TAILOR_COORDINATOR_ADDRESS", "JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES",
+                 "MEGASCALE_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        monkeypatch.delenv(name, raising=False)
+    assert initialize_distributed() is False
+    assert initialize_distributed("127.0.0.1:1", num_processes=1, process_id=0) is False
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "127.0.0.1:1")
+    with pytest.raises(TailorError, match="set JAX_NUM_PROCESSES and JAX_PROCESS_ID"):
+        initialize_distributed()
+    with pytest.raises(TailorError, match="process id 2 is out of range for 2 processes"):
+        initialize_distributed(num_processes=2, process_id=2)
