@@ -26,7 +26,10 @@ _MASKED = float(np.finfo(np.float32).min)
 
 @struct.dataclass
 class KVCache:
-    """Keys/values of every layer for `max_len` slots; `index` is the next slot to write (same for all rows)."""
+    """Keys/values of every layer for `max_len` slots; `index` is the next slot to write (same for all rows).
+
+    Callers keep `index + new_tokens <= max_len`: inside jit an out-of-range write is clamped by XLA.
+    """
 
     k: jax.Array  # [num_layers, batch, max_len, num_kv_heads, head_dim]
     v: jax.Array
