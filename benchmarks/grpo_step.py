@@ -1,0 +1,277 @@
+"""The `grpo_step` workload of /work/shared/BENCHMARKS.md: one GRPO optimizer step, tailor-jax vs TRL.
+
+    python benchmarks/grpo_step.py [--runs 3] [--peers trl] [--micro-batch 0] [--trl-micro-batch 4]
+
+One invocation builds the `bench-tiny` Qwen2 checkpoint (HF, random weights, seed 0, plus a
+word-level tokenizer whose word "t<i>" is id i, so that text prompts carry the same ids through
+TRL) in a temp dir, measures this machine's float32 matmul peak through JAX, then times one full
+GRPO step per system: 16 prompts of 64 random token ids x G = 8 completions of 128 tokens
+(temperature 1, EOS never sampled), reward = fraction of even token ids in the completion,
+group-scaled advantages, beta 0.04 (k3 KL to a frozen reference), epsilon 0.2, token-mean loss,
+AdamW lr 1e-5, one optimizer update per rollout batch.
+
+Ours drives the GRPO trainer's own pieces exactly as `tailor_jax.train.grpo_trainer.train` does
+for one step (sampler -> group advantages -> `build_rows` -> `pack_micro_batches` -> reference
+log-probs with the jitted `make_logp_fn` -> `make_accumulate_fn` over micro-batches ->
+`make_apply_fn`), with a device sync after each phase so the split is exact. TRL's
+`GRPOTrainer` runs in its own venv (created on first use under ~/.cache/tailor-jax/trl-venv),
+see benchmarks/_peers/trl_grpo.py.
+
+Each system warms up (compiles) for one step, then `--runs` steps are timed. Prints one JSON line
+per system and a table: seconds per step (median, min, max), the split (sampling, reference,
+update), ours/TRL speed-up and the fraction of the arithmetic roofline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+TRL_VENV = Path(os.environ.get("TAILOR_JAX_TRL_VENV", Path.home() / ".cache/tailor-jax/trl-venv"))
+TRL_REQUIREMENTS = ["trl==1.16.*", "torch==2.13.0", "transformers==5.23.0"]
+
+WORKLOAD = dict(prompts=16, prompt_len=64, samples=8, new_tokens=128, beta=0.04, epsilon=0.2, lr=1e-5, seed=0)
+BENCH_TINY = dict(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+                  num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=1024,
+                  tie_word_embeddings=True, rope_theta=10000.0, rms_norm_eps=1e-6)
+EOS_ID = 1  # never sampled: TRL suppresses it (min_new_tokens), ours passes eos_token_ids=[]
+PAD_ID = 0
+UNK_ID = 2
+
+
+def even_token_reward(completions: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The cheap programmatic reward: the fraction of even token ids in each completion."""
+    valid = np.arange(completions.shape[1])[None, :] < lengths[:, None]
+    return ((completions % 2 == 0) & valid).sum(1) / np.maximum(lengths, 1)
+
+
+def build_checkpoint(directory: Path) -> dict:
+    """`bench-tiny` with random weights (seed 0) and a word-level tokenizer ("t<i>" <-> id i)."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(**BENCH_TINY, bos_token_id=None, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
+    model = Qwen2ForCausalLM(config)
+    model.save_pretrained(directory)
+    # Special tokens must not be prefixes of "t<i>" words: added tokens match inside words.
+    specials = {PAD_ID: "<pad>", EOS_ID: "<eos>", UNK_ID: "<unk>"}
+    vocab = {specials.get(i, f"t{i}"): i for i in range(BENCH_TINY["vocab_size"])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
+    tokenizer.save_pretrained(directory)
+    return {"parameters": sum(p.numel() for p in model.parameters())}
+
+
+def make_prompts() -> list[list[int]]:
+    """16 prompts of 64 random ids, avoiding the special ids (pad 0, eos 1, unk 2)."""
+    rng = np.random.default_rng(0)
+    return [rng.integers(3, BENCH_TINY["vocab_size"], WORKLOAD["prompt_len"]).tolist() for _ in range(WORKLOAD["prompts"])]
+
+
+def matmul_peak_flops(size: int = 2048, repeats: int = 7) -> float:
+    """Median float32 rate of a size^3 matmul through JAX (FLOP/s)."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
+    matmul = jax.jit(jnp.matmul)
+    matmul(a, b).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a, b).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times)
+
+
+def forward_flops(parameters: int, context_lengths) -> float:
+    """2 x parameters per processed token + attention 4 x layers x hidden x context (BENCHMARKS.md)."""
+    layers, hidden = BENCH_TINY["num_hidden_layers"], BENCH_TINY["hidden_size"]
+    return float(sum(2 * parameters + 4 * layers * hidden * c for c in context_lengths))
+
+
+def step_flops(parameters: int) -> dict[str, float]:
+    """FLOPs of one step: sampling (prefill each distinct prompt once + every generated token at its
+    context), the reference forward over all rows x (prompt + completion), and the training
+    forward/backward (3x a forward) over the same tokens."""
+    p, n = WORKLOAD["prompt_len"], WORKLOAD["new_tokens"]
+    rows = WORKLOAD["prompts"] * WORKLOAD["samples"]
+    prefill = WORKLOAD["prompts"] * forward_flops(parameters, range(1, p + 1))
+    decode = rows * forward_flops(parameters, range(p + 1, p + n + 1))
+    sequence = rows * forward_flops(parameters, range(1, p + n + 1))
+    return {"sampling": prefill + decode, "reference": sequence, "update": 3 * sequence}
+
+
+# ---------------------------------------------------------------------------------------
+# Ours: the trainer's pieces, one step as in grpo_trainer.train.
+def run_ours(model_dir: Path, prompts: list[list[int]], runs: int, micro_batch: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from tailor_jax.config import OptimizerConfig
+    from tailor_jax.parallel.mesh import MeshConfig, create_mesh
+    from tailor_jax.parallel.sharding import use_sharding
+    from tailor_jax.sampling import Sampler
+    from tailor_jax.train import grpo_trainer as gt
+    from tailor_jax.train.grpo import group_advantages
+    from tailor_jax.train.optim import make_optimizer
+    from tailor_jax.train.state import create_train_state, merge_model
+    from tailor_jax.model.hf_io import load_pretrained
+
+    g, rows_total = WORKLOAD["samples"], WORKLOAD["prompts"] * WORKLOAD["samples"]
+    micro = micro_batch or rows_total
+    mesh_cfg = MeshConfig()
+    mesh, rules = create_mesh(mesh_cfg), mesh_cfg.axis_rules()
+    loss_cfg = gt.LossConfig(epsilon_low=WORKLOAD["epsilon"], epsilon_high=WORKLOAD["epsilon"], beta=WORKLOAD["beta"],
+                             kl="k3", loss_agg="token_mean", scale_rewards="group")
+    rollout_cfg = gt.RolloutConfig(prompts_per_step=WORKLOAD["prompts"], num_generations=g,
+                                   max_new_tokens=WORKLOAD["new_tokens"], temperature=1.0)
+    model = load_pretrained(model_dir, mesh=mesh, rules=rules)
+    # TRL's default optimizer: AdamW, no warmup, weight decay 0, grad clip 1.0 (max_grad_norm).
+    tx = make_optimizer(OptimizerConfig(lr=WORKLOAD["lr"], warmup_steps=0, grad_clip=1.0), 1000)
+    graphdef, state = create_train_state(model, tx, WORKLOAD["seed"], mesh, rules)
+    ref_params = jax.tree.map(jnp.copy, state.params)
+    sampler = Sampler(model, mesh=mesh, rules=rules, pad_id=PAD_ID)
+    del model
+    with use_sharding(mesh, rules):
+        logp_fn = jax.jit(gt.make_logp_fn(graphdef, rollout_cfg.temperature))
+        accumulate = jax.jit(gt.make_accumulate_fn(graphdef, loss_cfg, rollout_cfg.temperature, rollout_cfg.max_new_tokens),
+                             donate_argnums=0)
+        apply = jax.jit(gt.make_apply_fn(tx), donate_argnums=(0, 1))
+
+    def step(seed: int) -> dict:
+        nonlocal state
+        t0 = time.perf_counter()
+        sampler.update_weights(merge_model(graphdef, state))
+        out = sampler.generate(prompts, max_new_tokens=rollout_cfg.max_new_tokens, temperature=rollout_cfg.temperature,
+                               num_samples=g, eos_token_ids=[], seed=seed)
+        lengths = np.asarray(out.lengths)
+        rewards = even_token_reward(out.token_array, lengths).astype(np.float32)
+        t_sample = time.perf_counter()
+        advantages = np.asarray(group_advantages(jnp.asarray(rewards), g, loss_cfg.scale_rewards), np.float32)
+        prompt_ids = [prompts[row // g] for row in range(len(rewards))]
+        rows = gt.build_rows(prompt_ids, out.token_array, lengths, PAD_ID)
+        logp = out.logprob_array.astype(np.float32)
+        rows.update(advantages=advantages, sampler_logp=logp, old_logp=logp)
+        micro_batches = gt.pack_micro_batches(rows, gt.select_rows(advantages, 0.1, False), micro)
+        total_tokens = max(float(rows["completion_mask"].sum()), 1.0)
+        weights = [float(b["completion_mask"].sum()) / total_tokens for b in micro_batches]
+        device_batches = [gt.place_rows(b, mesh, rules) for b in micro_batches]
+        for b in device_batches:
+            b["ref_logp"] = logp_fn(ref_params, state.rest, b)
+        jax.block_until_ready([b["ref_logp"] for b in device_batches])
+        t_ref = time.perf_counter()
+        grads = jax.tree.map(jnp.zeros_like, state.params)
+        for b, w in zip(device_batches, weights):
+            grads, metrics = accumulate(grads, state.params, state.rest, b, jnp.float32(w))
+        state, norm = apply(state, grads)
+        grad_norm = float(norm)
+        t_end = time.perf_counter()
+        return {"step": t_end - t0, "sampling": t_sample - t0, "reference": t_ref - t_sample, "update": t_end - t_ref,
+                "tokens": int(lengths.sum()), "reward": float(rewards.mean()), "grad_norm": grad_norm,
+                "logp_diff_max": float(metrics["sampler_trainer/logp_diff_max"])}
+
+    step(1)  # warm-up: compiles the sampler program and the three jitted trainer functions
+    timed = [step(seed + 2) for seed in range(runs)]
+    return {"system": "tailor_jax", "timed": timed, "micro_batch": micro, "sampler_compiles": sampler.num_compiles,
+            "devices": len(jax.devices()), "version": f"jax {jax.__version__}"}
+
+
+# ---------------------------------------------------------------------------------------
+# TRL in its own venv.
+def ensure_trl_venv() -> Path:
+    python = TRL_VENV / "bin" / "python"
+    if python.exists() and subprocess.run([str(python), "-c", "import trl"], capture_output=True).returncode == 0:
+        return python
+    print(f"creating TRL's venv at {TRL_VENV} ({', '.join(TRL_REQUIREMENTS)}) ...", file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "venv", str(TRL_VENV)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", *TRL_REQUIREMENTS], check=True)
+    return python
+
+
+def run_trl(model_dir: Path, prompts_file: Path, runs: int, micro_batch: int) -> dict:
+    python = ensure_trl_venv()
+    settings = {**WORKLOAD, "eos_id": EOS_ID, "micro_batch": micro_batch, "runs": runs}
+    command = [str(python), str(HERE / "_peers" / "trl_grpo.py"), "--model-dir", str(model_dir),
+               "--prompts", str(prompts_file), "--settings", json.dumps(settings)]
+    done = subprocess.run(command, capture_output=True, text=True, env=os.environ | {"TOKENIZERS_PARALLELISM": "false"})
+    if done.returncode != 0:
+        raise SystemExit(f"TRL peer failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------
+def summarize(result: dict, flops: dict[str, float], peak: float) -> dict:
+    timed = result.pop("timed")
+    expected = WORKLOAD["prompts"] * WORKLOAD["samples"] * WORKLOAD["new_tokens"]
+    if any(t["tokens"] != expected for t in timed):
+        raise SystemExit(f"{result['system']} generated {[t['tokens'] for t in timed]} tokens per step, expected {expected}")
+    steps = [t["step"] for t in timed]
+    roofline_s = sum(flops.values()) / peak
+    result.update(
+        workload="grpo_step", model="bench-tiny", cores=os.cpu_count(),
+        step_s_median=statistics.median(steps), step_s_min=min(steps), step_s_max=max(steps),
+        **{f"{k}_s_median": statistics.median(t[k] for t in timed) for k in ("sampling", "reference", "update")},
+        roofline_fraction=roofline_s / statistics.median(steps),
+        steps_s=steps, rewards=[t["reward"] for t in timed],
+        **({"logp_diff_max": max(t["logp_diff_max"] for t in timed)} if "logp_diff_max" in timed[0] else {}),
+    )
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="grpo_step workload: tailor-jax vs TRL GRPOTrainer")
+    parser.add_argument("--runs", type=int, default=3, help="timed steps per system (after one warm-up step)")
+    parser.add_argument("--peers", default="trl", help="comma list: trl (empty: ours only)")
+    parser.add_argument("--micro-batch", type=int, default=0, help="our rows per micro-batch (0: all 128 at once)")
+    parser.add_argument("--trl-micro-batch", type=int, default=4, help="TRL per_device_train_batch_size")
+    args = parser.parse_args()
+    peers = [p for p in args.peers.split(",") if p]
+
+    prompts = make_prompts()
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir, prompts_file = Path(tmp) / "bench-tiny", Path(tmp) / "prompts.json"
+        info = build_checkpoint(model_dir)
+        prompts_file.write_text(json.dumps(prompts))
+        peak = matmul_peak_flops()
+        results = [run_ours(model_dir, prompts, args.runs, args.micro_batch)]
+        if "trl" in peers:
+            results.append(run_trl(model_dir, prompts_file, args.runs, args.trl_micro_batch))
+        peak_after = matmul_peak_flops()
+
+    flops = step_flops(info["parameters"])
+    results = [summarize(r, flops, peak) for r in results]
+    for result in results:
+        print(json.dumps(result))
+    roofline_s = sum(flops.values()) / peak
+    print(json.dumps({"matmul_peak_gflops": peak / 1e9, "matmul_peak_gflops_after": peak_after / 1e9,
+                      "step_gflop": {k: v / 1e9 for k, v in flops.items()}, "roofline_step_s": roofline_s,
+                      "parameters": info["parameters"]}))
+    print(f"\ngrpo_step workload, bench-tiny, {os.cpu_count()} cores; matmul peak {peak / 1e9:.0f} GFLOP/s "
+          f"({peak_after / 1e9:.0f} after) -> roofline {roofline_s:.2f} s/step")
+    print(f"{'system':<12}{'median s':>10}{'min':>8}{'max':>8}{'sampling':>10}{'reference':>11}{'update':>8}"
+          f"{'x ours':>10}{'roofline':>10}")
+    ours = results[0]
+    for r in results:
+        print(f"{r['system']:<12}{r['step_s_median']:>10.2f}{r['step_s_min']:>8.2f}{r['step_s_max']:>8.2f}"
+              f"{r['sampling_s_median']:>10.2f}{r['reference_s_median']:>11.2f}{r['update_s_median']:>8.2f}"
+              f"{r['step_s_median'] / ours['step_s_median']:>9.2f}x{r['roofline_fraction']:>10.0%}")
+
+
+if __name__ == "__main__":
+    main()
