@@ -133,3 +133,40 @@ def test_missing_run_dir_is_one_clear_error(tmp_path):
 
     with pytest.raises(TailorError, match="does not exist"):
         report_lib.write_report(tmp_path / "nope")
+
+
+def test_evaluate_records_scores_decoded_completions():
+    """The decode -> reward path with a stub sampler: greedy right on even problems only,
+    and among k=3 samples one right answer on every problem except the last."""
+    import types
+
+    from tailor_jax.data import tokenizer as tok_lib
+    from tailor_jax.eval.evaluate import evaluate_records
+    from tailor_jax.tasks import get_task
+
+    task = get_task("gf", p=11, steps="2-3")
+    records = list(task.generate(6, seed=5))
+    wrong = [task.target(r).replace(f"<answer>{task.format_answer(r['answer'])}<",
+                                    f"<answer>{task.format_answer((r['answer'] + 1) % 11)}<") for r in records]
+    texts = [task.prompt(r).text + task.target(r) for r in records]
+    tokenizer = tok_lib.train_bpe_tokenizer(texts, 400, sorted(task.symbols.values()))
+    encode = lambda s: tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
+
+    index_of = {tuple(tok_lib.encode_prompt(tokenizer, task.prompt(r))): i for i, r in enumerate(records)}
+
+    def generate(prompts, *, max_new_tokens, temperature, eos_token_ids, num_samples=1, seed=0):
+        rows = []
+        for i in (index_of[tuple(p)] for p in prompts):
+            if num_samples == 1:
+                rows.append(encode(task.target(records[i]) if i % 2 == 0 else wrong[i]))
+            else:
+                right = i < len(records) - 1
+                rows += [encode(wrong[i]), encode(task.target(records[i]) if right else wrong[i]), encode(wrong[i])]
+        return types.SimpleNamespace(tokens=rows, finished=[True] * len(rows), lengths=[len(r) for r in rows])
+
+    outcomes = evaluate_records(types.SimpleNamespace(generate=generate), task, tokenizer, records, pass_k=3, chunk=4)
+    assert [o["correct"] for o in outcomes] == [True, False, True, False, True, False]
+    assert [o["pass"] for o in outcomes] == [True, True, True, True, True, False]
+    assert [o["level"] for o in outcomes] == [task.difficulty(r) for r in records]
+    assert [o["kind"] for o in outcomes] == [r["kind"] for r in records]
+    assert all(o["length"] > 5 for o in outcomes)
