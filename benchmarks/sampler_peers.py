@@ -65,7 +65,8 @@ class _IdTokenizer:
         return self.pad
 
 
-def run_tunix(model_dir: str, prompts: list[list[int]], new_tokens: int, samples: int, runs: int) -> dict:
+def run_tunix(model_dir: str, prompts: list[list[int]], new_tokens: int, samples: int, runs: int,
+              greedy: bool = False) -> dict:
     import jax
     from tunix.generate import sampler as sampler_lib
     from tunix.models.qwen2 import model as qwen2_model
@@ -94,14 +95,16 @@ def run_tunix(model_dir: str, prompts: list[list[int]], new_tokens: int, samples
 
     def once(seed: int) -> tuple[float, int]:
         start = time.perf_counter()
+        # tunix samples only when top_p is given; with top_p=None it decodes greedily whatever the
+        # temperature. The workload samples (top_p=1.0); --greedy measures the greedy mode for reference.
         out = sampler(texts, max_generation_steps=new_tokens, max_prompt_length=prompt_len,
-                      temperature=1.0, top_p=1.0, eos_tokens=[-1], seed=seed)
+                      temperature=1.0, top_p=None if greedy else 1.0, eos_tokens=[-1], seed=seed)
         tokens = [list(map(int, t)) for t in out.tokens]
         return time.perf_counter() - start, sum(len(t) for t in tokens)
 
     once(0)
     timed = [once(seed + 1) for seed in range(runs)]
-    return {"system": "tunix_sampler", "seconds": [t for t, _ in timed], "tokens": timed[0][1],
+    return {"system": "tunix_sampler_greedy" if greedy else "tunix_sampler", "seconds": [t for t, _ in timed], "tokens": timed[0][1],
             "version": f"google-tunix {__import__('importlib.metadata').metadata.version('google-tunix')}, jax {jax.__version__}"}
 
 
@@ -113,11 +116,15 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--greedy", action="store_true", help="tunix only: its greedy mode (not the workload)")
     args = parser.parse_args()
     with open(args.prompts) as f:
         prompts = json.load(f)
-    run = run_hf if args.system == "hf" else run_tunix
-    print(json.dumps(run(args.model_dir, prompts, args.new_tokens, args.samples, args.runs)), flush=True)
+    if args.system == "hf":
+        result = run_hf(args.model_dir, prompts, args.new_tokens, args.samples, args.runs)
+    else:
+        result = run_tunix(args.model_dir, prompts, args.new_tokens, args.samples, args.runs, greedy=args.greedy)
+    print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -364,7 +364,7 @@ def test_shared_prompt_cache_matches_the_models_own_cache_path(tiny):
     KVCache with the prompt cache repeated G times, for grouped sampling across two cache segments."""
     model, sampler = tiny
     prompts = [[5, 6, 7, 8, 9], [9, 10], [11, 12, 13]]
-    kwargs = dict(max_new_tokens=70, num_samples=3, temperature=1.0, seed=5, eos_token_ids=[])
+    kwargs = dict(max_new_tokens=40, num_samples=3, temperature=1.0, seed=5, eos_token_ids=[])  # 2 segments
     shared = sampler.generate(prompts, **kwargs)
     repeated = Sampler(model, share_prompt_cache=False).generate(prompts, **kwargs)
     assert shared.tokens == repeated.tokens
