@@ -77,22 +77,66 @@ def workload_flops(parameters: int) -> float:
     return float(prefill + decode)
 
 
-def run_ours(model_dir: Path, prompts: list[list[int]], runs: int) -> dict:
-    from tailor_jax.model import load_pretrained
-    from tailor_jax.sampling import Sampler
+class OurSystem:
+    """This project's sampler, in this process."""
 
-    sampler = Sampler(load_pretrained(model_dir))
+    name = "tailor_jax"
 
-    def once(seed: int):
+    def __init__(self, model_dir: Path, prompts: list[list[int]]):
+        from tailor_jax.model import load_pretrained
+        from tailor_jax.sampling import Sampler
+
+        self.sampler = Sampler(load_pretrained(model_dir))
+        self.prompts = prompts
+        self.run(0)  # warm-up (compilation)
+
+    def run(self, seed: int) -> tuple[float, int]:
         start = time.perf_counter()
-        out = sampler.generate(prompts, max_new_tokens=WORKLOAD["new_tokens"], temperature=1.0,
-                               num_samples=WORKLOAD["samples"], eos_token_ids=[], seed=seed)
+        out = self.sampler.generate(self.prompts, max_new_tokens=WORKLOAD["new_tokens"], temperature=1.0,
+                                    num_samples=WORKLOAD["samples"], eos_token_ids=[], seed=seed)
         return time.perf_counter() - start, out.num_tokens
 
-    once(0)
-    timed = [once(seed + 1) for seed in range(runs)]
-    return {"system": "tailor_jax", "seconds": [t for t, _ in timed], "tokens": timed[0][1],
-            "compiles": sampler.num_compiles}
+    def meta(self) -> dict:
+        return {"system": self.name, "compiles": self.sampler.num_compiles}
+
+    def close(self) -> None:
+        pass
+
+
+class PeerSystem:
+    """A peer in its own process (benchmarks/sampler_peers.py --serve): warm, then one run per request."""
+
+    def __init__(self, python: str, system: str, model_dir: Path, prompts_file: Path):
+        command = [python, str(HERE / "sampler_peers.py"), system, "--serve", "--model-dir", str(model_dir),
+                   "--prompts", str(prompts_file), "--new-tokens", str(WORKLOAD["new_tokens"]),
+                   "--samples", str(WORKLOAD["samples"])]
+        self.stderr = tempfile.TemporaryFile(mode="w+")
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
+            env=os.environ | {"JAX_PLATFORMS": "cpu", "TOKENIZERS_PARALLELISM": "false"},
+        )
+        self._meta = self._read()
+        self.name = self._meta["system"]
+
+    def _read(self) -> dict:
+        line = self.process.stdout.readline()
+        if not line:
+            self.stderr.seek(0)
+            raise SystemExit(f"peer {self.process.args[2]} failed:\n{self.stderr.read()[-3000:]}")
+        return json.loads(line)
+
+    def run(self, seed: int) -> tuple[float, int]:
+        self.process.stdin.write(f"run {seed}\n")
+        self.process.stdin.flush()
+        reply = self._read()
+        return reply["seconds"], reply["tokens"]
+
+    def meta(self) -> dict:
+        return {k: v for k, v in self._meta.items() if k != "ready"}
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
 
 
 def ensure_peers_venv() -> Path:
@@ -104,17 +148,6 @@ def ensure_peers_venv() -> Path:
     subprocess.run([sys.executable, "-m", "venv", str(PEERS_VENV)], check=True)
     subprocess.run([str(python), "-m", "pip", "install", "-q", *PEERS_REQUIREMENTS], check=True)
     return python
-
-
-def run_peer(python: str, system: str, model_dir: Path, prompts_file: Path, runs: int) -> dict:
-    command = [python, str(HERE / "sampler_peers.py"), system, "--model-dir", str(model_dir),
-               "--prompts", str(prompts_file), "--new-tokens", str(WORKLOAD["new_tokens"]),
-               "--samples", str(WORKLOAD["samples"]), "--runs", str(runs)]
-    done = subprocess.run(command, capture_output=True, text=True,
-                          env=os.environ | {"JAX_PLATFORMS": "cpu", "TOKENIZERS_PARALLELISM": "false"})
-    if done.returncode != 0:
-        raise SystemExit(f"{system} peer failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -131,12 +164,28 @@ def main() -> None:
         model_dir, prompts_file = Path(tmp) / "bench-tiny", Path(tmp) / "prompts.json"
         info = build_checkpoint(model_dir)
         prompts_file.write_text(json.dumps(prompts))
-        peak = matmul_peak_flops()
-        results = [run_ours(model_dir, prompts, args.runs)]
-        for peer in peers:
-            python = sys.executable if peer == "hf" else str(ensure_peers_venv())
-            results.append(run_peer(python, peer, model_dir, prompts_file, args.runs))
-        peak_after = matmul_peak_flops()
+        systems = []
+        try:
+            for peer in peers:  # peers warm up one at a time, before anything is timed
+                python = sys.executable if peer == "hf" else str(ensure_peers_venv())
+                systems.append(PeerSystem(python, peer, model_dir, prompts_file))
+            systems.insert(0, OurSystem(model_dir, prompts))
+            peak = matmul_peak_flops()
+            # Rounds: every system runs once per round (rotating the order), so each ratio compares
+            # runs made under about the same background load.
+            seconds = {s.name: [] for s in systems}
+            for round_ in range(args.runs):
+                for i in range(len(systems)):
+                    system = systems[(round_ + i) % len(systems)]
+                    elapsed, tokens = system.run(round_ + 1)
+                    if tokens != WORKLOAD["prompts"] * WORKLOAD["samples"] * WORKLOAD["new_tokens"]:
+                        raise SystemExit(f"{system.name} generated {tokens} tokens")
+                    seconds[system.name].append(elapsed)
+            peak_after = matmul_peak_flops()
+            results = [s.meta() | {"seconds": seconds[s.name], "tokens": tokens} for s in systems]
+        finally:
+            for system in systems:
+                system.close()
 
     flops = workload_flops(info["parameters"])
     generated = WORKLOAD["prompts"] * WORKLOAD["samples"] * WORKLOAD["new_tokens"]
@@ -147,20 +196,20 @@ def main() -> None:
         result.update(tok_per_s_median=statistics.median(rates), tok_per_s_min=min(rates),
                       tok_per_s_max=max(rates), roofline_fraction=statistics.median(rates) / roofline,
                       workload="sample", model="bench-tiny", cores=os.cpu_count())
-        if result["tokens"] != generated:
-            raise SystemExit(f"{result['system']} generated {result['tokens']} tokens, expected {generated}")
         ours = ours or result
+        result["ours_over_this_per_round"] = [o / t for o, t in zip(result["seconds"], ours["seconds"])]
         print(json.dumps(result))
     print(json.dumps({"matmul_peak_gflops": peak / 1e9, "matmul_peak_gflops_after": peak_after / 1e9,
                       "workload_gflop": flops / 1e9, "roofline_tok_per_s": roofline,
                       "parameters": info["parameters"]}))
     print(f"\nsample workload, bench-tiny, {os.cpu_count()} cores; matmul peak {peak / 1e9:.0f} GFLOP/s "
           f"({peak_after / 1e9:.0f} after) -> roofline {roofline:,.0f} tok/s")
-    print(f"{'system':<16}{'median tok/s':>14}{'min':>10}{'max':>10}{'ours/this':>11}{'roofline':>10}")
+    print(f"{'system':<16}{'median tok/s':>14}{'min':>10}{'max':>10}{'ours/this':>11}{'per round':>22}{'roofline':>10}")
     for result in results:
         ratio = ours["tok_per_s_median"] / result["tok_per_s_median"]
+        rounds = " ".join(f"{r:.2f}" for r in result["ours_over_this_per_round"])
         print(f"{result['system']:<16}{result['tok_per_s_median']:>14,.0f}{result['tok_per_s_min']:>10,.0f}"
-              f"{result['tok_per_s_max']:>10,.0f}{ratio:>10.2f}x{result['roofline_fraction']:>10.0%}")
+              f"{result['tok_per_s_max']:>10,.0f}{ratio:>10.2f}x{rounds:>22}{result['roofline_fraction']:>10.0%}")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """Peer samplers for benchmarks/sampler.py, each run in its own process (and, for tunix, its own venv).
 
     python benchmarks/sampler_peers.py {hf,tunix} --model-dir DIR --prompts FILE --new-tokens N
-        --samples G --runs R
+        --samples G (--runs R | --serve)
 
-Reads prompts (a JSON list of token-id lists), warms up once, times R end-to-end runs (token ids
-in, token ids out on the host) and prints one JSON line: {"system", "seconds": [...], "tokens"}.
+Reads prompts (a JSON list of token-id lists), warms up once, then times end-to-end runs (token
+ids in, token ids out on the host): R of them, printing one JSON line {"system", "seconds": [...],
+"tokens"}; or, with --serve, one per "run SEED" line on stdin (a JSON line each), so that
+benchmarks/sampler.py can interleave the systems' runs.
 Imports nothing from tailor_jax so that it runs in the peers' virtual environment.
 """
 
@@ -13,10 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 
-def run_hf(model_dir: str, prompts: list[list[int]], new_tokens: int, samples: int, runs: int) -> dict:
+def build_hf(model_dir: str, prompts: list[list[int]], new_tokens: int, samples: int):
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
@@ -37,10 +40,8 @@ def run_hf(model_dir: str, prompts: list[list[int]], new_tokens: int, samples: i
         completions = out[:, input_ids.shape[1]:].tolist()
         return time.perf_counter() - start, sum(len(c) for c in completions)
 
-    once(0)
-    timed = [once(seed + 1) for seed in range(runs)]
-    return {"system": "hf_generate", "seconds": [t for t, _ in timed], "tokens": timed[0][1],
-            "version": f"transformers {__import__('transformers').__version__}, torch {torch.__version__}"}
+    return once, {"system": "hf_generate",
+                  "version": f"transformers {__import__('transformers').__version__}, torch {torch.__version__}"}
 
 
 class _IdTokenizer:
@@ -65,8 +66,7 @@ class _IdTokenizer:
         return self.pad
 
 
-def run_tunix(model_dir: str, prompts: list[list[int]], new_tokens: int, samples: int, runs: int,
-              greedy: bool = False) -> dict:
+def build_tunix(model_dir: str, prompts: list[list[int]], new_tokens: int, samples: int, greedy: bool = False):
     import jax
     from tunix.generate import sampler as sampler_lib
     from tunix.models.qwen2 import model as qwen2_model
@@ -102,10 +102,8 @@ def run_tunix(model_dir: str, prompts: list[list[int]], new_tokens: int, samples
         tokens = [list(map(int, t)) for t in out.tokens]
         return time.perf_counter() - start, sum(len(t) for t in tokens)
 
-    once(0)
-    timed = [once(seed + 1) for seed in range(runs)]
-    return {"system": "tunix_sampler_greedy" if greedy else "tunix_sampler", "seconds": [t for t, _ in timed], "tokens": timed[0][1],
-            "version": f"google-tunix {__import__('importlib.metadata').metadata.version('google-tunix')}, jax {jax.__version__}"}
+    return once, {"system": "tunix_sampler_greedy" if greedy else "tunix_sampler",
+                  "version": f"google-tunix {__import__('importlib.metadata').metadata.version('google-tunix')}, jax {jax.__version__}"}
 
 
 def main() -> None:
@@ -117,14 +115,24 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--greedy", action="store_true", help="tunix only: its greedy mode (not the workload)")
+    parser.add_argument("--serve", action="store_true",
+                        help="after warm-up print 'ready', then time one run per 'run SEED' line read from stdin")
     args = parser.parse_args()
     with open(args.prompts) as f:
         prompts = json.load(f)
     if args.system == "hf":
-        result = run_hf(args.model_dir, prompts, args.new_tokens, args.samples, args.runs)
+        once, meta = build_hf(args.model_dir, prompts, args.new_tokens, args.samples)
     else:
-        result = run_tunix(args.model_dir, prompts, args.new_tokens, args.samples, args.runs, greedy=args.greedy)
-    print(json.dumps(result), flush=True)
+        once, meta = build_tunix(args.model_dir, prompts, args.new_tokens, args.samples, greedy=args.greedy)
+    once(0)  # warm-up (compilation)
+    if args.serve:
+        print(json.dumps(meta | {"ready": True}), flush=True)
+        for line in sys.stdin:
+            seconds, tokens = once(int(line.split()[1]))
+            print(json.dumps({"seconds": seconds, "tokens": tokens}), flush=True)
+        return
+    timed = [once(seed + 1) for seed in range(args.runs)]
+    print(json.dumps(meta | {"seconds": [t for t, _ in timed], "tokens": timed[0][1]}), flush=True)
 
 
 if __name__ == "__main__":

@@ -263,9 +263,9 @@ def place_rows(rows: Rows, mesh, rules) -> dict[str, jax.Array]:
 # Jitted pieces.
 def _completion_logits(graphdef, params, rest, batch, completion_len: int) -> jax.Array:
     model = nnx.merge(graphdef, params, rest)
-    logits, _ = model(batch["tokens"], batch["positions"], attention_mask=batch["attention_mask"])
+    hidden, _ = model(batch["tokens"], batch["positions"], attention_mask=batch["attention_mask"], return_hidden=True)
     start = batch["tokens"].shape[1] - completion_len - 1
-    return logits[:, start : start + completion_len]
+    return model.logits(hidden[:, start : start + completion_len])  # no vocab projection at prompt positions
 
 
 def make_logp_fn(graphdef, temperature: float):
