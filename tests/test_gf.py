@@ -56,9 +56,22 @@ def ref_check(record, trace):
         return val[coeff], var, val[const]
 
     lines = trace.split("\n")
+    tags = []
     for line in lines:
         tok = line.split(" ")
-        assert all(not ch.isdigit() for ch in line), line
+        if tok[0].startswith("("):  # step tag "(i)": the line applies or undoes op i
+            i = int(tok.pop(0)[1:-1])
+            op, c = record["ops"][i - 1]
+            if tok[0] == "inv":
+                assert op == "*" and val[tok[1]] == c, line
+            else:
+                line_op, line_c = tok[1], val[tok[2]]
+                assert all(
+                    ref_step(op, ref_step(line_op, v, line_c, p), c, p) == v or (line_op, line_c) == (op, c)
+                    for v in range(p)
+                ), line
+            tags.append(i)
+        assert all(not ch.isdigit() for ch in " ".join(tok)), line
         if tok[0] == "inv":
             assert len(tok) == 4 and tok[2] == "="
             assert val[tok[1]] * val[tok[3]] % p == 1, line
@@ -78,6 +91,8 @@ def ref_check(record, trace):
         else:
             assert len(tok) == 3 and tok[0] in "xy" and tok[1] == "=", line
             assert val[tok[2]] == truth[tok[0]], line
+    steps = list(dict.fromkeys(tags))  # an inv fact and its step share a tag
+    assert steps in (list(range(1, record["k"] + 1)), list(range(record["k"], 0, -1))), tags
     last = lines[-1].split(" ")
     return last[0], val[last[2]]
 
@@ -160,6 +175,13 @@ def test_corrupted_trace_is_caught(records):
         assert len(errors) == 1 and errors[0].startswith(f"line {i + 1} "), errors
         with pytest.raises(AssertionError):
             ref_check(r, bad)
+    for r in records[:60]:  # a step tag pointing at another op (or outside the chain) is caught
+        lines = gf.forward_trace(r).split("\n")
+        if r["k"] < 2 or r["ops"][0] == r["ops"][1]:
+            continue
+        for wrong in ("(2) ", f"({r['k'] + 1}) "):
+            bad = "\n".join([wrong + lines[0][4:], *lines[1:]])
+            assert len(gf.check_trace(r, bad)) == 1, bad
     r = records[0]
     assert gf.check_trace(r, "") == ["trace is empty"]
     assert gf.check_trace(r, "ka plus mo")[0].endswith("not a step of the trace grammar")

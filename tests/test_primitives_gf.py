@@ -12,7 +12,7 @@ from tailor_jax.errors import TailorError
 from tailor_jax.primitives import all_primitives, compose, compositions, get_library, get_primitive, verification_pass
 from tailor_jax.primitives import gf as gf_prims
 from tailor_jax.tasks import get_task
-from tailor_jax.tasks.gf import inverse
+from tailor_jax.tasks.gf import inverse, split_step_tag
 
 TASKS = [get_task("gf", p=11, steps="1-8"), get_task("gf", p=13, steps="1-8", symbol_seed=3)]
 RECORDS = [r for i, task in enumerate(TASKS) for r in task.generate(150, 10 + i)]
@@ -78,7 +78,7 @@ def test_every_single_symbol_corruption_fails_the_check(name):
 def test_structural_corruptions_fail_the_check():
     record = next(r for r in RECORDS if r["kind"] == "inversion" and r["k"] >= 3)
     check = gf_prims.check_gf_trace
-    lines = [line for line in gf_prims.backward_trace(record).split("\n") if not line.startswith("inv")]
+    lines = [line for line in gf_prims.backward_trace(record).split("\n") if not split_step_tag(line)[1].startswith("inv")]
     for i in range(len(lines) - 1):  # any step dropped
         assert check(record, "\n".join(lines[:i] + lines[i + 1 :])), i
     assert check(record, "\n".join([lines[1], lines[0], *lines[2:]]))  # steps swapped
@@ -117,6 +117,7 @@ def test_meet_in_middle_solves_at_the_middle_value():
 def test_inverse_facts_are_true():
     for record in RECORDS[:50]:
         for line in gf_prims.verify_by_substitution_trace(record).split("\n"):
+            line = split_step_tag(line)[1]
             if line.startswith("inv "):
                 value = {s: int(v) for v, s in record["symbols"].items()}
                 a, b = line[4:].split(" = ")

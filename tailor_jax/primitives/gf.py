@@ -1,8 +1,8 @@
 """GF(p) chain primitives: forward, backward, guess-and-check, verify-by-substitution,
 meet-in-the-middle, and the substitution pass used by compositions.
 
-Every trace uses the task's line grammar (`tailor_jax/tasks/gf.py`, docs/tasks-gf.md) plus
-four line forms of ours, all symbols, no digits:
+Every trace uses the task's line grammar (`tailor_jax/tasks/gf.py`, docs/tasks-gf.md: each
+step tagged with the position of the op it applies or undoes) plus four line forms of ours:
 
     guess      := "guess " VAR " = " SYM        guess x = ka      (a candidate, no claim)
     check_eq   := "check " SYM " = " SYM        check ri = ri     (claim: equal values)
@@ -56,27 +56,18 @@ def _forward_ops(record: dict) -> list[tuple[str, int]]:
 
 
 def _undo_ops(record: dict) -> list[tuple[str, int]]:
-    return gf_task._undo_steps(record)
+    return [(step.op, step.c) for step in gf_task.undo_steps(record)]
 
 
-def _numeric_forward(record: dict, start: int, ops: list[tuple[str, int]]) -> tuple[list[str], int]:
-    return gf_task._numeric_walk(record, start, ops)
+def _numeric_forward(record: dict, start: int, num_ops: int | None = None) -> tuple[list[str], int]:
+    """Apply the first `num_ops` ops (all by default) from `start`."""
+    return gf_task._numeric_walk(record, start, gf_task.forward_steps(record)[:num_ops])
 
 
 def _numeric_backward(record: dict, start: int, num_ops: int | None = None) -> tuple[list[str], int]:
     """Undo the last `num_ops` ops (all by default) from `start`, `inv` facts before each
     undone multiplication."""
-    p = record["p"]
-    steps = _undo_ops(record)[: len(record["ops"]) if num_ops is None else num_ops]
-    lines, value = [], start
-    for op, c in steps:
-        if op == "*":
-            original = gf_task.inverse(c, p)
-            lines.append(f"inv {_s(record, original)} = {_s(record, c)}")
-        new = gf_task.apply_op(op, value, c, p)
-        lines.append(f"{_s(record, value)} {op} {_s(record, c)} = {_s(record, new)}")
-        value = new
-    return lines, value
+    return gf_task._numeric_walk(record, start, gf_task.undo_steps(record)[:num_ops])
 
 
 # --- renderers (pure functions of the record) --------------------------------------------------
@@ -102,7 +93,7 @@ def _try_candidate(record: dict, candidate: int) -> tuple[list[str], bool]:
     var = _unknown(record)
     lines = [f"guess {var} = {_s(record, candidate)}"]
     if var == "x":
-        walk, reached = _numeric_forward(record, candidate, _forward_ops(record))
+        walk, reached = _numeric_forward(record, candidate)
     else:
         walk, reached = _numeric_backward(record, candidate)
     lines += walk
@@ -129,7 +120,7 @@ def substitution_pass(record: dict) -> str:
     var = _unknown(record)
     answer = record["answer"]
     if var == "x":
-        walk, reached = _numeric_forward(record, answer, _forward_ops(record))
+        walk, reached = _numeric_forward(record, answer)
     else:
         walk, reached = _numeric_backward(record, answer)
     return "\n".join([
@@ -149,31 +140,18 @@ def verify_by_substitution_trace(record: dict) -> str:
 def meet_in_middle_trace(record: dict) -> str:
     """Split the chain: walk numerically from the known end over its half, carry the unknown
     symbolically over the other half, meet at the middle value and solve there."""
-    ops = _forward_ops(record)
-    k = len(ops)
+    k = len(record["ops"])
     if record["kind"] == "evaluation":
         first = (k + 1) // 2  # numeric v0 -> v_first, then y carried back to v_first
-        numeric, middle = _numeric_forward(record, record["given"], ops[:first])
-        undo = _undo_ops(record)[: k - first]
-        maps, a, b = gf_task._affine_walk(record, "y", undo)
-        maps = _inv_facts_before(record, maps, undo)
+        numeric, middle = _numeric_forward(record, record["given"], first)
+        maps, a, b = gf_task._affine_walk(record, "y", gf_task.undo_steps(record)[: k - first])
         lines = numeric + maps + gf_task._solve_lines(record, "y", a, b, middle)
     else:
         first = k // 2  # x carried over ops[:first], numeric vk back to v_first
-        maps, a, b = gf_task._affine_walk(record, "x", ops[:first])
+        maps, a, b = gf_task._affine_walk(record, "x", gf_task.forward_steps(record)[:first])
         numeric, middle = _numeric_backward(record, record["given"], k - first)
         lines = numeric + maps + gf_task._solve_lines(record, "x", a, b, middle)
     return "\n".join(lines)
-
-
-def _inv_facts_before(record: dict, body: list[str], steps: list[tuple[str, int]]) -> list[str]:
-    """`inv c = c'` before each map step that multiplies by an inverse c'."""
-    out: list[str] = []
-    for line, (op, c) in zip(body, steps):
-        if op == "*":
-            out.append(f"inv {_s(record, gf_task.inverse(c, record['p']))} = {_s(record, c)}")
-        out.append(line)
-    return out
 
 
 # --- the checker -------------------------------------------------------------------------------
@@ -193,10 +171,13 @@ def check_gf_trace(record: dict, trace: str) -> list[str]:
     state = _WalkState(start=int(record["given"]))
     for lineno, raw in enumerate(trace.strip().split("\n"), 1):
         line = raw.strip()
+        index, body = gf_task.split_step_tag(line)
         try:
-            problem = _check_line(line, record, p, value_of, var_value, forward, undo, state)
+            problem = _check_line(body, record, p, value_of, var_value, forward, undo, state)
         except KeyError as err:
             problem = f"unknown symbol {err.args[0]!r}"
+        if problem is None and index is not None:
+            problem = gf_task.check_step_tag(record, index, body)
         if problem:
             errors.append(f"line {lineno} {line!r}: {problem}")
     return errors

@@ -14,14 +14,17 @@ Two trace renderers (pure functions over a record):
 - `backward_trace` walks it from the far end: undoing each op numerically on inversion,
   carrying y as an affine map through the inverse ops on evaluation and solving at the end.
 
-Trace grammar (one line per step, symbols only, no digits; see docs/tasks-gf.md):
+Trace grammar (one line per step, field values as symbols only; see docs/tasks-gf.md):
 
-    num_step   := SYM OP SYM "=" SYM          ka + mo = ri
-    map_step   := MAP OP SYM "=" MAP          bo*x+da * mo = mo*x+da
-    inv_fact   := "inv" SYM "=" SYM           inv su = ko
+    num_step   := [TAG] SYM OP SYM "=" SYM    (2) ka + mo = ri
+    map_step   := [TAG] MAP OP SYM "=" MAP    (1) bo*x+da * mo = mo*x+da
+    inv_fact   := [TAG] "inv" SYM "=" SYM     (3) inv su = ko
     equation   := MAP "=" SYM                 mo*x+ri = te
     conclusion := VAR "=" SYM                 x = ko
     MAP := SYM "*" VAR "+" SYM ;  VAR := "x" | "y" ;  OP := "+" | "-" | "*"
+    TAG := "(" i ")"   the position 1..k of the op the line applies or undoes
+
+The question numbers its ops with the same tags: "apply (1) + ka, (2) * mo in order".
 
 Tokens are separated by single spaces; a MAP is one token.
 """
@@ -31,6 +34,7 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 
@@ -119,12 +123,51 @@ def _chain_values(record: dict) -> tuple[int, int]:
 
 
 # --- renderers (pure) --------------------------------------------------------------------
+# Every line that applies or undoes op i of the chain starts with the step tag "(i) ", and the
+# question numbers its ops the same way: the model finds the op of a step by its tag instead of
+# counting lines (tiny models trained from scratch cannot count reliably; with tags they learn
+# the walk several times faster).
+class Step(NamedTuple):
+    """One walk step: apply `op c`, tagged with the chain position `index` (1-based) it
+    applies or undoes; `inverts` is the original constant when `c` is its inverse (the line
+    is then preceded by the fact `inv inverts = c`)."""
+
+    index: int
+    op: str
+    c: int
+    inverts: int | None = None
+
+
+def step_tag(index: int) -> str:
+    return f"({index}) "
+
+
 def render_question(record: dict) -> str:
-    ops = ", ".join(f"{op} {_sym(record, c)}" for op, c in record["ops"])
+    ops = ", ".join(f"{step_tag(i)}{op} {_sym(record, c)}" for i, (op, c) in enumerate(record["ops"], 1))
     field = f"GF({record['p']})"
     if record["kind"] == "evaluation":
         return f"In {field}, start from {_sym(record, record['given'])} and apply {ops} in order. What is the result y?"
     return f"In {field}, an unknown x becomes {_sym(record, record['given'])} after applying {ops} in order. What is x?"
+
+
+def forward_steps(record: dict) -> list[Step]:
+    """The chain's ops in order, as steps 1..k."""
+    return [Step(i, op, int(c)) for i, (op, c) in enumerate(record["ops"], 1)]
+
+
+def undo_steps(record: dict) -> list[Step]:
+    """The inverse ops, last op first (`*c` becomes `*` by the inverse of c)."""
+    p, flip = record["p"], {"+": "-", "-": "+"}
+    return [
+        Step(i, "*", inverse(int(c), p), int(c)) if op == "*" else Step(i, flip[op], int(c))
+        for i, (op, c) in reversed(list(enumerate(record["ops"], 1)))
+    ]
+
+
+def _inv_fact(record: dict, step: Step) -> list[str]:
+    if step.inverts is None:
+        return []
+    return [f"{step_tag(step.index)}inv {_sym(record, step.inverts)} = {_sym(record, step.c)}"]
 
 
 def _solve_lines(record: dict, var: str, a: int, b: int, known: int) -> list[str]:
@@ -143,68 +186,52 @@ def _solve_lines(record: dict, var: str, a: int, b: int, known: int) -> list[str
     ]
 
 
-def _numeric_walk(record: dict, start: int, steps: list[tuple[str, int]]) -> tuple[list[str], int]:
-    """Apply (op, c) steps numerically, one line each."""
+def _numeric_walk(record: dict, start: int, steps: list[Step]) -> tuple[list[str], int]:
+    """Apply the steps numerically, one tagged line each (plus its `inv` fact, if any)."""
     p = record["p"]
     s = lambda v: _sym(record, v)  # noqa: E731
     lines, value = [], start
-    for op, c in steps:
-        new = apply_op(op, value, c, p)
-        lines.append(f"{s(value)} {op} {s(c)} = {s(new)}")
+    for step in steps:
+        new = apply_op(step.op, value, step.c, p)
+        lines += _inv_fact(record, step)
+        lines.append(f"{step_tag(step.index)}{s(value)} {step.op} {s(step.c)} = {s(new)}")
         value = new
     return lines, value
 
 
-def _affine_walk(record: dict, var: str, steps: list[tuple[str, int]]) -> tuple[list[str], int, int]:
-    """Carry var as a*var+b through (op, c) steps, one line each."""
+def _affine_walk(record: dict, var: str, steps: list[Step]) -> tuple[list[str], int, int]:
+    """Carry var as a*var+b through the steps, one tagged line each (plus its `inv` fact)."""
     p = record["p"]
     lines, a, b = [], 1, 0
-    for op, c in steps:
-        if op == "*":
-            new_a, new_b = (a * c) % p, (b * c) % p
+    for step in steps:
+        if step.op == "*":
+            new_a, new_b = (a * step.c) % p, (b * step.c) % p
         else:
-            new_a, new_b = a, apply_op(op, b, c, p)
-        lines.append(f"{_map(record, a, var, b)} {op} {_sym(record, c)} = {_map(record, new_a, var, new_b)}")
+            new_a, new_b = a, apply_op(step.op, b, step.c, p)
+        lines += _inv_fact(record, step)
+        lines.append(
+            f"{step_tag(step.index)}{_map(record, a, var, b)} {step.op} {_sym(record, step.c)} = "
+            f"{_map(record, new_a, var, new_b)}"
+        )
         a, b = new_a, new_b
     return lines, a, b
 
 
-def _undo_steps(record: dict) -> list[tuple[str, int]]:
-    """The inverse ops, last op first (`*c` becomes `*` by the inverse of c)."""
-    p = record["p"]
-    flip = {"+": "-", "-": "+"}
-    return [("*", inverse(c, p)) if op == "*" else (flip[op], c) for op, c in reversed(record["ops"])]
-
-
-def _with_inv_facts(record: dict, body: list[str]) -> list[str]:
-    """Put `inv c = c'` right before each step that undoes a multiplication by c."""
-    out: list[str] = []
-    for line, (op, c) in zip(body, reversed(record["ops"])):
-        if op == "*":
-            out.append(f"inv {_sym(record, c)} = {_sym(record, inverse(c, record['p']))}")
-        out.append(line)
-    return out
-
-
 def forward_trace(record: dict) -> str:
-    ops = [(op, c) for op, c in record["ops"]]
+    steps = forward_steps(record)
     if record["kind"] == "evaluation":
-        lines, value = _numeric_walk(record, record["given"], ops)
-        lines.append(f"y = {_sym(record, value)}")
-        return "\n".join(lines)
-    lines, a, b = _affine_walk(record, "x", ops)
+        lines, value = _numeric_walk(record, record["given"], steps)
+        return "\n".join(lines + [f"y = {_sym(record, value)}"])
+    lines, a, b = _affine_walk(record, "x", steps)
     return "\n".join(lines + _solve_lines(record, "x", a, b, record["given"]))
 
 
 def backward_trace(record: dict) -> str:
-    steps = _undo_steps(record)
+    steps = undo_steps(record)
     if record["kind"] == "inversion":
-        body, value = _numeric_walk(record, record["given"], steps)
-        lines = _with_inv_facts(record, body)
-        lines.append(f"x = {_sym(record, value)}")
-        return "\n".join(lines)
-    body, a, b = _affine_walk(record, "y", steps)
-    lines = _with_inv_facts(record, body)
+        lines, value = _numeric_walk(record, record["given"], steps)
+        return "\n".join(lines + [f"x = {_sym(record, value)}"])
+    lines, a, b = _affine_walk(record, "y", steps)
     return "\n".join(lines + _solve_lines(record, "y", a, b, record["given"]))
 
 
@@ -235,7 +262,8 @@ def check_trace(record: dict, trace: str) -> list[str]:
     Returns one message per bad line (empty list = every line is well formed and right).
     Numeric steps and `inv` facts are checked as arithmetic; map steps as affine-map algebra;
     an equation `a*v+b = s` and a conclusion `v = s` must hold for the record's true value of
-    v (x = v0, y = vk). Chain continuity between lines is not checked. Never raises.
+    v (x = v0, y = vk); a step tag `(i)` must name the op the line applies or undoes. Chain
+    continuity between lines is not checked. Never raises.
     """
     try:
         p = int(record["p"])
@@ -249,10 +277,48 @@ def check_trace(record: dict, trace: str) -> list[str]:
     errors = []
     for lineno, raw in enumerate(trace.strip().split("\n"), 1):
         line = raw.strip()
-        problem = _check_line(line, p, value_of, var_value)
+        index, body = split_step_tag(line)
+        problem = _check_line(body, p, value_of, var_value)
+        if problem is None and index is not None:
+            problem = check_step_tag(record, index, body)
         if problem:
             errors.append(f"line {lineno} {line!r}: {problem}")
     return errors
+
+
+_TAG = re.compile(r"^\((\d{1,3})\) ")
+
+
+def split_step_tag(line: str) -> tuple[int | None, str]:
+    """(i, rest) of a line tagged `(i) rest`; (None, line) for an untagged line."""
+    match = _TAG.match(line)
+    return (int(match.group(1)), line[match.end() :]) if match else (None, line)
+
+
+def check_step_tag(record: dict, index: int, body: str) -> str | None:
+    """Whether the tagged line `body` (tag removed) applies or undoes op `index` of the chain.
+
+    A numeric or map step must use op `index` itself or its inverse op; an `inv c = c'` fact
+    must state the inverse of the constant of op `index`, a multiplication. Never raises.
+    """
+    try:
+        ops = [(op, int(c)) for op, c in record["ops"]]
+        p, value_of = int(record["p"]), {sym: int(i) for i, sym in record["symbols"].items()}
+        if not 1 <= index <= len(ops):
+            return f"step tag ({index}) is outside the chain's {len(ops)} ops"
+        op, c = ops[index - 1]
+        if match := _LINE_FORMS["inv_fact"].match(body):
+            ok = op == "*" and value_of[match.group(1)] == c
+            return None if ok else f"op ({index}) is not a multiplication by this constant"
+        match = _LINE_FORMS["num_step"].match(body) or _LINE_FORMS["map_step"].match(body)
+        if not match:
+            return "a step tag on a line that is not a step"
+        groups = match.groups()
+        line_op, line_c = (groups[1], groups[2]) if len(groups) == 4 else (groups[3], groups[4])
+        undo = ("*", inverse(c, p)) if op == "*" else ({"+": "-", "-": "+"}[op], c)
+        return None if (line_op, value_of[line_c]) in ((op, c), undo) else f"does not apply or undo op ({index})"
+    except Exception as err:  # noqa: BLE001 - a malformed record or symbol is reported
+        return f"cannot check the step tag: {err!r}"
 
 
 def _check_line(line: str, p: int, value_of: dict[str, int], var_value: dict[str, int]) -> str | None:
