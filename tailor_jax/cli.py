@@ -37,6 +37,11 @@ COMMAND_HELP = {
     "primitives": "list a task's reasoning primitives with an example trace each",
 }
 
+# Commands that compute on JAX devices. On several hosts (a TPU slice, or processes given a
+# coordinator through TAILOR_/JAX_ COORDINATOR_ADDRESS, NUM_PROCESSES, PROCESS_ID) each process
+# joins one cluster before the command runs; in one process this is a no-op.
+DISTRIBUTED_COMMANDS = ("sft", "grpo", "run", "eval", "tailor")
+
 
 def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     """The full parser for `chosen`; other commands get a bare placeholder (import-free help)."""
@@ -59,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(chosen if chosen in COMMANDS else None)
     args = parser.parse_args(argv)
     try:
+        if args.command in DISTRIBUTED_COMMANDS:
+            from tailor_jax.parallel.distributed import initialize_distributed
+
+            initialize_distributed()
         return int(args.func(args) or 0)
     except TailorError as err:
         print(f"tailor-jax {args.command}: error: {err}", file=sys.stderr)

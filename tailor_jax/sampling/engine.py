@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from tailor_jax.errors import TailorError
@@ -361,7 +362,10 @@ class Sampler:
             jnp.asarray(stops),
         )
         program = self._program(args, batch, prompt_len, new_tokens, num_samples, params)
-        out_tokens, out_logprobs, lengths, finished = jax.device_get(program(*args))
+        outputs = program(*args)
+        if not all(x.is_fully_addressable for x in outputs):  # several processes: every host gets all rows
+            outputs = multihost_utils.process_allgather(outputs, tiled=True)
+        out_tokens, out_logprobs, lengths, finished = jax.device_get(outputs)
 
         rows = len(prompts) * num_samples
         lengths = lengths[:rows].copy()

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from tailor_jax.config import CheckpointConfig, OptimizerConfig, config_to_dict, dump_config, load_config, require
@@ -51,7 +52,7 @@ from tailor_jax.train.grpo import (
 )
 from tailor_jax.train.metrics import MetricsWriter, Progress
 from tailor_jax.train.optim import make_optimizer
-from tailor_jax.train.state import TrainState, create_train_state, data_parallel_size, merge_model
+from tailor_jax.train.state import TrainState, create_train_state, data_parallel_size, merge_model, state_shardings_of
 
 Rows = dict[str, np.ndarray]
 
@@ -452,7 +453,8 @@ def train(cfg: GRPOConfig) -> GRPOResult:
         raise TailorError(f"dash.micro_batch_size ({micro}) must be a multiple of the {shards}-way data parallelism")
     model, tokenizer = load_policy(cfg, mesh, rules)
     run_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, run_dir / "config.yaml")
+    if jax.process_index() == 0:
+        dump_config(cfg, run_dir / "config.yaml")
 
     tx = make_optimizer(cfg.optimizer, cfg.steps * cfg.loss.num_iterations)
     graphdef, state = create_train_state(model, tx, cfg.seed, mesh, rules)
@@ -460,10 +462,14 @@ def train(cfg: GRPOConfig) -> GRPOResult:
     sampler = Sampler(model, mesh=mesh, rules=rules, pad_id=tok_lib.pad_id(tokenizer))
     del model
     temperature = cfg.rollout.temperature
+    # The state and gradients keep their layout (one compiled program each, for the sampler too,
+    # also after a resume); metrics are replicated scalars, readable on every process.
+    shardings, replicated = state_shardings_of(state), NamedSharding(mesh, PartitionSpec())
     with use_sharding(mesh, rules):
         logp_fn = jax.jit(make_logp_fn(graphdef, temperature))
-        accumulate = jax.jit(make_accumulate_fn(graphdef, cfg.loss, temperature, cfg.rollout.max_new_tokens), donate_argnums=0)
-        apply = jax.jit(make_apply_fn(tx), donate_argnums=(0, 1))
+        accumulate = jax.jit(make_accumulate_fn(graphdef, cfg.loss, temperature, cfg.rollout.max_new_tokens),
+                             donate_argnums=0, out_shardings=(shardings.params, replicated))
+        apply = jax.jit(make_apply_fn(tx), donate_argnums=0, out_shardings=(shardings, replicated))
 
     eval_task = get_task(cfg.task, **{**cfg.task_options, **cfg.eval.task_options})
     eval_records = level_records(cfg.task, {**cfg.task_options, **cfg.eval.task_options}, cfg.eval.levels,
@@ -566,7 +572,7 @@ def train(cfg: GRPOConfig) -> GRPOResult:
                 if (cfg.eval.every and step % cfg.eval.every == 0) or step == cfg.steps:
                     eval_metrics = evaluate(step)
                     metrics.update(eval_metrics)
-                    if eval_metrics:
+                    if eval_metrics and jax.process_index() == 0:
                         tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in eval_metrics.items() if k.startswith("eval/acc")))
                 if step % cfg.log_every == 0 or step == cfg.steps or any(k.startswith("eval/") for k in metrics):
                     metrics_log.write(step, metrics)

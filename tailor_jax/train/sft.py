@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+import json
 import shutil
 import sys
 import time
@@ -22,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from tailor_jax.config import CheckpointConfig, OptimizerConfig, config_to_dict, dump_config, load_config, require
@@ -38,7 +41,9 @@ from tailor_jax.tasks import Task, get_task
 from tailor_jax.train.metrics import MetricsWriter, Progress
 from tailor_jax.train.optim import learning_rate_schedule, make_optimizer
 from tailor_jax.train.checkpoint import Checkpointer, TrainCheckpoint, install_preemption_handler
-from tailor_jax.train.state import TrainState, create_train_state, data_parallel_size, global_batch, merge_model
+from tailor_jax.train.state import (
+    TrainState, create_train_state, data_parallel_size, global_batch, merge_model, state_shardings_of,
+)
 
 Batch = dict[str, jax.Array]
 
@@ -222,12 +227,22 @@ def load_records(cfg: DataConfig, split: str) -> Sequence[dict]:
 
 
 def build_tokenizer(cfg: SFTConfig, records: Sequence[dict], task: Task, run_dir: Path):
-    """The tokenizer: from `tokenizer.path`, else the run's own (trained once, then reused on resume)."""
+    """The tokenizer: from `tokenizer.path`, else the run's own (trained once, then reused on resume).
+
+    With several processes, process 0 trains and writes it and the others load it from the
+    shared run directory.
+    """
     if cfg.tokenizer.path is not None:
         return tok_lib.load_tokenizer(cfg.tokenizer.path)
     own = run_dir / "tokenizer"
-    if (own / "tokenizer.json").is_file():
-        return tok_lib.load_tokenizer(own)
+    if jax.process_index() == 0 and not (own / "tokenizer.json").is_file():
+        _train_tokenizer(cfg, records, task, run_dir, own)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("tailor_sft_tokenizer")
+    return tok_lib.load_tokenizer(own)
+
+
+def _train_tokenizer(cfg: SFTConfig, records: Sequence[dict], task: Task, run_dir: Path, own: Path) -> None:
     texts, whole_words = [], set()
     for i in range(min(len(records), 20_000)):
         record = records[i]
@@ -239,7 +254,6 @@ def build_tokenizer(cfg: SFTConfig, records: Sequence[dict], task: Task, run_dir
     shutil.rmtree(tmp, ignore_errors=True)
     tok_lib.save_tokenizer(tokenizer, tmp)
     tmp.rename(own)
-    return tok_lib.load_tokenizer(own)
 
 
 def build_model(cfg: SFTConfig, tokenizer, mesh, rules) -> nnx.Module:
@@ -284,7 +298,13 @@ def evaluate(
         pcfg = _pipeline_config(cfg, rows, num_epochs=1)
         sums = {"nll_sum": 0.0, "num_tokens": 0.0, "correct": 0.0}
         ds = pipeline.sft_dataset(eval_records, task, tokenizer, pcfg, *pipeline.host_shard())
-        for batch in itertools.islice(iter(ds), cfg.eval_batches):
+        batches = list(itertools.islice(iter(ds), cfg.eval_batches))
+        # Every process runs the same number of (collective) eval steps: a host whose share of
+        # the eval set ran out feeds all-padding batches, which add nothing to the sums.
+        width = batches[0]["inputs"].shape[1] if batches else max(cfg.data.buckets or (cfg.data.seq_len,))
+        padding = {k: np.zeros((rows, width), np.int32) for k in pipeline.BATCH_KEYS}
+        batches += [padding] * (_max_over_processes(len(batches)) - len(batches))
+        for batch in batches:
             out = eval_step(state, global_batch(batch, mesh, rules))
             sums = {k: sums[k] + float(out[k]) for k in sums}
         denom = max(sums["num_tokens"], 1.0)
@@ -333,6 +353,38 @@ def _pipeline_config(cfg: SFTConfig, rows: int, num_epochs: int | None) -> pipel
     )
 
 
+def _max_over_processes(value: int) -> int:
+    if jax.process_count() == 1:
+        return value
+    return int(np.max(multihost_utils.process_allgather(np.int32(value))))
+
+
+def data_state_to_save(iterator) -> dict:
+    """The data position to checkpoint. With several processes every host reads its own part
+    of the data, and process 0 writes the checkpoint's JSON items, so it holds every host's
+    iterator state: {"per_process": [state of process 0, state of process 1, ...]}."""
+    state = iterator.get_state()
+    if jax.process_count() == 1:
+        return state
+    data = np.frombuffer(json.dumps(state).encode(), np.uint8)
+    sizes = multihost_utils.process_allgather(np.int32(len(data)))
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[: len(data)] = data
+    rows = multihost_utils.process_allgather(padded)
+    return {"per_process": [json.loads(bytes(row[:size]).decode()) for row, size in zip(rows, sizes)]}
+
+
+def restored_data_state(data_state: dict, step: int) -> dict:
+    """This process's iterator state from a checkpoint's data position (see `data_state_to_save`)."""
+    states = data_state.get("per_process", [data_state]) if isinstance(data_state, dict) else [data_state]
+    if len(states) != jax.process_count():
+        raise TailorError(
+            f"checkpoint step {step} was written by {len(states)} process(es) reading their own parts of the data; "
+            f"resume it with {len(states)} process(es), not {jax.process_count()}"
+        )
+    return states[jax.process_index()]
+
+
 @dataclasses.dataclass
 class SFTResult:
     metrics: dict[str, float]  # the last logged training and evaluation metrics
@@ -358,17 +410,27 @@ def train(cfg: SFTConfig) -> SFTResult:
             f"batch_size / accum_steps = {micro} rows must be a multiple of the {shards}-way data parallelism "
             f"and batch_size of the {jax.process_count()} processes; change batch_size or mesh"
         )
+    if jax.process_count() > 1 and not cfg.data.packing and len(cfg.data.buckets) > 1:
+        raise TailorError(
+            f"data.buckets {list(cfg.data.buckets)}: with {jax.process_count()} processes every host's batch must have "
+            "the same length; use data.packing or a single bucket"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(cfg, records, task, run_dir)
-    dump_config(cfg, run_dir / "config.yaml")
+    if jax.process_index() == 0:
+        dump_config(cfg, run_dir / "config.yaml")
 
     model = build_model(cfg, tokenizer, mesh, rules)
     tx, schedule = make_optimizer(cfg.optimizer, cfg.steps), learning_rate_schedule(cfg.optimizer, cfg.steps)
     graphdef, state = create_train_state(model, tx, cfg.seed, mesh, rules)
     del model
     with use_sharding(mesh, rules):
-        train_step = jax.jit(make_train_step(graphdef, tx, cfg.accum_steps, schedule), donate_argnums=0)
-        eval_step = jax.jit(make_eval_step(graphdef))
+        # The state keeps its layout (one compiled step, also after a resume); metrics are
+        # replicated scalars, readable on every process.
+        replicated = NamedSharding(mesh, PartitionSpec())
+        train_step = jax.jit(make_train_step(graphdef, tx, cfg.accum_steps, schedule), donate_argnums=0,
+                             out_shardings=(state_shardings_of(state), replicated))
+        eval_step = jax.jit(make_eval_step(graphdef), out_shardings=replicated)
 
     # Each host reads its share of the global batch: batch_size / processes rows per step, as
     # accum_steps micro-batches stacked along the batch axis.
@@ -394,7 +456,7 @@ def train(cfg: SFTConfig) -> SFTResult:
                 )
                 if restored.data_state is None:
                     raise TailorError(f"checkpoint step {restored.step} in {checkpoint_dir} has no data position; cannot resume exactly")
-                iterator.set_state(restored.data_state)
+                iterator.set_state(restored_data_state(restored.data_state, restored.step))
             start = int(state.step)
             if start >= cfg.steps:
                 _log(f"already trained {start} of {cfg.steps} steps; nothing to do")
@@ -422,11 +484,13 @@ def train(cfg: SFTConfig) -> SFTResult:
                     if eval_metrics:
                         metrics_log.write(step, eval_metrics)
                         last = {**last, **eval_metrics}
-                        tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
+                        if jax.process_index() == 0:
+                            tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
                 stop = preemption.reached(step)
                 if checkpointer.should_save(step) or stop or step == cfg.steps:
                     checkpointer.save(
-                        TrainCheckpoint(step, state.params, state.opt_state, state.rng, iterator.get_state(), config_to_dict(cfg))
+                        TrainCheckpoint(step, state.params, state.opt_state, state.rng, data_state_to_save(iterator),
+                                        config_to_dict(cfg))
                     )
                 if stop:
                     _log(f"stopped by {preemption.signal_name} after step {step}; checkpoint saved, rerun the same command to resume")

@@ -63,13 +63,13 @@ def create_train_state(
     params = jax.device_put(params, _unbox(state_shardings(params, mesh, rules)))
     replicated = NamedSharding(mesh, PartitionSpec())
     rest = jax.device_put(rest, replicated)
-    opt_state = jax.jit(tx.init)(params)
-    # Moment estimates follow their parameters' shardings; scalars (step counts) would land on
-    # one device, so replicate them over the mesh (a restore must see one consistent layout).
-    opt_state = jax.tree.map(
-        lambda x: x if isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh else jax.device_put(x, replicated),
-        opt_state,
+    # Moment estimates get their parameters' shardings (tx.init's zeros carry no layout of their
+    # own), everything else (step counts) is replicated: one layout, the same after a restore.
+    opt_shardings = optax.tree_map_params(
+        tx, lambda _, sharding: sharding, jax.eval_shape(tx.init, params), jax.tree.map(lambda x: x.sharding, params),
+        transform_non_params=lambda _: replicated,
     )
+    opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
     step = jax.device_put(jnp.zeros((), jnp.int32), replicated)
     rng = jax.device_put(jax.random.key_data(jax.random.key(seed)), replicated)
     return graphdef, TrainState(step=step, params=params, rest=rest, opt_state=opt_state, rng=rng)
