@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
@@ -67,7 +68,7 @@ def test_initialize_distributed_is_a_noop_or_a_clear_error_in_one_process(monkey
     from tailor_jax.errors import TailorError
     from tailor_jax.parallel import initialize_distributed
 
-    for name in ("TAILOR_COORDINATOR_ADDRESS", "JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES",
+    for name in ("TAILOR_COORDINATOR_ADDRESS", "JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "TAILOR_TPU_SLICE",
                  "MEGASCALE_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
         monkeypatch.delenv(name, raising=False)
     assert initialize_distributed() is False
@@ -77,3 +78,8 @@ def test_initialize_distributed_is_a_noop_or_a_clear_error_in_one_process(monkey
         initialize_distributed()
     with pytest.raises(TailorError, match="process id 2 is out of range for 2 processes"):
         initialize_distributed(num_processes=2, process_id=2)
+    monkeypatch.delenv("JAX_COORDINATOR_ADDRESS")
+    calls = []  # a TPU slice launched by tpu_scripts: JAX reads the cluster from TPU metadata
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append((a, k)))
+    monkeypatch.setenv("TAILOR_TPU_SLICE", "1")
+    assert initialize_distributed() is True and calls == [((), {})]

@@ -275,7 +275,7 @@ def test_launch_on_all_workers_with_explicit_environment(subcommand, fake_gcloud
     )  # fmt: skip
     assert command[:9] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "tj-test", *LOCATION, "--worker=all"]
     script = flag_value(command, "--command")
-    assert ("env TAILOR_RUN_DIR=gs://bucket/runs/gf JAX_COMPILATION_CACHE_DIR=/tmp/jax-cache "
+    assert ("env TAILOR_RUN_DIR=gs://bucket/runs/gf JAX_COMPILATION_CACHE_DIR=/tmp/jax-cache TAILOR_TPU_SLICE=1 "
             "LIBTPU_INIT_ARGS=--xla_enable_async_all_gather=true setsid nohup") in script  # fmt: skip
     assert f"\"$f.exit\" {subcommand} configs/tpu.yaml seed=3 > \"$f.log\"" in script
     assert "f=logs/gf/$(hostname)" in script  # a gs:// run dir keeps its logs on the VM
@@ -336,7 +336,7 @@ FAKE_TAILOR_JAX = """#!{python}
 # the file `release` (so the test sees it running), then exits with the status written in it.
 import json, os, sys, time
 from pathlib import Path
-keys = ["TAILOR_RUN_DIR", "JAX_COMPILATION_CACHE_DIR", "XLA_FLAGS"]
+keys = ["TAILOR_RUN_DIR", "JAX_COMPILATION_CACHE_DIR", "TAILOR_TPU_SLICE", "XLA_FLAGS"]
 Path("record.json").write_text(json.dumps({{"argv": sys.argv[1:], "env": {{k: os.environ.get(k) for k in keys}},
                                             "pgid": os.getpgid(0)}}))
 print("step 1 loss 0.5", flush=True)
@@ -389,7 +389,7 @@ def test_remote_launch_probe_and_logs(tmp_path, fake_gcloud):
     record = json.loads((repo / "record.json").read_text())
     assert record["argv"] == ["sft", "configs/c.yaml", "name=it's"]
     assert record["env"] == {"TAILOR_RUN_DIR": "runs/a b", "JAX_COMPILATION_CACHE_DIR": "jax-cache",
-                             "XLA_FLAGS": "--xla_dump_to=/tmp/x y"}  # fmt: skip
+                             "TAILOR_TPU_SLICE": "1", "XLA_FLAGS": "--xla_dump_to=/tmp/x y"}  # fmt: skip
     host = subprocess.run(["hostname"], capture_output=True, text=True, check=True).stdout.strip()
     log_dir = repo / "runs" / "a b" / "logs"
     pid = int((log_dir / f"{host}.pid").read_text())

@@ -376,11 +376,12 @@ setup_tpu() {
 # Start `tailor-jax SUBCOMMAND CONFIG [overrides]` on every worker at once, detached from ssh
 # (setsid + nohup), with its environment spelled out. Each worker writes LOG_DIR/<host>.log, its
 # pid to <host>.pid and, when the command ends, its exit status to <host>.exit.
-# jax.distributed finds the other workers from TPU metadata, so no coordinator flags are needed.
+# TAILOR_TPU_SLICE=1 makes tailor-jax call jax.distributed.initialize(), which finds the other
+# workers from TPU metadata, so no coordinator flags are needed.
 launch_run() {
   local q_log env_words=() item script
   q_log=$(quote_word "$(log_dir)")
-  env_words+=("TAILOR_RUN_DIR=$RUN_DIR" "JAX_COMPILATION_CACHE_DIR=$CACHE_DIR")
+  env_words+=("TAILOR_RUN_DIR=$RUN_DIR" "JAX_COMPILATION_CACHE_DIR=$CACHE_DIR" "TAILOR_TPU_SLICE=1")
   env_words+=("${ENVS[@]}")
   script="set -euo pipefail; cd $(quote_word "$REMOTE_DIR"); mkdir -p $q_log"
   script+="; f=$q_log/\$(hostname); pid=\$(cat \"\$f.pid\" 2>/dev/null || true)"

@@ -22,9 +22,15 @@ def _env(names: tuple[str, ...]) -> str | None:
 
 
 def _on_multihost_tpu() -> bool:
-    """A TPU VM slice with several workers: JAX discovers the coordinator from TPU metadata."""
+    """A TPU VM slice (JAX discovers the coordinator, process count and id from TPU metadata):
+    launched by tpu_scripts (TAILOR_TPU_SLICE=1; plain Cloud TPU VMs keep the worker list in
+    the metadata server, not the environment), or an environment that names several workers."""
     hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-    return "," in hosts or bool(os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"))
+    return (
+        os.environ.get("TAILOR_TPU_SLICE") == "1"
+        or "," in hosts
+        or bool(os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"))
+    )
 
 
 def initialize_distributed(
