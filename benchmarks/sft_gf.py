@@ -33,7 +33,7 @@ def main() -> int:
     parser.add_argument("--out", default="benchmarks/results/sft_gf.json")
     parser.add_argument("--budget-s", type=float, default=600.0, help="total wall-clock budget")
     parser.add_argument("--eval-reserve-s", type=float, default=110.0, help="budget kept for the final evaluation")
-    parser.add_argument("--steps", type=int, default=400, help="schedule length (training may stop earlier)")
+    parser.add_argument("--steps", type=int, default=900, help="schedule length (training may stop earlier)")
     parser.add_argument("--num-train", type=int, default=30000)
     parser.add_argument("--num-test", type=int, default=500)
     parser.add_argument("--workdir", default=None)
@@ -55,8 +55,8 @@ def main() -> int:
     config = {
         "run_dir": str(work / "run"),
         "data": {"task": "gf", "task_options": {"p": 11, "steps": "2-5", "strategy": "forward"},
-                 "train_file": str(work / "train.jsonl"), "eval_file": str(work / "test.jsonl"), "seq_len": 256},
-        "tokenizer": {"vocab_size": 320},
+                 "train_file": str(work / "train.jsonl"), "eval_file": str(work / "test.jsonl"), "seq_len": 384},
+        "tokenizer": {"vocab_size": 512},
         "model": {"preset": "tiny", "overrides": {"hidden_size": 128, "intermediate_size": 384, "num_layers": 2,
                                                   "num_heads": 4, "num_kv_heads": 2, "head_dim": 32}},
         "optimizer": {"lr": 3.0e-3, "schedule": "cosine", "warmup_steps": 30, "end_lr_ratio": 0.05,
@@ -101,7 +101,7 @@ def main() -> int:
         "decoding": "greedy, tailor_jax.sampling.Sampler",
         "train_seconds": round(train_seconds, 1), "total_wall_clock_s": round(total, 1),
         "cpu_cores": os.cpu_count(), "note": "wall-clock on a CPU shared with other engineers' jobs",
-        "model": config["model"], "batch_size": config["batch_size"], "seq_len": 256,
+        "model": config["model"], "batch_size": config["batch_size"], "seq_len": config["data"]["seq_len"],
     }
     print(json.dumps(record))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ rather than trusted from tailor_jax.tasks.gf.
 """
 
 import json
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -56,11 +57,15 @@ def ref_check(record, trace):
         return val[coeff], var, val[const]
 
     lines = trace.split("\n")
+    # The question labels the ops "(L) op sym" in chain order; a line tagged (L) applies or undoes op L.
+    labelled = re.findall(r"\((\d+)\) ([-+*]) ([a-z]{2})", record["question"])
+    assert [(op, val[sym]) for _, op, sym in labelled] == [tuple(o) for o in record["ops"]]
+    position = {label: i for i, (label, _, _) in enumerate(labelled, 1)}
     tags = []
     for line in lines:
         tok = line.split(" ")
-        if tok[0].startswith("("):  # step tag "(i)": the line applies or undoes op i
-            i = int(tok.pop(0)[1:-1])
+        if tok[0].startswith("("):
+            i = position[tok.pop(0)[1:-1]]
             op, c = record["ops"][i - 1]
             if tok[0] == "inv":
                 assert op == "*" and val[tok[1]] == c, line

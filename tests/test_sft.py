@@ -141,7 +141,7 @@ def gf_run(tmp_path_factory):
     config = {
         "run_dir": str(root / "A"),
         "data": {"task": "gf", "task_options": {"p": 11, "steps": "2-3"}, "train_file": str(root / "train.jsonl"),
-                 "eval_file": str(root / "test.jsonl"), "seq_len": 192},
+                 "eval_file": str(root / "test.jsonl"), "seq_len": 256},
         "tokenizer": {"vocab_size": 300},
         "model": {"preset": "tiny", "overrides": {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2,
                                                   "num_heads": 2, "num_kv_heads": 1, "head_dim": 16}},

@@ -123,13 +123,14 @@ def _chain_values(record: dict) -> tuple[int, int]:
 
 
 # --- renderers (pure) --------------------------------------------------------------------
-# Every line that applies or undoes op i of the chain starts with the step tag "(i) ", and the
-# question numbers its ops the same way: the model finds the op of a step by its tag instead of
-# counting lines (tiny models trained from scratch cannot count reliably; with tags they learn
-# the walk several times faster).
+# The question numbers its ops, "(1) + ka, (2) * mo", and every line that applies or undoes an
+# op starts with that op's tag. A model finds the op of a step by its number instead of
+# counting lines, which tiny models trained from scratch do badly (measured: docs/results.md).
+
+
 class Step(NamedTuple):
-    """One walk step: apply `op c`, tagged with the chain position `index` (1-based) it
-    applies or undoes; `inverts` is the original constant when `c` is its inverse (the line
+    """One walk step: apply `op c`, tagged with the chain position `index` (1-based) of the op
+    it applies or undoes; `inverts` is the original constant when `c` is its inverse (the line
     is then preceded by the fact `inv inverts = c`)."""
 
     index: int
@@ -286,7 +287,7 @@ def check_trace(record: dict, trace: str) -> list[str]:
     return errors
 
 
-_TAG = re.compile(r"^\((\d{1,3})\) ")
+_TAG = re.compile(r"^\((\d{1,2})\) ")
 
 
 def split_step_tag(line: str) -> tuple[int | None, str]:
