@@ -119,10 +119,9 @@ def plot_grpo_reward(runs: Sequence[dict], path: Path) -> Path | None:
         if not steps:
             continue
         drawn = True
-        label = "reward" if len(runs) == 1 else run["name"]
-        top.plot(steps, reward, "-", label=label)
+        top.plot(steps, reward, "-", label="reward" if len(runs) == 1 else run["name"])
         steps_l, length = series(run["grpo_metrics"], "completions/mean_length")
-        bottom.plot(steps_l, length, "-", label=label)
+        bottom.plot(steps_l, length, "-", label="mean length" if len(runs) == 1 else run["name"])
     if not drawn:
         plt.close(fig)
         return None
