@@ -3,14 +3,15 @@
     tailor-jax run configs/quickstart.yaml          # makes the warm start runs/quickstart/sft/model
     python benchmarks/dash.py [--init runs/quickstart/sft/model] [--rollouts 1536]
 
-Both runs see the same number of rollouts on GF(11) 6-9 step chains, from the same SFT model:
+Both runs see the same number of rollouts on GF(11) 3-5 step chains (the quickstart's GRPO
+stage; its tiny model cannot do 6-9 step chains, docs/results.md), from the same SFT model:
 
 - plain GRPO: 8 prompts x G=8 per step, one update per step (64 rows, one batch);
 - DASH: 32 prompts x G=8 per step sampled at once with one weight version (preemptive
   sampling), rows with |A| <= tau dropped before any trainer pass (gradient filtering), the
   survivors packed into 64-row micro-batches, one accumulated update per step.
 
-Held-out greedy accuracy (levels 6-9) is measured after the same numbers of rollouts. The clock
+Held-out greedy accuracy (levels 3-5) is measured after the same numbers of rollouts. The clock
 is the training time only (the trainer's `step_time`: sampling + reference + update; evaluation
 excluded). Prints one JSON line per system and a table: time to reach plain GRPO's final
 accuracy, and the final accuracies.
@@ -38,12 +39,12 @@ def run_system(name: str, init: Path, work: Path, rollouts: int, args) -> dict:
     eval_every = 1 if dash else DASH_FACTOR  # the same rollouts between evaluations
     cfg = config_from_dict(grpo_trainer.GRPOConfig, {
         "run_dir": str(work / name), "init": str(init), "task": "gf",
-        "task_options": {"p": 11, "steps": "6-9"}, "seed": args.seed, "steps": steps, "progress": False,
+        "task_options": {"p": 11, "steps": "3-5"}, "seed": args.seed, "steps": steps, "progress": False,
         "rollout": {"prompts_per_step": prompts, "num_generations": GROUP, "max_new_tokens": args.max_new_tokens,
                     "temperature": 1.0},
         "dash": {"filter": dash, "tau": args.tau, "micro_batch_size": PROMPTS * GROUP if dash else 0},
         "optimizer": {"lr": args.lr, "warmup_steps": 0},
-        "eval": {"levels": [6, 7, 8, 9], "per_level": args.per_level, "every": eval_every},
+        "eval": {"levels": [3, 4, 5], "per_level": args.per_level, "every": eval_every},
         "checkpoint": {"every_steps": 10**6, "keep": 1},
         "mesh": {"data": 1, "fsdp": 1, "tensor": 1},
     })
@@ -71,7 +72,7 @@ def main() -> int:
     parser.add_argument("--rollouts", type=int, default=1536, help="rollouts per system (a multiple of 256)")
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--tau", type=float, default=0.1)
-    parser.add_argument("--per-level", type=int, default=25, help="held-out problems per level (6-9)")
+    parser.add_argument("--per-level", type=int, default=30, help="held-out problems per level (3-5)")
     parser.add_argument("--max-new-tokens", type=int, default=192)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
