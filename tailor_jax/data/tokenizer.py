@@ -81,8 +81,8 @@ def load_tokenizer(path: str | os.PathLike):
     path = Path(path)
     if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
         raise TailorError(
-            f"no tokenizer found in {path} (expected tokenizer.json); train one with the SFT config "
-            "`tokenizer.train: true` or point `tokenizer.path` at a checkpoint directory"
+            f"no tokenizer found in {path} (expected tokenizer.json); set the SFT config's "
+            "`tokenizer.path: null` to train one, or point `tokenizer.path` at a checkpoint directory"
         )
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)

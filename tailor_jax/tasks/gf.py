@@ -304,7 +304,7 @@ def check_step_tag(record: dict, index: int, body: str) -> str | None:
     """
     try:
         ops = [(op, int(c)) for op, c in record["ops"]]
-        p, value_of = int(record["p"]), {sym: int(i) for i, sym in record["symbols"].items()}
+        value_of = {sym: int(i) for i, sym in record["symbols"].items()}
         if not 1 <= index <= len(ops):
             return f"step tag ({index}) is outside the chain's {len(ops)} ops"
         op, c = ops[index - 1]
@@ -316,8 +316,8 @@ def check_step_tag(record: dict, index: int, body: str) -> str | None:
             return "a step tag on a line that is not a step"
         groups = match.groups()
         line_op, line_c = (groups[1], groups[2]) if len(groups) == 4 else (groups[3], groups[4])
-        undo = ("*", inverse(c, p)) if op == "*" else ({"+": "-", "-": "+"}[op], c)
-        return None if (line_op, value_of[line_c]) in ((op, c), undo) else f"does not apply or undo op ({index})"
+        undo = undo_steps(record)[len(ops) - index]
+        return None if (line_op, value_of[line_c]) in ((op, c), (undo.op, undo.c)) else f"does not apply or undo op ({index})"
     except Exception as err:  # noqa: BLE001 - a malformed record or symbol is reported
         return f"cannot check the step tag: {err!r}"
 
