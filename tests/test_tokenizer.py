@@ -112,3 +112,18 @@ def test_chat_prompt_uses_the_checkpoint_template(tokenizer, tmp_path):
     tokenizer.chat_template = None
     with pytest.raises(TailorError, match="chat template"):
         tok_lib.prompt_text(tokenizer, prompt)
+
+
+def test_own_tokenizer_next_to_a_qwen2_config_keeps_its_tokenization(tmp_path):
+    # An exported model directory holds a qwen2 config.json beside our BPE tokenizer; the loaded
+    # tokenizer must tokenize exactly as trained (AutoTokenizer would rebuild a Qwen2 tokenizer
+    # that splits "11" into "1", "1").
+    corpus = [f"In GF(11), start from {a} and apply (1) + {b}." for a in range(11) for b in range(11)] * 3
+    tokenizer = tok_lib.train_bpe_tokenizer(corpus, vocab_size=tok_lib.MIN_VOCAB_SIZE + 64, whole_words=[])
+    text = "In GF(11), start from 10 and apply (1) + 7."
+    expected = tokenizer.encode(text, add_special_tokens=False)
+    assert "11" in tokenizer.convert_ids_to_tokens(expected)
+    tok_lib.save_tokenizer(tokenizer, tmp_path / "model")
+    (tmp_path / "model" / "config.json").write_text('{"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}')
+    loaded = tok_lib.load_tokenizer(tmp_path / "model")
+    assert loaded.encode(text, add_special_tokens=False) == expected

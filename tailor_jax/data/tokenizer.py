@@ -76,7 +76,7 @@ def save_tokenizer(tokenizer, directory: str | os.PathLike) -> Path:
 
 def load_tokenizer(path: str | os.PathLike):
     """Load a tokenizer (and chat template, if any) from a local directory; never downloads."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     path = Path(path)
     if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
@@ -85,7 +85,13 @@ def load_tokenizer(path: str | os.PathLike):
             "`tokenizer.path: null` to train one, or point `tokenizer.path` at a checkpoint directory"
         )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        if (path / "tokenizer.json").is_file():
+            # tokenizer.json is the tokenizer. AutoTokenizer would instead pick a class from the
+            # model config beside it (Qwen2Tokenizer for any qwen2 model) and rebuild the
+            # pre-tokenizer in code, which silently re-tokenizes our own BPE differently.
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as err:  # noqa: BLE001 - any parse failure is a bad file for the user
         raise TailorError(f"cannot load the tokenizer in {path}: {type(err).__name__}: {err}".splitlines()[0]) from None
     if tokenizer.eos_token_id is None:
