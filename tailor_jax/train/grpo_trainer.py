@@ -286,7 +286,9 @@ def make_accumulate_fn(graphdef, loss_cfg: LossConfig, temperature: float, max_l
     def loss_fn(params, rest, batch, weight):
         c = batch["completion_mask"].shape[1]
         logits = _completion_logits(graphdef, params, rest, batch, c)
-        logp = token_logprobs(logits, batch["tokens"][:, -c:], temperature)
+        # One log-softmax over the vocabulary serves the log-probs and the entropy.
+        all_logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
+        logp = jnp.take_along_axis(all_logp, batch["tokens"][:, -c:, None].astype(jnp.int32), axis=-1)[..., 0]
         mask = batch["completion_mask"]
         weights = None
         if loss_cfg.tis_cap is not None:
@@ -297,7 +299,7 @@ def make_accumulate_fn(graphdef, loss_cfg: LossConfig, temperature: float, max_l
             kl=loss_cfg.kl, loss_agg=loss_cfg.loss_agg, max_len=max_len,
             policy_gradient=loss_cfg.policy_gradient, importance_weights=weights,
         )
-        scaled = jax.nn.log_softmax(jax.lax.stop_gradient(logits).astype(jnp.float32) / temperature)
+        scaled = jax.lax.stop_gradient(all_logp)
         entropy = -(jnp.exp(scaled) * scaled).sum(-1)
         metrics["entropy"] = (entropy * mask).sum() / jnp.maximum(mask.sum(), 1.0)
         metrics.update(logp_drift_metrics(jax.lax.stop_gradient(logp), batch["sampler_logp"], mask))
