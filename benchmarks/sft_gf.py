@@ -33,7 +33,7 @@ def main() -> int:
     parser.add_argument("--out", default="benchmarks/results/sft_gf.json")
     parser.add_argument("--budget-s", type=float, default=600.0, help="total wall-clock budget")
     parser.add_argument("--eval-reserve-s", type=float, default=110.0, help="budget kept for the final evaluation")
-    parser.add_argument("--steps", type=int, default=900, help="schedule length (training may stop earlier)")
+    parser.add_argument("--steps", type=int, default=1000, help="schedule length (training may stop earlier)")
     parser.add_argument("--num-train", type=int, default=30000)
     parser.add_argument("--num-test", type=int, default=500)
     parser.add_argument("--workdir", default=None)
@@ -55,15 +55,15 @@ def main() -> int:
     config = {
         "run_dir": str(work / "run"),
         "data": {"task": "gf", "task_options": {"p": 11, "steps": "2-5", "strategy": "forward"},
-                 "train_file": str(work / "train.jsonl"), "eval_file": str(work / "test.jsonl"), "seq_len": 384},
+                 "train_file": str(work / "train.jsonl"), "eval_file": str(work / "test.jsonl"), "seq_len": 256},
         "tokenizer": {"vocab_size": 512},
         "model": {"preset": "tiny", "overrides": {"hidden_size": 128, "intermediate_size": 384, "num_layers": 2,
                                                   "num_heads": 4, "num_kv_heads": 2, "head_dim": 32}},
-        "optimizer": {"lr": 3.0e-3, "schedule": "cosine", "warmup_steps": 30, "end_lr_ratio": 0.05,
+        "optimizer": {"lr": 3.0e-3, "schedule": "cosine", "warmup_steps": 20, "end_lr_ratio": 0.05,
                       "weight_decay": 0.01, "grad_clip": 1.0},
         "checkpoint": {"every_steps": 100, "async_save": True},
         "mesh": {"data": 1, "fsdp": -1},
-        "steps": args.steps, "batch_size": 16, "log_every": 25, "eval_every": 0, "eval_batches": 4,
+        "steps": args.steps, "batch_size": 24, "log_every": 25, "eval_every": 0, "eval_batches": 4,
         "eval_samples": 0, "progress": False, "seed": 0,
     }
     config_path = work / "sft_gf.yaml"
