@@ -150,9 +150,10 @@ def test_disjointness_check_catches_a_repeated_problem():
 
 def test_configs_cover_the_literature_splits():
     names = tfds_builders.config_names
-    assert names("kk") == [f"n{n}" for n in range(2, 9)] + ["logic_rl"]
-    assert names("igsm") == ["med", "hard"]
-    assert names("gf") == ["sft", "rl", "rl_long", "sft_p13", "rl_p13", "rl_long_p13"]
+    sft_sets = ["tailor", "rule_based", "four_star", "redistill"]
+    assert names("kk") == [f"n{n}" for n in range(2, 9)] + ["logic_rl"] + sft_sets
+    assert names("igsm") == ["med", "hard"] + sft_sets
+    assert names("gf") == ["sft", "rl", "rl_long", "sft_p13", "rl_p13", "rl_long_p13"] + sft_sets
     kk = {c.name: c for c in tfds_builders.TailorKk.BUILDER_CONFIGS}
     assert kk["n2"].levels[0].splits == (("test", "test", 100), ("train", "train", 200))
     assert kk["n5"].levels[0].splits == (("test", "test", 100), ("train", "train", 1000))
@@ -160,6 +161,45 @@ def test_configs_cover_the_literature_splits():
     assert trained == [3, 4, 5, 6, 7]
     gf = {c.name: c for c in tfds_builders.TailorGf.BUILDER_CONFIGS}
     assert [level.options["steps"] for level in gf["rl_long"].levels] == list(range(6, 16))
+
+
+# --- SFT sets (written by the Tailor pipeline) -------------------------------------------------
+def sft_lines(count, seed=0):
+    task = get_task("gf", p=11, steps="2-4")
+    return [dict(r, completion=task.target(r), primitive="forward") for r in task.generate(count, seed)]
+
+
+def test_sft_set_round_trips_and_a_rewrite_replaces_it(tmp_path):
+    lines = sft_lines(5)
+    path = tfds_builders.write_sft_set("gf", "tailor", lines, tmp_path)
+    assert path == dataset_path("gf", "tailor", tmp_path)
+    assert list(open_records("gf", "tailor", "train", tmp_path)) == lines
+    source = tfds.data_source("tailor_gf/tailor", split="train", data_dir=str(tmp_path), download=False)
+    assert [int(source[i]["difficulty"]) for i in range(len(source))] == [r["k"] for r in lines]
+    shorter = sft_lines(3, seed=1)
+    tfds_builders.write_sft_set("gf", "tailor", shorter, tmp_path)  # a rerun of curate: replaced
+    assert list(open_records("gf", "tailor", "train", tmp_path)) == shorter
+    tfds_builders.write_sft_set("gf", "four_star", lines, tmp_path)  # another set beside it
+    assert list(open_records("gf", "four_star", "train", tmp_path)) == lines
+    assert list(open_records("gf", "tailor", "train", tmp_path)) == shorter
+
+
+def test_sft_set_bad_requests_give_one_line_errors(tmp_path):
+    lines = sft_lines(2)
+    cases = [
+        (lambda: tfds_builders.write_sft_set("gf", "sft", lines, tmp_path), "unknown SFT set 'sft'"),
+        (lambda: tfds_builders.write_sft_set("gf", "tailor", [], tmp_path), "is empty"),
+        (lambda: tfds_builders.write_sft_set("gf", "tailor", [dict(lines[0], completion=None)], tmp_path),
+         "record 0 is not a gf record with a completion"),
+        (lambda: tfds_builders.write_sft_set("kk", "tailor", lines, tmp_path), "record 0 is not a kk record"),
+        (lambda: tfds_builders.write_sft_set("chess", "tailor", lines, tmp_path), "no dataset builder"),
+        (lambda: build_dataset("gf", "tailor", tmp_path), "is an SFT set, not generated"),
+        (lambda: open_source("gf", "rule_based", "train", tmp_path), "no gf/rule_based dataset"),
+    ]
+    for call, message in cases:
+        with pytest.raises(TailorError) as err:
+            call()
+        assert message in str(err.value) and "\n" not in str(err.value)
 
 
 # --- the other tasks (run once their modules exist) -----------------------------------------

@@ -12,7 +12,7 @@ import scipy.sparse as sp
 from tailor_jax.errors import TailorError
 from tailor_jax.primitives import all_primitives, baselines
 from tailor_jax.primitives import metrics as M
-from tailor_jax.primitives.pipeline import select_diverse
+from tailor_jax.primitives.selection import NGRAM_ORDERS, Item, Weights, apportion, describe, select_diverse
 from tailor_jax.tasks import get_task
 
 TASK = get_task("gf", p=11, steps="2-4")
@@ -129,15 +129,90 @@ def test_baselines_have_the_budget_and_the_expected_primitives():
         baselines.build_baseline("redistill", TASK, RECORDS, 3)
 
 
-def test_select_diverse_greedy_coverage_groups_and_duplicates():
-    features = [{1, 2, 3}, {1, 2, 3}, {4}, {5, 6}, {1}]
-    lengths = np.ones(5)
-    emb = np.eye(5)
-    emb[1] = emb[0]  # item 1 duplicates item 0
-    chosen, dups = select_diverse(features, lengths, emb, ["a", "b", "c", "d", "e"], 3, diversity_weight=0.0)
-    assert chosen == [0, 3, 2] and dups == 1  # 1 is a near-duplicate of 0 (gain then 0 too)
-    chosen, _ = select_diverse(features, lengths, np.eye(5), ["a", "a", "a", "b", "b"], 5, diversity_weight=0.0)
-    assert chosen == [0, 3]  # one per group
-    # a long item covering more loses to a short one per unit length
-    chosen, _ = select_diverse([{1, 2, 3, 4}, {5, 6}], np.array([8.0, 1.0]), np.eye(2), ["a", "b"], 1, diversity_weight=0.0)
-    assert chosen == [1]
+def _item(grams: str, states=(), group="q", level=0, label="p") -> Item:
+    """An Item from a text (its word n-grams) and hand-made states."""
+    tokens = grams.split()
+    return Item(
+        tuple(frozenset(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)) for n in NGRAM_ORDERS),
+        tuple(max(len(tokens) - n + 1, 0) for n in NGRAM_ORDERS), frozenset(states), group, level, label,
+    )
+
+
+def test_apportion_splits_in_proportion_with_largest_remainders():
+    assert apportion({"a": 3, "b": 1}, 4) == {"a": 3, "b": 1}
+    assert apportion({"a": 1, "b": 1, "c": 1}, 2) == {"a": 1, "b": 1, "c": 0}  # ties to the first key
+    assert apportion({2: 5, 3: 4, 4: 1}, 7) == {2: 3, 3: 3, 4: 1}  # 3.5, 2.8, 0.7: the two largest remainders get one
+    assert sum(apportion({k: k for k in range(1, 9)}, 100).values()) == 100
+    with pytest.raises(TailorError, match="apportion"):
+        apportion({}, 3)
+
+
+def _brute_force_objective(chosen: list[int], texts, states, labels, embeddings) -> float:
+    """F of the module docstring from the metric functions themselves."""
+    picked = [texts[j] for j in chosen]
+    value = np.mean([math.log(M.distinct_n(picked, n)) for n in NGRAM_ORDERS])
+    value += math.log(len(set().union(*(states[j] for j in chosen))))
+    if len(chosen) >= 2:
+        value += math.log(M.mean_pairwise_cosine_distance(embeddings[chosen]))
+    return value + math.log(len({labels[j] for j in chosen}))
+
+
+def test_select_diverse_is_the_greedy_maximiser_of_the_metrics_product():
+    """Every pick has the highest F(S + i) over the allowed items, F computed from scratch with
+    `distinct_n`, the reached states and `mean_pairwise_cosine_distance` (no bookkeeping)."""
+    prims = all_primitives("gf")
+    pool, seen = [], set()
+    for record in RECORDS[:10]:
+        for name, primitive in prims.items():
+            completion = TASK.target(record, primitive.render(record))
+            if (record["id"], completion) not in seen:  # curate drops exact duplicates first
+                seen.add((record["id"], completion))
+                pool.append((record, completion, name))
+    reachable = {r["id"]: frozenset(M.reachable_states("gf", [r])) for r in RECORDS[:10]}
+    items = [describe(r, c, name, 0, reachable[M.question_key(r)]) for r, c, name in pool]
+    texts = [c for _, c, _ in pool]
+    embeddings = M.tfidf_char_embeddings(texts).toarray()
+    chosen, duplicates = select_diverse(items, embeddings, 8, dedup_threshold=1.01)
+    assert len(chosen) == 8 and duplicates == 0
+    assert len({items[i].group for i in chosen}) == 8  # one per question
+    labels = [item.label for item in items]
+    for step in range(len(chosen)):
+        done = chosen[:step]
+        allowed = [j for j in range(len(items)) if items[j].group not in {items[k].group for k in done}]
+        values = {j: _brute_force_objective(done + [j], texts, [it.states for it in items], labels, embeddings) for j in allowed}
+        assert values[chosen[step]] == pytest.approx(max(values.values()), abs=1e-9), step
+    assert len({labels[i] for i in chosen}) == 8  # every primitive represented
+
+
+def test_select_diverse_constraints_groups_levels_and_near_duplicates():
+    items = [
+        _item("a b c", {1}, "q1", 2, "x"), _item("a b c", {1}, "q2", 2, "x"),  # same text: near-duplicates
+        _item("d e f", {2}, "q3", 2, "y"), _item("g h i", {3}, "q3", 2, "z"),  # one question
+        _item("j k l m", {4}, "q4", 3, "x"), _item("n o", {5}, "q5", 3, "y"),
+    ]
+    emb = np.eye(6)
+    emb[1] = emb[0]
+    chosen, duplicates = select_diverse(items, emb, 4)
+    assert duplicates == 1 and 1 not in chosen  # item 1 duplicates item 0 (or the reverse)
+    assert len({items[i].group for i in chosen}) == len(chosen)
+    # levels: questions q1..q3 at 2, q4..q5 at 3 -> a budget of 2 takes one of each level
+    picked = select_diverse(items, np.eye(6), 2)[0]
+    assert sorted(items[i].level for i in picked) == [2, 3]
+    # a level that runs out leaves its share to the others: level 3 has 2 questions, share 3 of 5
+    lopsided = [_item(f"w{k} v{k}", {k}, f"g{k}", 2 if k < 2 else 3) for k in range(5)]
+    assert len(select_diverse(lopsided, np.eye(5), 5)[0]) == 5
+    # at most max_per_group items per question
+    assert len(select_diverse(items, np.eye(6), 6, max_per_group=2)[0]) == 6
+    with pytest.raises(TailorError, match="embeddings"):
+        select_diverse(items, np.eye(5), 2)
+
+
+def test_selection_prefers_novel_ngrams_states_and_new_primitives():
+    items = [_item("a b c d", {1}, "q1"), _item("e f g h", {1}, "q2"), _item("a b c d", {2, 3}, "q3")]
+    emb = np.eye(3)
+    assert select_diverse(items, emb, 2, weights=Weights(coverage=0.0))[0] == [0, 1]  # new words
+    assert select_diverse(items, emb, 2, weights=Weights(distinct=0.0))[0] == [2, 0]  # more states first
+    assert select_diverse(items, emb, 2)[0] == [2, 1]  # states first, then new words with a new state
+    labelled = [_item("a b c d", {1}, "q1", label="x"), _item("e f g h", {1}, "q2", label="x"),
+                _item("a f g i", {1}, "q3", label="y")]
+    assert select_diverse(labelled, emb, 2)[0] == [0, 2]  # a new primitive beats one more new word

@@ -11,16 +11,25 @@ test=10)` writes 50 train and 10 test problems per k. Each level has a fixed see
 build's test records are the first ones of any larger build's, and with equal test sizes its
 per-level train records are the first ones too.
 
+Besides the problem configs, every builder has one config per warm-start SFT set (`SFT_SETS`:
+`tailor`, `rule_based`, `four_star`, `redistill`) with a single `train` split. Those are not
+generated but written from given records by `write_sft_set` (the Tailor pipeline's curate stage
+and baselines do): task records plus `completion` (and `primitive`), what `tailor-jax sft`
+trains on with `data.tfds_config: tailor`.
+
 Read back with `tailor_jax.data.sources.open_source`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
+import shutil
+import sys
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -178,6 +187,19 @@ def _gf_configs() -> list[TaskConfig]:
     return configs
 
 
+SFT_SETS = {
+    "tailor": "the Tailor pipeline's curated SFT set (tailor-jax tailor CONFIG)",
+    "rule_based": "the rule_based baseline SFT set (tailor-jax tailor CONFIG --baselines)",
+    "four_star": "the four_star baseline SFT set (tailor-jax tailor CONFIG --baselines)",
+    "redistill": "the redistill baseline SFT set (tailor-jax tailor CONFIG --baselines)",
+}
+
+
+def _sft_set_configs() -> list[TaskConfig]:
+    return [TaskConfig(name=name, description=f"{description}: records with a completion", levels=())
+            for name, description in SFT_SETS.items()]
+
+
 # --- builders ----------------------------------------------------------------------------
 class _TaskBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Shared builder: one class per task, configs per difficulty setting."""
@@ -193,8 +215,9 @@ class _TaskBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         # Python < 3.9 (ModuleNotFoundError without it); our builders live in a plain file.
         return epath.Path(inspect.getfile(cls))
 
-    def __init__(self, *, sizes: Mapping[str, int] | None = None, **kwargs):
+    def __init__(self, *, sizes: Mapping[str, int] | None = None, records: Sequence[dict] | None = None, **kwargs):
         self._sizes = check_sizes(sizes or {})
+        self._records = records  # the train split of an SFT-set config
         kwargs.setdefault("file_format", FILE_FORMAT)
         super().__init__(**kwargs)
 
@@ -210,6 +233,10 @@ class _TaskBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _split_generators(self, dl_manager):
         del dl_manager  # nothing to download
+        if self.builder_config.name in SFT_SETS:
+            if self._records is None:
+                raise TailorError(f"the {self.builder_config.name} config is an SFT set; write it with write_sft_set")
+            return {"train": self._generate_examples(list(self._records))}
         by_split = generate_splits(self.TASK, self.builder_config.levels, self._sizes)
         return {split: self._generate_examples(records) for split, records in by_split.items()}
 
@@ -221,17 +248,17 @@ class _TaskBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 class TailorKk(_TaskBuilder):
     TASK = "kk"
-    BUILDER_CONFIGS = _kk_configs()
+    BUILDER_CONFIGS = _kk_configs() + _sft_set_configs()
 
 
 class TailorIgsm(_TaskBuilder):
     TASK = "igsm"
-    BUILDER_CONFIGS = _igsm_configs()
+    BUILDER_CONFIGS = _igsm_configs() + _sft_set_configs()
 
 
 class TailorGf(_TaskBuilder):
     TASK = "gf"
-    BUILDER_CONFIGS = _gf_configs()
+    BUILDER_CONFIGS = _gf_configs() + _sft_set_configs()
 
 
 BUILDERS: dict[str, type[_TaskBuilder]] = {"kk": TailorKk, "igsm": TailorIgsm, "gf": TailorGf}
@@ -265,10 +292,10 @@ def build_dataset(task: str, config_name: str, data_dir: str | Path, **sizes: in
     split sizes is reused; one with different sizes is left alone and reported.
     """
     check_config(task, config_name)
+    if config_name in SFT_SETS:
+        raise TailorError(f"{task}/{config_name} is an SFT set, not generated: the Tailor pipeline writes it (write_sft_set)")
     sizes = check_sizes(sizes)
-    data_dir = Path(data_dir)
-    if data_dir.exists() and not data_dir.is_dir():
-        raise TailorError(f"data_dir {data_dir} is a file; give a directory")
+    data_dir = _data_dir(data_dir)
     config = next(c for c in builder_class(task).BUILDER_CONFIGS if c.name == config_name)
     wanted: dict[str, int] = {}
     for level in config.levels:
@@ -288,11 +315,40 @@ def build_dataset(task: str, config_name: str, data_dir: str | Path, **sizes: in
     return path
 
 
+def write_sft_set(task: str, name: str, records: Sequence[dict], data_dir: str | Path) -> Path:
+    """Write an SFT set (task records with a `completion` string, e.g. `curate/sft.jsonl`'s lines)
+    as the `train` split of config `name` under `data_dir`, replacing an earlier one; returns
+    its directory. `tailor-jax sft` reads it with data.tfds_dir = data_dir, data.tfds_config = name."""
+    if name not in SFT_SETS:
+        raise TailorError(f"unknown SFT set {name!r}; use one of {', '.join(SFT_SETS)}")
+    builder = builder_class(task)
+    if not records:
+        raise TailorError(f"the {name} SFT set is empty; nothing to write")
+    for index, record in enumerate(records):
+        if record.get("task") != task or not isinstance(record.get("completion"), str):
+            raise TailorError(f"{name} SFT record {index} is not a {task} record with a completion string")
+    data_dir = _data_dir(data_dir)
+    path = dataset_path(task, name, data_dir)
+    if path.exists():
+        shutil.rmtree(path)
+    with contextlib.redirect_stdout(sys.stderr):  # TFDS's "Downloading and preparing" lines: not the caller's output
+        builder(config=name, data_dir=str(data_dir), records=records).download_and_prepare()
+    return path
+
+
+def _data_dir(data_dir: str | Path) -> Path:
+    data_dir = Path(data_dir)
+    if data_dir.exists() and not data_dir.is_dir():
+        raise TailorError(f"data_dir {data_dir} is a file; give a directory")
+    return data_dir
+
+
 # --- CLI: `tailor-jax build-dataset TASK CONFIG --data-dir DIR` ----------------------------
 def register(subparsers) -> None:
     parser = subparsers.add_parser("build-dataset", help="build a task dataset (TFDS, ArrayRecord files)")
     parser.add_argument("task", choices=sorted(BUILDERS), help="which task")
-    parser.add_argument("config", help="dataset config, e.g. kk: n2..n8, logic_rl; igsm: med, hard; gf: sft, rl, rl_long")
+    parser.add_argument("config", help="dataset config, e.g. kk: n2..n8, logic_rl; igsm: med, hard; gf: sft, rl, rl_long "
+                        "(the SFT-set configs tailor, rule_based, ... are written by `tailor-jax tailor`)")
     parser.add_argument("--data-dir", required=True, help="directory that holds TFDS datasets")
     parser.add_argument("--train", type=int, help="train problems per level (default: the config's)")
     parser.add_argument("--test", type=int, help="test problems per level (default: the config's)")

@@ -867,6 +867,18 @@ def check_answer_first(record: dict, trace: str) -> list[str]:
     return c.problems
 
 
+def render_final_check(record: dict) -> str:
+    puzzle = Puzzle.of(record)
+    return "\n".join(verification_lines(puzzle, puzzle.solution, FINAL_CHECK_STYLE))
+
+
+def check_final_check(record: dict, trace: str) -> list[str]:
+    """Every statement checked once against roles that fit them all (the unique answer)."""
+    c = _Checker(Puzzle.of(record))
+    check_verification(c, _lines(trace), FINAL_CHECK_STYLE)
+    return c.problems
+
+
 def with_verification(base: Primitive, name: str | None = None) -> Primitive:
     """`base`'s trace followed by an explicit check of every statement under the answer."""
 
@@ -961,3 +973,12 @@ LIBRARY: dict[str, Primitive] = {
         ANSWER_FIRST_VERIFY, WITH_SELF_VERIFICATION, ERROR_RECOVERY,
     )
 }  # fmt: skip
+
+# Appended after the library primitives that do not verify by the compositions of the discover
+# stage ("forced_role_propagation+final_check", ...): the final self-verification pass.
+VERIFICATION_PASS = _primitive(
+    "final_check",
+    "Check every statement once more against the final roles.",
+    {"verification"},
+    render_final_check, check_final_check,
+)

@@ -13,6 +13,8 @@ settings.
     run_dir/curate/sft.jsonl             the SFT set: task records + "completion" + "primitive"
     run_dir/curate/report.{json,md}      primitive mix, per-primitive quality, diversity metrics
     run_dir/baselines/<name>.jsonl       baseline sets of the same size, and baselines/report.*
+    run_dir/tfds/                        the same SFT sets as a TFDS/ArrayRecord data_dir: config
+                                         `tailor` (curate) and one per baseline, split `train`
 
 Without a student (from-scratch runs) analyse is skipped with a recorded reason, discover
 gets no failure traces, and curation uses the model-free metrics only (TF-IDF embeddings, no
@@ -22,9 +24,9 @@ log-likelihood fit).
 from __future__ import annotations
 
 import dataclasses
-import heapq
 import json
 import logging
+import shutil
 import sys
 from collections import Counter, defaultdict
 from itertools import islice
@@ -37,6 +39,7 @@ from tailor_jax.config import config_hash, config_to_dict, dump_config, require
 from tailor_jax.data.jsonl import read_jsonl, write_jsonl
 from tailor_jax.errors import TailorError
 from tailor_jax.primitives import metrics as metrics_lib
+from tailor_jax.primitives import selection
 from tailor_jax.primitives.metrics import Example
 from tailor_jax.tasks import Task, get_task
 
@@ -84,16 +87,19 @@ class CurateConfig:
     min_accuracy: float = 1.0  # drop primitives whose verified accuracy is lower
     max_per_question: int = 1  # demonstrations per question in the SFT set
     dedup_threshold: float = 0.98  # cosine similarity at which two traces are near-duplicates
-    diversity_weight: float = 1.0  # weight of the max-min embedding distance in the selection gain
-    primitive_weight: float = 1.0  # gain for the first demonstration of a primitive not yet in the mix
-    fit_weight: float = 0.0  # weight of the student's z-scored per-token log-likelihood (needs a student)
+    distinct_weight: float = 1.0  # selection objective (selection.py): weight of log geometric mean of distinct-1/2/3
+    coverage_weight: float = 1.0  # ... of log reasoning states reached
+    diversity_weight: float = 1.0  # ... of log mean pairwise embedding distance
+    primitive_weight: float = 1.0  # ... of log number of primitives
+    fit_weight: float = 0.0  # ... of the set's mean z-scored student log-likelihood (needs a student)
     max_length_words: int | None = None  # drop longer demonstrations
 
     def __post_init__(self):
         require(0.0 <= self.min_accuracy <= 1.0, f"curate.min_accuracy must be in [0, 1], got {self.min_accuracy}")
         require(self.max_per_question >= 1, f"curate.max_per_question must be >= 1, got {self.max_per_question}")
         require(0.0 < self.dedup_threshold <= 1.0, f"curate.dedup_threshold must be in (0, 1], got {self.dedup_threshold}")
-        require(min(self.diversity_weight, self.fit_weight, self.primitive_weight) >= 0, "curate weights must be >= 0")
+        weights = (self.distinct_weight, self.coverage_weight, self.diversity_weight, self.primitive_weight, self.fit_weight)
+        require(min(weights) >= 0, "curate weights must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -399,74 +405,32 @@ def load_synthesis(cfg: TailorConfig) -> SynthesizeResult:
 
 
 # --- stage 4: curate ---------------------------------------------------------------------------
-def _features(record: dict, completion: str) -> set[int]:
-    """What a demonstration covers: its word 1/2/3-grams and its reasoning states (hashed)."""
-    tokens = completion.split()
-    grams = {hash(("g", tuple(tokens[i : i + n]))) for n in (1, 2, 3) for i in range(len(tokens) - n + 1)}
-    states = {hash(("s", s)) for s in metrics_lib.trace_states(record, metrics_lib.trace_of(completion))}
-    return grams | states
+def sft_data_dir(cfg: TailorConfig) -> Path:
+    """The TFDS data_dir of the run's SFT sets (`data.tfds_dir` for `tailor-jax sft`)."""
+    return Path(cfg.run_dir) / "tfds"
 
 
-def select_diverse(
-    features: list[set[int]],
-    lengths: np.ndarray,
-    embeddings,
-    groups: list[str],
-    budget: int,
-    *,
-    diversity_weight: float = 1.0,
-    labels: list[str] | None = None,
-    label_weight: float = 0.0,
-    bonus: np.ndarray | None = None,
-    max_per_group: int = 1,
-    dedup_threshold: float = 0.98,
-) -> tuple[list[int], int]:
-    """Greedy coverage-maximising selection of at most `budget` items.
+def write_sft_set(cfg: TailorConfig, name: str, examples: list[Example], jsonl: Path) -> None:
+    """An SFT set as JSONL and, when not empty, as TFDS config `name` under `sft_data_dir`."""
+    from tailor_jax.data import tfds_builders
 
-    gain(i | S) = |features_i not yet covered| / length_i + diversity_weight * min_{j in S}
-    (1 - cos(e_i, e_j)) + label_weight * [label_i not yet in S] + bonus_i. Every term only
-    shrinks as S grows, so lazy greedy (re-scoring only the heap top) picks the same items as
-    plain greedy. Items within `dedup_threshold`
-    cosine similarity of a chosen one are near-duplicates and are never chosen; at most
-    `max_per_group` items per group (question). Returns (chosen indices, near-duplicates skipped).
-    """
-    unit = metrics_lib.normalize_rows(embeddings)
-    n = len(features)
-    min_dist = np.ones(n)  # distance to the empty set: the maximum
-    bonus = np.zeros(n) if bonus is None else np.asarray(bonus, np.float64)
-    covered: set[int] = set()
-    labels = labels or [""] * n
-    seen_labels: set[str] = set()
-    per_group: Counter = Counter()
-    lengths = np.maximum(np.asarray(lengths, np.float64), 1.0)
+    lines = [metrics_lib.example_to_json(ex) for ex in examples]
+    write_jsonl(jsonl, lines)
+    if lines:
+        tfds_builders.write_sft_set(cfg.task, name, lines, sft_data_dir(cfg))
+    else:  # no stale set from an earlier run
+        shutil.rmtree(tfds_builders.dataset_path(cfg.task, name, sft_data_dir(cfg)), ignore_errors=True)
 
-    def gain(i: int) -> float:
-        new_label = label_weight * (labels[i] not in seen_labels)
-        return len(features[i] - covered) / lengths[i] + diversity_weight * min_dist[i] + new_label + bonus[i]
 
-    heap = [(-gain(i), i) for i in range(n)]
-    heapq.heapify(heap)
-    chosen: list[int] = []
-    duplicates = 0
-    while heap and len(chosen) < budget:
-        _, i = heapq.heappop(heap)
-        if per_group[groups[i]] >= max_per_group:
-            continue
-        if chosen and min_dist[i] <= 1.0 - dedup_threshold:
-            duplicates += 1
-            continue
-        current = gain(i)
-        if heap and current < -heap[0][0] - 1e-12:
-            heapq.heappush(heap, (-current, i))
-            continue
-        chosen.append(i)
-        per_group[groups[i]] += 1
-        covered |= features[i]
-        seen_labels.add(labels[i])
-        row = unit[i]
-        sims = np.asarray((unit @ row.T).todense()).ravel() if hasattr(row, "todense") else unit @ row
-        min_dist = np.minimum(min_dist, 1.0 - sims)
-    return chosen, duplicates
+def question_states(task_name: str, records: list[dict]) -> dict[str, frozenset]:
+    """The reasoning states every primitive and composition reaches on each question (what the
+    coverage metric counts as reachable), by question key."""
+    out: dict[str, frozenset] = {}
+    for record in records:
+        key = metrics_lib.question_key(record)
+        if key not in out:
+            out[key] = frozenset(metrics_lib.reachable_states(task_name, [record]) or ())
+    return out
 
 
 def curate(cfg: TailorConfig, synthesis: SynthesizeResult) -> CurateResult:
@@ -533,25 +497,20 @@ def curate(cfg: TailorConfig, synthesis: SynthesizeResult) -> CurateResult:
     for name, q in quality.items():
         lengths = [len(d.completion.split()) for d in pool if d.primitive == name]
         q["mean_length_words"] = float(np.mean(lengths)) if lengths else None
-    chosen, duplicates = select_diverse(
-        [_features(d.record, d.completion) for d in pool],
-        np.asarray([len(d.completion.split()) for d in pool]),
-        embeddings,
-        [metrics_lib.question_key(d.record) for d in pool],
-        cfg.budget,
-        diversity_weight=ccfg.diversity_weight,
-        labels=[d.primitive for d in pool],
-        label_weight=ccfg.primitive_weight,
-        bonus=bonus,
-        max_per_group=ccfg.max_per_question,
-        dedup_threshold=ccfg.dedup_threshold,
+    reachable = question_states(cfg.task, [d.record for d in pool])
+    items = [selection.describe(d.record, d.completion, d.primitive, task.difficulty(d.record),
+                                reachable[metrics_lib.question_key(d.record)]) for d in pool]
+    weights = selection.Weights(ccfg.distinct_weight, ccfg.coverage_weight, ccfg.diversity_weight, ccfg.primitive_weight)
+    chosen, duplicates = selection.select_diverse(
+        items, embeddings, cfg.budget, weights=weights, bonus=bonus,
+        max_per_group=ccfg.max_per_question, dedup_threshold=ccfg.dedup_threshold,
     )
     dropped["near-duplicate (embedding)"] += duplicates
     selected = [examples[i] for i in chosen]
     if len(selected) < cfg.budget:
         log.warning("curate: only %d demonstrations for a budget of %d", len(selected), cfg.budget)
         _say(f"curate: warning: only {len(selected)} demonstrations for a budget of {cfg.budget} (raise num_questions)")
-    write_jsonl(out / "sft.jsonl", [metrics_lib.example_to_json(ex) for ex in selected])
+    write_sft_set(cfg, "tailor", selected, out / "sft.jsonl")
     set_metrics = metrics_lib.compute_metrics(selected, task, scorer=scorer, prompt_style=cfg.prompt_style)
     analysis_path = Path(cfg.run_dir) / "analyse" / "summary.json"
     skipped = json.loads(analysis_path.read_text()).get("skipped") if analysis_path.is_file() else "analyse not run"
@@ -571,7 +530,8 @@ def curate(cfg: TailorConfig, synthesis: SynthesizeResult) -> CurateResult:
     _write_json(out / "report.json", report)
     (out / "report.md").write_text(curate_markdown(report))
     _mark_done(cfg, "curate")
-    _say(f"curate: {len(selected)} demonstrations from {len(set_metrics['primitive_mix'])} primitives -> {out / 'sft.jsonl'}")
+    _say(f"curate: {len(selected)} demonstrations from {len(set_metrics['primitive_mix'])} primitives -> {out / 'sft.jsonl'} "
+         f"and TFDS config 'tailor' in {sft_data_dir(cfg)}")
     return CurateResult(selected, report)
 
 
@@ -646,7 +606,7 @@ def run_baselines(cfg: TailorConfig) -> dict[str, dict]:
                            max_new_tokens=bcfg.max_new_tokens, temperature=bcfg.temperature,
                            prompt_style=cfg.prompt_style, seed=cfg.seed)
         examples = baselines_lib.build_baseline(name, task, questions, cfg.budget, **options)
-        write_jsonl(out / f"{name}.jsonl", [metrics_lib.example_to_json(ex) for ex in examples])
+        write_sft_set(cfg, name, examples, out / f"{name}.jsonl")
         if examples:
             results[name] = metrics_lib.compute_metrics(examples, task, scorer=scorer, prompt_style=cfg.prompt_style)
         _say(f"baseline {name}: {len(examples)} demonstrations -> {out / (name + '.jsonl')}")
