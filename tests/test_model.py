@@ -107,6 +107,67 @@ def test_remat_gives_same_loss_and_gradients():
     for x, y in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
         np.testing.assert_allclose(x, y, atol=1e-6)
 
+def test_shared_prefix_forward_equals_full_rows_with_gradients():
+    # 2 left-padded prompts of 7 slots, 5 rows continuing them (row 3 from prompt 0 again), 20-token
+    # continuations with padding at the end; chunk 8 makes the continuation attention chunked.
+    model = create_model(CONFIG.replace(attention_query_chunk=8), seed=4)
+    rng = np.random.default_rng(8)
+    p, c = 7, 20
+    prompt_mask = np.ones((2, p), bool)
+    prompt_mask[1, :3] = False
+    prompt_tokens = jnp.asarray(rng.integers(0, CONFIG.vocab_size, (2, p)), jnp.int32)
+    prompt_positions = np.maximum(np.cumsum(prompt_mask, 1) - 1, 0)
+    row_prompt = np.array([0, 1, 1, 0, 1])
+    tokens = jnp.asarray(rng.integers(0, CONFIG.vocab_size, (5, c)), jnp.int32)
+    mask = np.arange(c)[None] < np.array([20, 12, 20, 3, 1])[:, None]
+    positions = prompt_mask.sum(1)[row_prompt][:, None] + np.arange(c)[None]
+    weights = jnp.asarray(rng.normal(size=(5, c, CONFIG.hidden_size)) * mask[..., None], jnp.float32)
+
+    def shared(model):
+        prompt_hidden, hidden = model.shared_prefix_forward(
+            prompt_tokens, jnp.asarray(prompt_positions), jnp.asarray(prompt_mask), jnp.asarray(row_prompt),
+            tokens, jnp.asarray(positions), jnp.asarray(mask))
+        last = prompt_hidden[row_prompt, -1]
+        return (hidden * weights).sum() + (last * weights[:, 0]).sum(), (hidden, last)
+
+    def full(model):
+        rows = jnp.concatenate([prompt_tokens[row_prompt], tokens], axis=1)
+        hidden, _ = model(rows, jnp.asarray(np.concatenate([prompt_positions[row_prompt], positions], 1)),
+                          attention_mask=jnp.asarray(np.concatenate([prompt_mask[row_prompt], mask], 1)), return_hidden=True)
+        return (hidden[:, p:] * weights).sum() + (hidden[:, p - 1] * weights[:, 0]).sum(), (hidden[:, p:], hidden[:, p - 1])
+
+    (l1, (h1, last1)), g1 = nnx.jit(nnx.value_and_grad(shared, has_aux=True))(model)
+    (l2, (h2, last2)), g2 = nnx.jit(nnx.value_and_grad(full, has_aux=True))(model)
+    np.testing.assert_allclose(np.asarray(h1)[mask], np.asarray(h2)[mask], atol=1e-5)
+    np.testing.assert_allclose(last1, last2, atol=1e-5)
+    np.testing.assert_allclose(l1, l2, rtol=1e-5)
+    for x, y in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(x, y, atol=1e-5 * float(np.abs(y).max()))
+
+
+def test_causal_query_chunks_give_same_loss_and_gradients():
+    # 45 tokens in chunks of 16 (the last one short), with left padding and two packed segments.
+    tokens = _tokens(2, 45, seed=7)
+    mask = np.ones((2, 45), bool)
+    mask[1, :9] = False
+    segments = jnp.asarray(np.where(np.arange(45) < 30, 1, 2)[None].repeat(2, 0) * mask)
+    positions = jnp.asarray(np.where(np.arange(45) < 30, np.arange(45), np.arange(45) - 30)[None].repeat(2, 0))
+
+    def loss(model):
+        logits, _ = model(tokens, positions, attention_mask=jnp.asarray(mask), segment_ids=segments)
+        scored = mask[:, :-1] & mask[:, 1:]  # padding rows attend nothing; their logits are never used
+        return -(token_logprobs(logits[:, :-1], tokens[:, 1:]) * scored).mean()
+
+    whole = create_model(CONFIG.replace(attention_query_chunk=0), seed=3)
+    chunked = create_model(CONFIG.replace(attention_query_chunk=16), seed=3)
+    value_and_grad = nnx.jit(nnx.value_and_grad(loss))
+    l1, g1 = value_and_grad(whole)
+    l2, g2 = value_and_grad(chunked)
+    np.testing.assert_allclose(l1, l2, rtol=1e-6)
+    for x, y in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(x, y, atol=1e-6)
+
+
 
 def test_bfloat16_policy_and_hidden_output():
     tokens = _tokens(2, 5, seed=7)

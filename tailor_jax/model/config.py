@@ -48,6 +48,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     dtype: str = "float32"
     remat: bool = False
+    attention_query_chunk: int = 64  # causal query chunk of the cache-free forward (0: one block)
     architecture: str = "qwen2"
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
@@ -63,6 +64,8 @@ class ModelConfig:
             raise TailorError(
                 f"unknown architecture {self.architecture!r}: use one of {', '.join(ARCHITECTURES)}"
             )
+        if self.attention_query_chunk < 0:
+            raise TailorError(f"model config: attention_query_chunk must be >= 0, got {self.attention_query_chunk}")
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
                      "num_kv_heads", "head_dim", "max_position_embeddings"):
             if int(getattr(self, name)) <= 0:

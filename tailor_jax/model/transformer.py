@@ -79,6 +79,37 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
+def grouped_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, causal_chunk: int = 0, key_offset: int = 0
+) -> jax.Array:
+    """Softmax attention of q [B, T, Hkv, G, D] over k/v [B, S, Hkv, D] where mask [B, T, S] allows.
+
+    With `causal_chunk` > 0 the mask must be causal past the first `key_offset` keys (query t never
+    sees key s > key_offset + t, as in every forward pass without a cache): queries are processed in
+    chunks of that many rows and chunk i reads only the keys up to its last row. That skips the masked upper triangle, about half the
+    score matrix, and keeps each chunk's scores small; on CPU, where attention over a few hundred
+    tokens is bound by memory traffic, it roughly halves the time of a training step's attention.
+    Scores, softmax and its statistics are float32.
+    """
+    length, keys = q.shape[1], k.shape[1]
+    dt = q.dtype
+    scale = q.shape[-1] ** -0.5
+    q = jnp.transpose(q, (0, 2, 3, 1, 4))  # [B, Hkv, G, T, D]: batched matmuls need no further transposes
+    k, v = jnp.transpose(k, (0, 2, 1, 3)), jnp.transpose(v, (0, 2, 1, 3))  # [B, Hkv, S, D]
+    step = causal_chunk if 0 < causal_chunk < length else length
+    outs = []
+    for start in range(0, length, step):
+        end = min(start + step, length)
+        seen = key_offset + end if step < length else keys  # causal: chunk [start, end) needs keys [0, offset + end)
+        scores = jnp.einsum("bkgtd,bksd->bkgts", q[:, :, :, start:end], k[:, :, :seen],
+                            preferred_element_type=jnp.float32) * scale
+        scores = jnp.where(mask[:, None, None, start:end, :seen], scores, _MASKED)
+        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+        outs.append(jnp.einsum("bkgts,bksd->bkgtd", probs, v[:, :, :seen]))
+    out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
+    return jnp.transpose(out, (0, 3, 1, 2, 4))  # [B, T, Hkv, G, D]
+
+
 def _param(rngs: nnx.Rngs, shape: tuple[int, ...], fan_in: int | None, dtype, axes: tuple[str, ...]) -> nnx.Param:
     """Normal init with std 1/sqrt(fan_in) (zeros when fan_in is None), tagged with logical axes."""
     if fan_in is None:
@@ -129,13 +160,18 @@ class Attention(nnx.Module):
         sin: jax.Array,
         mask: jax.Array,  # bool [B, T, S]: query t may attend key slot s
         cache: tuple[jax.Array, jax.Array, int, jax.Array] | None,  # (k_all, v_all, layer, index)
-    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        prefix: tuple[jax.Array, jax.Array] | None = None,  # keys/values [B, P, Hkv, D] before this call's
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """Output [B, T, H], and the updated cache (k_all, v_all) or, without a cache, this call's
+        rotated keys and values [B, T, Hkv, D]."""
         cfg = self.config
         batch, length, _ = x.shape
         q = apply_rope(self._project(x, "q", "act_heads"), cos, sin)
         k = apply_rope(self._project(x, "k", "act_kv_heads"), cos, sin)
         v = self._project(x, "v", "act_kv_heads")
-        new_cache = None
+        new_cache = (k, v)
+        if prefix is not None:
+            k, v = jnp.concatenate([prefix[0], k], axis=1), jnp.concatenate([prefix[1], v], axis=1)
         if cache is not None:
             k_all, v_all, layer, index = cache
             k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), (layer, 0, index, 0, 0))
@@ -145,11 +181,10 @@ class Attention(nnx.Module):
         # Grouped-query attention without repeating K/V: queries become [B, T, Hkv, G, D].
         groups = cfg.num_heads // cfg.num_kv_heads
         q = q.reshape(batch, length, cfg.num_kv_heads, groups, cfg.head_dim)
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-        scores = scores * (cfg.head_dim**-0.5)
-        scores = jnp.where(mask[:, None, None, :, :], scores, _MASKED)
-        probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(batch, length, cfg.num_heads, cfg.head_dim)
+        chunk = cfg.attention_query_chunk if cache is None else 0
+        offset = 0 if prefix is None else prefix[0].shape[1]
+        out = grouped_attention(q, k, v, mask, causal_chunk=chunk, key_offset=offset)
+        out = out.reshape(batch, length, cfg.num_heads, cfg.head_dim)
         y = jnp.einsum("btnd,ndh->bth", out, self.o_kernel[...].astype(x.dtype))
         if cfg.attention_out_bias:
             y = y + self.o_bias[...].astype(x.dtype)
@@ -179,8 +214,8 @@ class DecoderLayer(nnx.Module):
         self.post_attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, pd)
         self.mlp = MLP(config, rngs)
 
-    def __call__(self, x, cos, sin, mask, cache):
-        attn_out, new_cache = self.attn(self.input_norm(x), cos, sin, mask, cache)
+    def __call__(self, x, cos, sin, mask, cache, prefix=None):
+        attn_out, new_cache = self.attn(self.input_norm(x), cos, sin, mask, cache, prefix)
         x = constrain(x + attn_out, ("batch", "length", "act_embed"))
         x = constrain(x + self.mlp(self.post_attn_norm(x)), ("batch", "length", "act_embed"))
         return x, new_cache
@@ -188,6 +223,15 @@ class DecoderLayer(nnx.Module):
 
 def _layer_no_cache(layer: DecoderLayer, x, cos, sin, mask):
     return layer(x, cos, sin, mask, None)[0]
+
+
+def _layer_with_prefix(layer: DecoderLayer, x, cos, sin, mask, prefix):
+    return layer(x, cos, sin, mask, None, prefix)
+
+
+def _rope(cfg: ModelConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(rope_inv_freq(cfg))
+    return jnp.cos(angles), jnp.sin(angles)
 
 
 class Transformer(nnx.Module):
@@ -239,10 +283,7 @@ class Transformer(nnx.Module):
             causal = slots[None, :] <= start + jnp.arange(length, dtype=jnp.int32)[:, None]
             mask = causal[None] & slot_mask[:, None, :]
 
-        inv_freq = jnp.asarray(rope_inv_freq(cfg))
-        angles = positions.astype(jnp.float32)[..., None] * inv_freq
-        cos, sin = jnp.cos(angles), jnp.sin(angles)
-
+        cos, sin = _rope(cfg, positions)
         x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
         x = constrain(x, ("batch", "length", "act_embed"))
         k_all = v_all = None
@@ -262,6 +303,42 @@ class Transformer(nnx.Module):
         if return_hidden:
             return hidden, new_cache
         return self.logits(hidden), new_cache
+
+    def shared_prefix_forward(
+        self,
+        prefix_tokens: jax.Array,  # [U, P] distinct prompts, left-padded
+        prefix_positions: jax.Array,  # [U, P]
+        prefix_mask: jax.Array,  # bool [U, P]
+        row_prefix: jax.Array,  # int [R]: the prompt row r continues
+        tokens: jax.Array,  # [R, C] continuations
+        positions: jax.Array,  # [R, C]
+        mask: jax.Array,  # bool [R, C]
+    ) -> tuple[jax.Array, jax.Array]:
+        """Final-norm hidden states of the prompts [U, P, H] and of their continuations [R, C, H].
+
+        Equal to running each row `prompt | continuation` through the model, but every prompt is
+        computed once however many rows continue it (G completions per prompt in GRPO): each layer
+        runs the prompts, then the continuations attend their prompt's keys/values and their own.
+        Gradients flow into the shared prompt computation from every row that reads it.
+        """
+        cfg = self.config
+        dt = cfg.compute_dtype
+        u, p = prefix_tokens.shape
+        rows, length = tokens.shape
+        prefix_mask, mask = prefix_mask.astype(jnp.bool_), mask.astype(jnp.bool_)
+        causal_p = jnp.tril(jnp.ones((p, p), jnp.bool_))[None] & prefix_mask[:, None, :]
+        causal = jnp.tril(jnp.ones((length, length), jnp.bool_))[None] & mask[:, None, :]
+        row_mask = jnp.concatenate([jnp.broadcast_to(prefix_mask[row_prefix][:, None, :], (rows, length, p)), causal], axis=2)
+        cos_p, sin_p = _rope(cfg, prefix_positions)
+        cos, sin = _rope(cfg, positions)
+        embed = self.embed[...]
+        xp = constrain(jnp.take(embed, prefix_tokens.astype(jnp.int32), axis=0).astype(dt), ("batch", "length", "act_embed"))
+        x = constrain(jnp.take(embed, tokens.astype(jnp.int32), axis=0).astype(dt), ("batch", "length", "act_embed"))
+        run = nnx.remat(_layer_with_prefix) if cfg.remat else _layer_with_prefix
+        for layer in self.layers:
+            xp, (k, v) = run(layer, xp, cos_p, sin_p, causal_p, None)
+            x, _ = run(layer, x, cos, sin, row_mask, (k[row_prefix], v[row_prefix]))
+        return self.final_norm(xp), self.final_norm(x)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """float32 logits [B, T, V] from final-norm hidden states [B, T, H]."""
