@@ -59,14 +59,29 @@ def base_overrides(init_dir: Path, run_dir: Path) -> list[str]:
 
 # --- pure pieces -----------------------------------------------------------------------------
 def test_build_rows_layout():
-    rows = gt.build_rows([[5, 6, 7], [8]], np.array([[1, 2, 0], [3, 0, 0]]), np.array([2, 1]), pad_id=0)
-    p = rows["tokens"].shape[1] - 3
-    assert rows["tokens"][0, p - 3 : p].tolist() == [5, 6, 7] and rows["tokens"][1, p - 1] == 8
-    assert rows["tokens"][0, p:].tolist() == [1, 2, 0]
-    assert rows["completion_mask"].tolist() == [[1, 1, 0], [1, 0, 0]]
-    assert rows["positions"][0, p - 3 : p + 2].tolist() == [0, 1, 2, 3, 4]
-    assert rows["positions"][1, p - 1 : p + 1].tolist() == [0, 1]
-    assert not rows["attention_mask"][1, : p - 1].any()
+    rows = gt.build_rows([[5, 6, 7], [8], [5, 6, 7]], np.array([[1, 2, 0], [3, 0, 0], [4, 4, 4]]), np.array([2, 1, 3]), pad_id=0)
+    p = rows["prompt_tokens"].shape[1]
+    assert rows["prompt_tokens"].shape == (2, p)  # the repeated prompt is stored once
+    assert rows["row_prompt"].tolist() == [0, 1, 0]
+    assert rows["prompt_tokens"][0, p - 3 :].tolist() == [5, 6, 7] and rows["prompt_tokens"][1, p - 1] == 8
+    assert not rows["prompt_mask"][1, : p - 1].any() and rows["prompt_mask"][0, p - 3 :].all()
+    assert rows["prompt_positions"][0, p - 3 :].tolist() == [0, 1, 2]
+    assert rows["tokens"][0].tolist() == [1, 2, 0]
+    assert rows["completion_mask"].tolist() == [[1, 1, 0], [1, 0, 0], [1, 1, 1]]
+    assert rows["positions"][0].tolist() == [3, 4, 5] and rows["positions"][1].tolist() == [1, 2, 3]
+
+
+def test_micro_batches_carry_the_prompts_their_rows_read():
+    rows = gt.build_rows([[5], [5], [6, 7], [6, 7], [9], [9]], np.arange(12).reshape(6, 2), np.full(6, 2), pad_id=0)
+    rows["advantages"] = np.arange(6, dtype=np.float32)
+    first, second = gt.pack_micro_batches(rows, np.array([0, 2, 3, 5]), micro=2, prompt_slots=2)
+    assert first["tokens"].tolist() == [[0, 1], [4, 5]]
+    assert first["prompt_tokens"][first["row_prompt"], -1].tolist() == [5, 7]
+    assert second["prompt_tokens"][second["row_prompt"], -1].tolist() == [7, 9]
+    one = gt.pack_micro_batches(rows, np.array([0, 1]), micro=2, prompt_slots=2)[0]
+    assert one["row_prompt"].tolist() == [0, 0] and not one["prompt_mask"][1].any()  # unused slot is padding
+    with pytest.raises(TailorError, match="prompt slots"):
+        gt.pack_micro_batches(rows, np.array([0, 2, 4]), micro=3, prompt_slots=2)
 
 
 def test_filtering_drops_small_advantages_and_shrinks_the_update():
@@ -110,6 +125,14 @@ def test_micro_batch_accumulation_equals_one_batch(init_dir, loss_agg):
     rows["advantages"] = rng.normal(size=n).astype(np.float32)
     logp_fn = jax.jit(gt.make_logp_fn(graphdef, 1.0))
     old = np.asarray(logp_fn(state.params, state.rest, {k: jnp.asarray(v) for k, v in rows.items()}))
+    # the shared-prompt forward gives the log-probs of each row run whole: prompt | completion
+    full = jnp.concatenate([rows["prompt_tokens"][rows["row_prompt"]], rows["tokens"]], axis=1)
+    full_mask = np.concatenate([rows["prompt_mask"][rows["row_prompt"]], rows["completion_mask"] > 0], axis=1)
+    full_positions = np.concatenate([rows["prompt_positions"][rows["row_prompt"]], rows["positions"]], axis=1)
+    p = rows["prompt_tokens"].shape[1]
+    logits, _ = model(full, jnp.asarray(full_positions), attention_mask=jnp.asarray(full_mask))
+    whole_rows = token_logprobs(logits[:, p - 1 : -1], rows["tokens"])
+    np.testing.assert_allclose(old[rows["completion_mask"] > 0], np.asarray(whole_rows)[rows["completion_mask"] > 0], atol=1e-5)
     rows["old_logp"] = rows["sampler_logp"] = (old + rng.normal(scale=0.05, size=old.shape)).astype(np.float32)
     loss_cfg = gt.LossConfig(loss_agg=loss_agg, epsilon_low=0.1, epsilon_high=0.3)
     acc = jax.jit(gt.make_accumulate_fn(graphdef, loss_cfg, 1.0, c))
@@ -126,8 +149,8 @@ def test_micro_batch_accumulation_equals_one_batch(init_dir, loss_agg):
 
     # and the accumulated gradient is the gradient of grpo_loss on the whole batch
     def direct(params):
-        logp = token_logprobs(gt._completion_logits(graphdef, params, state.rest, {k: jnp.asarray(v) for k, v in rows.items()}, c),
-                              jnp.asarray(rows["tokens"][:, -c:]))
+        logp = token_logprobs(gt._completion_logits(graphdef, params, state.rest, {k: jnp.asarray(v) for k, v in rows.items()}),
+                              jnp.asarray(rows["tokens"]))
         return grpo_loss(logp, rows["old_logp"], None, rows["advantages"], rows["completion_mask"],
                          epsilon_low=0.1, epsilon_high=0.3, loss_agg=loss_agg, max_len=c)[0]
 

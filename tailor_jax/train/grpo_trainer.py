@@ -5,7 +5,8 @@ per prompt with the current weights -> rewards -> group advantages -> drop rows 
 |A| <= tau (DASH) BEFORE any trainer forward pass -> pack survivors into micro-batches ->
 reference log-probs (beta > 0 only) -> `num_iterations` optimizer updates, each accumulating
 gradients over the micro-batches. Weights change only after the whole rollout batch, so the
-update is on-policy however small the micro-batches are.
+update is on-policy however small the micro-batches are. Every trainer forward computes each
+prompt once for all the rows that continue it (`build_rows`, `Transformer.shared_prefix_forward`).
 
 Micro-batch losses are weighted by their share of the FULL rollout batch's denominator (tokens
 for token_mean, rows otherwise), so with filtering off the accumulated update equals plain GRPO
@@ -203,26 +204,34 @@ def step_records(cfg: GRPOConfig, step: int, round_: int, pool: Sequence[dict] |
     return list(islice(task.generate(n, seed), n))
 
 
+PROMPT_KEYS = ("prompt_tokens", "prompt_positions", "prompt_mask")  # per distinct prompt; other keys are per row
+
+
 def build_rows(
     prompt_ids: Sequence[Sequence[int]], completions: np.ndarray, lengths: np.ndarray, pad_id: int
 ) -> Rows:
-    """Trainer rows: left-padded prompt | completion | padding, as [N, P + C] arrays.
+    """Trainer rows in the shared-prompt layout: each distinct prompt once, each row its completion.
 
-    completions: [N, C] sampled ids (padding after each row's length). The completion occupies
-    columns P .. P+C-1 of every row, so its log-probs are read at columns P-1 .. P+C-2.
+    Per distinct prompt u (left-padded to P): `prompt_tokens`, `prompt_positions`, `prompt_mask`
+    [U, P]. Per row n: `row_prompt` [N] (its prompt u), the completion `tokens` [N, C] with
+    `positions` continuing the prompt's, and `completion_mask` [N, C] (1 up to the row's length).
+    The G rows of a group read one prompt, so the trainer computes it once (see
+    `Transformer.shared_prefix_forward`).
     """
     n, c = completions.shape
-    p = bucket(max(len(ids) for ids in prompt_ids), minimum=16)
-    tokens = np.full((n, p + c), pad_id, np.int32)
-    mask = np.zeros((n, p + c), bool)
-    for i, ids in enumerate(prompt_ids):
-        tokens[i, p - len(ids) : p] = ids
-        mask[i, p - len(ids) : p] = True
-    tokens[:, p:] = completions
+    distinct: dict[tuple[int, ...], int] = {}
+    row_prompt = np.array([distinct.setdefault(tuple(int(t) for t in ids), len(distinct)) for ids in prompt_ids], np.int32)
+    p = bucket(max(len(ids) for ids in distinct), minimum=16)
+    prompt_tokens = np.full((len(distinct), p), pad_id, np.int32)
+    prompt_mask = np.zeros((len(distinct), p), bool)
+    for u, ids in enumerate(distinct):
+        prompt_tokens[u, p - len(ids) :] = ids
+        prompt_mask[u, p - len(ids) :] = True
+    prompt_positions = np.maximum(np.cumsum(prompt_mask, axis=1) - 1, 0).astype(np.int32)
     completion_mask = np.arange(c)[None, :] < np.asarray(lengths)[:, None]
-    mask[:, p:] = completion_mask
-    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32)
-    return {"tokens": tokens, "positions": positions, "attention_mask": mask,
+    positions = (prompt_mask.sum(axis=1)[row_prompt][:, None] + np.arange(c)[None, :]).astype(np.int32)
+    return {"prompt_tokens": prompt_tokens, "prompt_positions": prompt_positions, "prompt_mask": prompt_mask,
+            "row_prompt": row_prompt, "tokens": np.asarray(completions, np.int32), "positions": positions,
             "completion_mask": completion_mask.astype(np.float32)}
 
 
@@ -234,15 +243,35 @@ def select_rows(advantages: np.ndarray, tau: float, enabled: bool) -> np.ndarray
     return keep if len(keep) else np.array([int(np.argmax(np.abs(advantages)))])
 
 
-def pack_micro_batches(rows: Rows, index: np.ndarray, micro: int) -> list[Rows]:
+def _take_prompts(rows: Rows, row_prompt: np.ndarray, slots: int) -> Rows:
+    """The prompts `row_prompt` refers to, packed into `slots` slots (the rest all-padding), and
+    `row_prompt` renumbered to them."""
+    used = np.unique(row_prompt)
+    if len(used) > slots:
+        raise TailorError(f"a micro-batch reads {len(used)} prompts but has {slots} prompt slots")
+    take = np.concatenate([used, np.full(slots - len(used), used[0])])
+    out = {k: rows[k][take] for k in PROMPT_KEYS}
+    out["prompt_mask"][len(used) :] = False
+    out["row_prompt"] = np.searchsorted(used, row_prompt).astype(np.int32)
+    return out
+
+
+def pack_micro_batches(rows: Rows, index: np.ndarray, micro: int, prompt_slots: int | None = None) -> list[Rows]:
     """Gather `index` rows into micro-batches of `micro` rows; the last one is padded with
-    all-masked copies of a real row (zero weight, zero advantage)."""
+    all-masked copies of a real row (zero weight, zero advantage). Each micro-batch carries the
+    prompts its rows read in `prompt_slots` slots (default min(micro, number of prompts); keep it
+    fixed so every micro-batch has one shape)."""
+    shared = "row_prompt" in rows
+    if shared and prompt_slots is None:
+        prompt_slots = min(micro, len(rows["prompt_tokens"]))
     batches = []
     for start in range(0, len(index), micro):
         part = index[start : start + micro]
         fill = micro - len(part)
         take = np.concatenate([part, np.full(fill, part[0])])
-        batch = {k: v[take] for k, v in rows.items()}
+        batch = {k: v[take] for k, v in rows.items() if k not in PROMPT_KEYS}
+        if shared:
+            batch.update(_take_prompts(rows, batch["row_prompt"], prompt_slots))
         if fill:
             batch["completion_mask"] = batch["completion_mask"].copy()
             batch["completion_mask"][len(part) :] = 0.0
@@ -253,7 +282,8 @@ def pack_micro_batches(rows: Rows, index: np.ndarray, micro: int) -> list[Rows]:
 
 
 def place_rows(rows: Rows, mesh, rules) -> dict[str, jax.Array]:
-    """Put host rows (identical on every process) on the mesh, split along the batch axis."""
+    """Put host rows (identical on every process) on the mesh, split along the batch axis
+    (rows and prompts alike)."""
     return {
         k: jax.device_put(v, logical_sharding(("batch",) + (None,) * (v.ndim - 1), mesh, rules, v.shape))
         for k, v in rows.items()
@@ -262,20 +292,23 @@ def place_rows(rows: Rows, mesh, rules) -> dict[str, jax.Array]:
 
 # ---------------------------------------------------------------------------------------
 # Jitted pieces.
-def _completion_logits(graphdef, params, rest, batch, completion_len: int) -> jax.Array:
+def _completion_logits(graphdef, params, rest, batch) -> jax.Array:
+    """float32 logits [N, C, V] predicting each completion token: the first from its prompt's last
+    position, the others from the completion itself (no vocabulary projection at prompt positions)."""
     model = nnx.merge(graphdef, params, rest)
-    hidden, _ = model(batch["tokens"], batch["positions"], attention_mask=batch["attention_mask"], return_hidden=True)
-    start = batch["tokens"].shape[1] - completion_len - 1
-    return model.logits(hidden[:, start : start + completion_len])  # no vocab projection at prompt positions
+    prompt_hidden, hidden = model.shared_prefix_forward(
+        batch["prompt_tokens"], batch["prompt_positions"], batch["prompt_mask"], batch["row_prompt"],
+        batch["tokens"], batch["positions"], batch["completion_mask"] > 0,
+    )
+    first = prompt_hidden[batch["row_prompt"], -1][:, None]
+    return model.logits(jnp.concatenate([first, hidden[:, :-1]], axis=1))
 
 
 def make_logp_fn(graphdef, temperature: float):
     """`logp(params, rest, batch) -> [n, C]` log-probs of the completion tokens."""
 
     def logp_fn(params, rest, batch):
-        c = batch["completion_mask"].shape[1]
-        logits = _completion_logits(graphdef, params, rest, batch, c)
-        return token_logprobs(logits, batch["tokens"][:, -c:], temperature)
+        return token_logprobs(_completion_logits(graphdef, params, rest, batch), batch["tokens"], temperature)
 
     return logp_fn
 
@@ -284,11 +317,10 @@ def make_accumulate_fn(graphdef, loss_cfg: LossConfig, temperature: float, max_l
     """`acc(grads, params, rest, batch, weight) -> (grads + weight * dloss, metrics)` for one micro-batch."""
 
     def loss_fn(params, rest, batch, weight):
-        c = batch["completion_mask"].shape[1]
-        logits = _completion_logits(graphdef, params, rest, batch, c)
+        logits = _completion_logits(graphdef, params, rest, batch)
         # One log-softmax over the vocabulary serves the log-probs and the entropy.
         all_logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
-        logp = jnp.take_along_axis(all_logp, batch["tokens"][:, -c:, None].astype(jnp.int32), axis=-1)[..., 0]
+        logp = jnp.take_along_axis(all_logp, batch["tokens"][..., None].astype(jnp.int32), axis=-1)[..., 0]
         mask = batch["completion_mask"]
         weights = None
         if loss_cfg.tis_cap is not None:
@@ -453,6 +485,8 @@ def train(cfg: GRPOConfig) -> GRPOResult:
     shards = data_parallel_size(mesh, rules)
     if micro % shards:
         raise TailorError(f"dash.micro_batch_size ({micro}) must be a multiple of the {shards}-way data parallelism")
+    # Prompts are split over the batch axes like rows; a fixed slot count keeps one compiled program.
+    prompt_slots = -(-min(micro, cfg.rollout.prompts_per_step) // shards) * shards
     model, tokenizer = load_policy(cfg, mesh, rules)
     run_dir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
@@ -519,7 +553,7 @@ def train(cfg: GRPOConfig) -> GRPOResult:
                 rows_np.update(advantages=advantages.astype(np.float32), sampler_logp=rollout.logprobs.astype(np.float32),
                                old_logp=rollout.logprobs.astype(np.float32))
                 keep = select_rows(advantages, cfg.dash.tau, cfg.dash.filter)
-                micro_batches = pack_micro_batches(rows_np, keep, micro)
+                micro_batches = pack_micro_batches(rows_np, keep, micro, prompt_slots)
                 total_tokens = max(float(rows_np["completion_mask"].sum()), 1.0)
                 weights = [
                     float(b["completion_mask"].sum()) / total_tokens if cfg.loss.loss_agg == "token_mean" else micro / len(advantages)
