@@ -6,8 +6,11 @@ rows and each of the B * G rows keeps only its own completion keys/values. Atten
 softmax over both parts. Decode on CPU is bound by reading the cache, so this halves or better
 the attention cost of the `sample` workload.
 
-The step reuses the model's own parameters, norms, MLP, rotary embedding and lm head; only the
-attention wiring for one new token per row is written here. Tests check it against Hugging Face
+The step reuses the model's own parameters, norms, rotary embedding and lm head. A decode step
+multiplies only a few rows, so on CPU its time goes to the number of operations rather than to
+arithmetic: `fuse_decode_weights` joins each layer's q/k/v kernels into one and its gate/up
+kernels into one, once per sampler call, so a layer runs two projections instead of five.
+Only the attention and MLP wiring for one new token per row is written here. Tests check it against Hugging Face
 greedy decoding and against the model's own cached path (`Sampler(..., share_prompt_cache=False)`).
 """
 
@@ -68,16 +71,44 @@ def grow_completion_cache(cache: CompletionCache, capacity: int) -> CompletionCa
     )
 
 
-def _project(attn, x: jax.Array, name: str) -> jax.Array:
-    """x [R, 1, H] -> [R, 1, heads, head_dim] with the model's kernel (and bias)."""
-    y = jnp.einsum("bth,hnd->btnd", x, getattr(attn, f"{name}_kernel")[...].astype(x.dtype))
-    if attn.config.attention_bias:
-        y = y + getattr(attn, f"{name}_bias")[...].astype(x.dtype)
-    return y
+@struct.dataclass
+class DecodeWeights:
+    """Per layer: q/k/v kernels joined per KV head, [H, Hkv, G + 2, D] (q heads of the group, then
+    k, then v; biases [Hkv, G + 2, D] or None), and gate/up kernels joined, [H, 2, F]. Heads and
+    MLP columns keep their own axes, so a tensor-parallel layout of the model carries over."""
+
+    qkv: tuple[jax.Array, ...]
+    qkv_bias: tuple[jax.Array, ...] | None
+    gate_up: tuple[jax.Array, ...]
+
+
+def _per_kv_head(x: jax.Array, kv_heads: int, axis: int) -> jax.Array:
+    """Split the heads axis of x into [kv_heads, heads // kv_heads] (head n -> kv head n // G)."""
+    return x.reshape(x.shape[:axis] + (kv_heads, x.shape[axis] // kv_heads) + x.shape[axis + 1 :])
+
+
+def fuse_decode_weights(model: Transformer) -> DecodeWeights:
+    cfg = model.config
+    kv = cfg.num_kv_heads
+    qkv, biases, gate_up = [], [], []
+    for layer in model.layers:
+        attn = layer.attn
+        q = _per_kv_head(attn.q_kernel[...], kv, 1)  # [H, Hkv, G, D]
+        qkv.append(constrain(
+            jnp.concatenate([q, attn.k_kernel[...][:, :, None], attn.v_kernel[...][:, :, None]], axis=2),
+            ("embed", "kv_heads", None, "head_dim"),
+        ))
+        if cfg.attention_bias:
+            qb = _per_kv_head(attn.q_bias[...], kv, 0)
+            biases.append(jnp.concatenate([qb, attn.k_bias[...][:, None], attn.v_bias[...][:, None]], axis=1))
+        mlp = layer.mlp
+        gate_up.append(constrain(jnp.stack([mlp.gate_kernel[...], mlp.up_kernel[...]], axis=1), ("embed", None, "mlp")))
+    return DecodeWeights(qkv=tuple(qkv), qkv_bias=tuple(biases) if cfg.attention_bias else None, gate_up=tuple(gate_up))
 
 
 def decode_step(
     model: Transformer,
+    weights: DecodeWeights,
     tokens: jax.Array,  # int32 [R]
     positions: jax.Array,  # int32 [R]
     prompt: PromptCache,
@@ -107,9 +138,12 @@ def decode_step(
     for i, layer in enumerate(model.layers):
         attn = layer.attn
         h = layer.input_norm(x)
-        q = apply_rope(_project(attn, h, "q"), cos, sin)[:, 0]  # [R, Hq, D]
-        k = apply_rope(_project(attn, h, "k"), cos, sin)[:, 0]  # [R, Hkv, D]
-        v = _project(attn, h, "v")[:, 0]
+        qkv = jnp.einsum("bth,hkjd->btkjd", h, weights.qkv[i].astype(dt))  # [R, 1, Hkv, G + 2, D]
+        if cfg.attention_bias:
+            qkv = qkv + weights.qkv_bias[i].astype(dt)
+        q = apply_rope(qkv[:, :, :, :q_per_kv].reshape(rows, 1, cfg.num_heads, head_dim), cos, sin)[:, 0]
+        k = apply_rope(qkv[:, :, :, q_per_kv], cos, sin)[:, 0]  # [R, Hkv, D]
+        v = qkv[:, 0, :, q_per_kv + 1]
         own_k = jax.lax.dynamic_update_slice(completion.k[i], k[:, :, :, None].astype(completion.k[i].dtype),
                                              (0, 0, 0, index))
         own_v = jax.lax.dynamic_update_slice(completion.v[i], v[:, :, None, :].astype(completion.v[i].dtype),
@@ -142,6 +176,9 @@ def decode_step(
         if cfg.attention_out_bias:
             y = y + attn.o_bias[...].astype(dt)
         x = constrain(x + y, ("batch", "length", "act_embed"))
-        x = constrain(x + layer.mlp(layer.post_attn_norm(x)), ("batch", "length", "act_embed"))
+        gate_up = jnp.einsum("bth,hjf->btjf", layer.post_attn_norm(x), weights.gate_up[i].astype(dt))
+        hidden = constrain(jax.nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1], ("batch", "length", "act_mlp"))
+        x = constrain(x + jnp.einsum("btf,fh->bth", hidden, layer.mlp.down_kernel[...].astype(dt)),
+                      ("batch", "length", "act_embed"))
     logits = model.logits(model.final_norm(x))[:, 0]
     return logits, CompletionCache(k=tuple(new_k), v=tuple(new_v), index=index + 1)
