@@ -160,13 +160,18 @@ def trace_steps(trace: str) -> list[str]:
     return [s.strip() for line in trace.split("\n") for s in _SENTENCE.split(line) if s.strip()]
 
 
-def step_state(record: dict, step: str) -> tuple[str, int | None]:
-    """(template, values) of one step; see the module docstring."""
+def _state_tables(record: dict) -> tuple[dict[str, int], dict[str, int], set[str]]:
+    """(symbol -> value, name -> index, letters kept as they are) of a record, for `step_state`."""
     symbols = record.get("symbols") if isinstance(record.get("symbols"), dict) else {}
-    symbol_value = {s: int(v) for v, s in symbols.items()}
     names = record.get("names") if isinstance(record.get("names"), list) else []
-    name_index = {str(name): i for i, name in enumerate(names)}
     keep_letters = {"x", "y"} if record.get("task") == "gf" else set()
+    return {s: int(v) for v, s in symbols.items()}, {str(name): i for i, name in enumerate(names)}, keep_letters
+
+
+def step_state(record: dict, step: str, tables: tuple | None = None) -> tuple[str, int | None]:
+    """(template, values) of one step; see the module docstring. `tables` is `_state_tables(record)`
+    when the caller already has it."""
+    symbol_value, name_index, keep_letters = tables or _state_tables(record)
     template, values = [], []
     for position, token in enumerate(_TOKEN.findall(step)):
         if token in symbol_value:
@@ -188,7 +193,8 @@ def step_state(record: dict, step: str) -> tuple[str, int | None]:
 
 
 def trace_states(record: dict, trace: str) -> set[tuple[str, int | None]]:
-    return {step_state(record, step) for step in trace_steps(trace)}
+    tables = _state_tables(record)
+    return {step_state(record, step, tables) for step in trace_steps(trace)}
 
 
 def reachable_states(task_name: str, records: Iterable[dict]) -> set[tuple[str, int | None]] | None:
@@ -315,8 +321,10 @@ def compute_metrics(
     *,
     scorer: ModelScorer | None = None,
     prompt_style: str = "plain",
+    reachable: set | None = None,
 ) -> dict:
-    """Every metric of the module docstring for one SFT set (all of one task)."""
+    """Every metric of the module docstring for one SFT set (all of one task). `reachable`: the
+    reachable states of the set's questions when the caller has them already."""
     from tailor_jax.primitives import all_primitives
 
     if not examples:
@@ -351,7 +359,8 @@ def compute_metrics(
         metrics["embedding"] = "tfidf_char3"
         metrics["embedding_distance"] = mean_pairwise_cosine_distance(tfidf_char_embeddings(texts))
     questions = {question_key(ex.record): ex.record for ex in examples}
-    reachable = reachable_states(task_name, questions.values())
+    if reachable is None:
+        reachable = reachable_states(task_name, questions.values())
     reached = set().union(*(trace_states(ex.record, trace_of(ex.completion)) for ex in examples))
     if reachable:
         metrics["reasoning_state_coverage"] = len(reached & reachable) / len(reachable)

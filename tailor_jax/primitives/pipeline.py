@@ -511,7 +511,9 @@ def curate(cfg: TailorConfig, synthesis: SynthesizeResult) -> CurateResult:
         log.warning("curate: only %d demonstrations for a budget of %d", len(selected), cfg.budget)
         _say(f"curate: warning: only {len(selected)} demonstrations for a budget of {cfg.budget} (raise num_questions)")
     write_sft_set(cfg, "tailor", selected, out / "sft.jsonl")
-    set_metrics = metrics_lib.compute_metrics(selected, task, scorer=scorer, prompt_style=cfg.prompt_style)
+    selected_questions = {metrics_lib.question_key(ex.record) for ex in selected}
+    set_metrics = metrics_lib.compute_metrics(selected, task, scorer=scorer, prompt_style=cfg.prompt_style,
+                                              reachable=set().union(*(reachable[q] for q in selected_questions)))
     analysis_path = Path(cfg.run_dir) / "analyse" / "summary.json"
     skipped = json.loads(analysis_path.read_text()).get("skipped") if analysis_path.is_file() else "analyse not run"
     report = {
