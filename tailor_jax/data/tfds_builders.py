@@ -25,9 +25,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import io
 import json
 import shutil
-import sys
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -331,8 +331,14 @@ def write_sft_set(task: str, name: str, records: Sequence[dict], data_dir: str |
     path = dataset_path(task, name, data_dir)
     if path.exists():
         shutil.rmtree(path)
-    with contextlib.redirect_stdout(sys.stderr):  # TFDS's "Downloading and preparing" lines: not the caller's output
-        builder(config=name, data_dir=str(data_dir), records=records).download_and_prepare()
+    # A by-product of the Tailor stages: TFDS's "Downloading and preparing" lines and progress bars
+    # would bury the stage summaries, so they are silenced here.
+    tfds.display_progress_bar(False)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            builder(config=name, data_dir=str(data_dir), records=records).download_and_prepare()
+    finally:
+        tfds.display_progress_bar(True)
     return path
 
 
