@@ -94,6 +94,18 @@ def test_roundtrip_bitwise_with_rng_data_and_config(tmp_path):
     assert params_only.rng_key.dtype == jnp.uint32 and np.array_equal(params_only.rng_key, raw_key)
 
 
+def test_relative_directory_saves_and_restores(tmp_path, monkeypatch):
+    # `tailor-jax run configs/quickstart.yaml` checkpoints under the relative runs/quickstart.
+    monkeypatch.chdir(tmp_path)
+    params, opt_state = toy_state()
+    with Checkpointer("runs/x/checkpoints", CheckpointConfig(async_save=True)) as checkpointer:
+        assert checkpointer.save(TrainCheckpoint(3, params, opt_state))
+        checkpointer.wait()
+        restored = checkpointer.restore(TrainCheckpoint(0, abstract_like(params), abstract_like(opt_state)))
+    assert restored.step == 3 and leaves_equal(restored.params, params)
+    assert (tmp_path / "runs/x/checkpoints/3").is_dir()
+
+
 def test_restore_places_arrays_with_target_shardings(tmp_path):
     params, opt_state = toy_state()
     with Checkpointer(tmp_path, SYNC) as checkpointer:

@@ -166,7 +166,9 @@ class Checkpointer:
         *,
         log: Callable[[str], None] = _stderr,
     ):
-        self.directory = epath.Path(directory)
+        # Orbax's array writers require an absolute path; a run_dir given relative to the working
+        # directory (the README's `runs/quickstart`) is made absolute here.
+        self.directory = epath.Path(os.path.abspath(directory))
         self.cfg = cfg
         self._log = log
         policies: list[Any] = [preservation_lib.LatestN(n=cfg.keep)]
