@@ -55,6 +55,7 @@ def test_quickstart_is_the_gf_sft_then_harder_grpo_recipe():
     cfg = run_lib.load_run_config(CONFIGS[0].parent / "quickstart.yaml")
     assert cfg.task == "gf" and cfg.task_options["p"] == 11
     assert cfg.data.train_options["steps"] == "2-5"
+    assert cfg.warm_start.method == "tailor"  # the README's default is the Tailor warm start
     assert cfg.grpo["task_options"]["steps"] == "3-5"  # the longest SFT chains (docs/results.md)
     assert list(cfg.eval.levels) == [3, 4, 5]
 
