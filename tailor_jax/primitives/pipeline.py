@@ -391,7 +391,7 @@ def synthesize(cfg: TailorConfig, discovery: DiscoverResult) -> SynthesizeResult
             for record, prompt, text in zip(chosen, prompts, texts):
                 completion = teacher_lib.strip_instruction(prompt.prefill + text, candidate.description)
                 demos.append(Demo(record, candidate.name, "teacher", completion, candidate.description))
-    write_jsonl(out / "demos.jsonl", [dataclasses.asdict(d) for d in demos])
+    write_jsonl(out / "demos.jsonl", [vars(d) for d in demos])  # shallow: asdict deep-copies every record
     _mark_done(cfg, "synthesize")
     _say(f"synthesize: {len(demos)} demonstrations from {len(discovery.candidates)} candidates")
     return SynthesizeResult(demos)
