@@ -1,6 +1,6 @@
 """The `grpo_step` workload of /work/shared/BENCHMARKS.md: one GRPO optimizer step, tailor-jax vs TRL.
 
-    python benchmarks/grpo_step.py [--runs 3] [--peers trl] [--micro-batch 0] [--trl-micro-batch 4]
+    python benchmarks/grpo_step.py [--runs 3] [--peers trl] [--micro-batch 32] [--trl-micro-batch 4]
 
 One invocation builds the `bench-tiny` Qwen2 checkpoint (HF, random weights, seed 0, plus a
 word-level tokenizer whose word "t<i>" is id i, so that text prompts carry the same ids through
@@ -239,7 +239,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="grpo_step workload: tailor-jax vs TRL GRPOTrainer")
     parser.add_argument("--runs", type=int, default=3, help="timed steps per system (after one warm-up step)")
     parser.add_argument("--peers", default="trl", help="comma list: trl (empty: ours only)")
-    parser.add_argument("--micro-batch", type=int, default=0, help="our rows per micro-batch (0: all 128 at once)")
+    parser.add_argument("--micro-batch", type=int, default=32,
+                        help="our rows per micro-batch (0: all 128 at once; on CPU 32-row micro-batches stay in cache: "
+                             "the update ran 2.2x faster than all 128 at once)")
     parser.add_argument("--trl-micro-batch", type=int, default=4, help="TRL per_device_train_batch_size")
     args = parser.parse_args()
     peers = [p for p in args.peers.split(",") if p]
