@@ -103,6 +103,12 @@ class _Cover:
         self.total += len(cols)
         self.new -= np.asarray(self.columns[:, cols].sum(axis=1), np.float64).ravel()
 
+    def keep(self, rows: np.ndarray) -> None:
+        """Drop every row not in `rows` (the covered columns stay covered)."""
+        self.rows = self.rows[rows]
+        self.columns = self.rows.tocsc()
+        self.new = self.new[rows]
+
 
 def _log_ratio(num: np.ndarray, den: np.ndarray | float) -> np.ndarray:
     """log(num / den), -inf where the ratio is 0 or undefined (a metric that cannot be had)."""
@@ -170,6 +176,13 @@ class _Objective:
             score = score + w.primitives * np.log(self.seen_label.sum() + ~self.seen_label[self.of_label])
         return np.where(np.isnan(score), -np.inf, score)
 
+    def keep(self, rows: np.ndarray) -> None:
+        """Track only the items `rows` from now on (S's totals are kept); item k becomes rows[k]'s."""
+        for cover in (*self.grams, self.states):
+            cover.keep(rows)
+        self.num_grams, self.of_label = self.num_grams[rows], self.of_label[rows]
+        self.unit, self.self_sim, self.dot, self.bonus = self.unit[rows], self.self_sim[rows], self.dot[rows], self.bonus[rows]
+
     def add(self, i: int) -> np.ndarray:
         """Put item i into S; returns cos(e_j, e_i) for every item j."""
         for j, cover in enumerate(self.grams):
@@ -216,14 +229,22 @@ def select_diverse(
     available = np.ones(n, bool)  # not chosen, its question not full, not a near-duplicate
     open_level = np.asarray([quota[item.level] > 0 for item in items])  # its level is below its quota
     max_sim = np.full(n, -np.inf)
+    ids = np.arange(n)  # pool index of each item the loop still tracks
     chosen: list[int] = []
     duplicates = 0
     while available.any() and len(chosen) < budget:
+        if available.sum() < 0.9 * len(ids):
+            # Chosen, full-question and duplicate items never come back: stop paying for them in
+            # every step's scores and similarities (order is kept, so ties still go the same way).
+            rows = np.flatnonzero(available)
+            objective.keep(rows)
+            ids, available, open_level, groups, levels, max_sim = (
+                a[rows] for a in (ids, available, open_level, groups, levels, max_sim))
         if not (available & open_level).any():  # every level gave what it could: fill from any
             open_level[:] = True
         candidates = np.flatnonzero(available & open_level)
         i = int(candidates[np.argmax(objective.scores()[candidates])])
-        chosen.append(i)
+        chosen.append(int(ids[i]))
         available[i] = False
         per_group[groups[i]] += 1
         if per_group[groups[i]] >= max_per_group:
