@@ -18,11 +18,9 @@ import re
 import sys
 from pathlib import Path
 
+from gf_sft_probe import problem_key  # the same held-out filter as the SFT probe (benchmarks/ is on sys.path)
+
 WALKS = ("forward", "backward", "other")
-
-
-def problem_key(record: dict) -> str:
-    return json.dumps([record["kind"], record["given"], record["ops"]])
 
 
 def chosen_walk(completion: str) -> str:
