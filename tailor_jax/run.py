@@ -32,6 +32,7 @@ import yaml
 
 from tailor_jax.config import apply_overrides, config_from_dict, config_hash, config_to_dict, dump_config, read_yaml, require
 from tailor_jax.errors import TailorError
+from tailor_jax.tasks import problem_key
 
 STAGES = ("data", "warm_start", "sft", "grpo", "eval", "report")
 WARM_START_METHODS = ("task_trace", "tailor", "rule_based", "four_star")
@@ -167,6 +168,7 @@ def grpo_config(cfg: RunConfig):
         run_dir=str(stage_dir(cfg, "grpo")), init=str(model_dir(cfg, "sft")), task=cfg.task,
         task_options={**cfg.task_options, **section.get("task_options", {})},
         prompt_style=cfg.prompt_style, think_prefill=cfg.think_prefill,
+        eval={"exclude_file": str(stage_dir(cfg, "data") / "train.jsonl"), **section.get("eval", {})},
     )
     section.setdefault("mesh", mesh_dict(cfg))
     return _section_config(GRPOConfig, section, "grpo")
@@ -212,13 +214,19 @@ def stage_hashes(cfg: RunConfig) -> dict[str, str]:
         "data": {"task": cfg.task, "task_options": cfg.task_options, "data": config_to_dict(cfg.data)},
         "warm_start": config_to_dict(cfg.warm_start),
         "sft": _without(sft, "run_dir"),
-        "grpo": _without(config_to_dict(grpo_config(cfg)), "run_dir", "init") if cfg.grpo is not None else None,
+        "grpo": _grpo_hash_part(cfg) if cfg.grpo is not None else None,
         "eval": {"eval": config_to_dict(cfg.eval), "prompt_style": cfg.prompt_style, "think_prefill": cfg.think_prefill},
     }
     hashes, previous = {}, ""
     for stage, part in parts.items():
         previous = hashes[stage] = config_hash({"previous": previous, "config": part})
     return hashes
+
+
+def _grpo_hash_part(cfg: RunConfig) -> dict:
+    grpo = _without(config_to_dict(grpo_config(cfg)), "run_dir", "init")
+    grpo["eval"] = _without(grpo["eval"], "exclude_file")
+    return grpo
 
 
 # ---------------------------------------------------------------------------------------
@@ -273,11 +281,6 @@ class Interrupted(Exception):
 
 # ---------------------------------------------------------------------------------------
 # Stages. Each returns a one-line summary; artefacts go into its directory.
-def problem_key(record: dict) -> str:
-    """Identity of a problem regardless of its id (held-out sets exclude training problems)."""
-    return json.dumps(_without(record, "id", "completion", "primitive"), sort_keys=True)
-
-
 def run_data(cfg: RunConfig, out: Path) -> str:
     from itertools import islice
 
@@ -397,22 +400,16 @@ def trained_models(cfg: RunConfig) -> list[str]:
 
 def eval_records(cfg: RunConfig) -> list[dict]:
     """The held-out evaluation problems: per level, none of them in the SFT problem pool."""
-    from tailor_jax.data.jsonl import read_jsonl
     from tailor_jax.eval.accuracy import level_records
 
-    train_keys = {problem_key(r) for r in read_jsonl(stage_dir(cfg, "data") / "train.jsonl")}
     options = {**cfg.task_options, **cfg.eval.task_options}
-    spare = level_records(cfg.task, options, cfg.eval.levels, 2 * cfg.eval.per_level, cfg.eval.seed)
-    from tailor_jax.eval.accuracy import LEVEL_OPTION  # noqa: F401 (level names documented there)
-    from tailor_jax.tasks import get_task
+    return level_records(cfg.task, options, cfg.eval.levels, cfg.eval.per_level, cfg.eval.seed, train_keys(cfg))
 
-    task = get_task(cfg.task, **options)
-    chosen: dict[int, list[dict]] = {}
-    for record in spare:
-        level = task.difficulty(record)
-        if problem_key(record) not in train_keys and len(chosen.setdefault(level, [])) < cfg.eval.per_level:
-            chosen[level].append(record)
-    return [r for level in sorted(chosen) for r in chosen[level]]
+
+def train_keys(cfg: RunConfig) -> set[str]:
+    from tailor_jax.data.jsonl import read_jsonl
+
+    return {problem_key(r) for r in read_jsonl(stage_dir(cfg, "data") / "train.jsonl")}
 
 
 def run_eval(cfg: RunConfig, out: Path) -> str:

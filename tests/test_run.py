@@ -3,6 +3,7 @@ the warm-start data, and a real micro pipeline interrupted by SIGKILL and SIGINT
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ from tailor_jax import run as run_lib
 from tailor_jax.errors import TailorError
 from tailor_jax.tasks import get_task
 from tailor_jax.tasks.gf import check_trace
+from tailor_jax.train import grpo_trainer
 
 # A micro pipeline: tiny model, a few steps per stage, checkpoints every step or two.
 MICRO = {
@@ -158,7 +160,8 @@ def test_strategy_on_a_task_without_strategies_is_an_error(tmp_path):
 
 def test_held_out_sets_exclude_training_problems(tmp_path):
     cfg = micro_config(tmp_path, data={**MICRO["data"], "num_train": 400, "train_options": {"steps": 2}},
-                       eval={"levels": [2], "per_level": 30, "max_new_tokens": 16})
+                       eval={"levels": [2], "per_level": 30, "max_new_tokens": 16},
+                       grpo={**MICRO["grpo"], "task_options": {"steps": 2}, "eval": {"levels": [2], "per_level": 30}})
     (tmp_path / "data").mkdir()
     run_lib.run_data(cfg, tmp_path / "data")
     from tailor_jax.data.jsonl import read_jsonl
@@ -166,8 +169,12 @@ def test_held_out_sets_exclude_training_problems(tmp_path):
     train = {run_lib.problem_key(r) for r in read_jsonl(tmp_path / "data" / "train.jsonl")}
     held_sft = [run_lib.problem_key(r) for r in read_jsonl(tmp_path / "data" / "sft_eval.jsonl")]
     held_eval = [run_lib.problem_key(r) for r in run_lib.eval_records(cfg)]
-    assert len(held_sft) == 8 and len(held_eval) == 30
-    assert not train & set(held_sft) and not train & set(held_eval)
+    held_grpo = [run_lib.problem_key(r) for r in grpo_trainer.eval_problems(run_lib.grpo_config(cfg))]
+    unfiltered = grpo_trainer.eval_problems(dataclasses.replace(
+        run_lib.grpo_config(cfg), eval=dataclasses.replace(run_lib.grpo_config(cfg).eval, exclude_file=None)))
+    assert len(held_sft) == 8 and len(held_eval) == 30 and len(held_grpo) == 30
+    assert not train & set(held_sft) and not train & set(held_eval) and not train & set(held_grpo)
+    assert train & {run_lib.problem_key(r) for r in unfiltered}  # the pool is small enough to collide
 
 
 # ---------------------------------------------------------------------------------------

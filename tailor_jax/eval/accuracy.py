@@ -5,24 +5,31 @@ Shared by the SFT and GRPO trainers' periodic evaluation and by `tailor-jax eval
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from itertools import islice
 
 import numpy as np
 
 from tailor_jax.data import tokenizer as tok_lib
-from tailor_jax.tasks import Task, get_task
+from tailor_jax.tasks import Task, get_task, problem_key
 
 # The task option that sets a record's difficulty level.
 LEVEL_OPTION = {"kk": "people", "igsm": "op", "gf": "steps"}
 
 
-def level_records(task_name: str, options: dict, levels: Sequence[int], per_level: int, seed: int) -> list[dict]:
-    """`per_level` problems at each difficulty level, deterministic in `seed`."""
+def level_records(
+    task_name: str, options: dict, levels: Sequence[int], per_level: int, seed: int,
+    exclude: Collection[str] = frozenset(),
+) -> list[dict]:
+    """`per_level` problems at each difficulty level, deterministic in `seed`, none of whose
+    `problem_key` is in `exclude` (from twice as many candidates; a level may come out short)."""
     records = []
+    candidates = 2 * per_level if exclude else per_level
     for level in levels:
         task = get_task(task_name, **{**options, LEVEL_OPTION[task_name]: int(level)})
-        records.extend(islice(task.generate(per_level, seed + 7919 * int(level)), per_level))
+        fresh = (r for r in islice(task.generate(candidates, seed + 7919 * int(level)), candidates)
+                 if problem_key(r) not in exclude)
+        records.extend(islice(fresh, per_level))
     return records
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 from tailor_jax.errors import TailorError
-from tailor_jax.tasks.base import Task
+from tailor_jax.tasks.base import Task, problem_key
 
 TASK_MODULES = {"kk": "tailor_jax.tasks.kk", "igsm": "tailor_jax.tasks.igsm", "gf": "tailor_jax.tasks.gf"}
 
@@ -18,4 +18,4 @@ def get_task(name: str, **options) -> Task:
     return module.TASK_CLASS(**options)
 
 
-__all__ = ["Task", "get_task", "TASK_MODULES"]
+__all__ = ["Task", "get_task", "problem_key", "TASK_MODULES"]

@@ -9,6 +9,7 @@ functions are shared (see `prompt.py` and `rewards.py`) and only call the hooks 
 from __future__ import annotations
 
 import abc
+import json
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -93,3 +94,9 @@ def parse_level_range(value: int | str | tuple | list, name: str, lo: int, hi: i
     if not lo <= a <= b <= hi:
         raise TailorError(f"{name} must lie in {lo}..{hi} (as k or lo-hi with lo <= hi), got {value!r}")
     return a, b
+
+
+def problem_key(record: dict) -> str:
+    """Identity of a problem regardless of its id or demonstration (held-out sets exclude
+    training problems by it)."""
+    return json.dumps({k: v for k, v in record.items() if k not in ("id", "completion", "primitive")}, sort_keys=True)

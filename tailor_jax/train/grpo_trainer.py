@@ -44,7 +44,7 @@ from tailor_jax.parallel.mesh import MeshConfig, create_mesh
 from tailor_jax.parallel.sharding import logical_sharding, use_sharding
 from tailor_jax.sampling import Sampler
 from tailor_jax.sampling.buckets import bucket
-from tailor_jax.tasks import Task, get_task
+from tailor_jax.tasks import Task, get_task, problem_key
 from tailor_jax.tasks.rewards import REWARD_FUNCTIONS
 from tailor_jax.train.checkpoint import Checkpointer, TrainCheckpoint, install_preemption_handler
 from tailor_jax.train.grpo import (
@@ -135,6 +135,7 @@ class EvalConfig:
     per_level: int = 50
     task_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # over GRPOConfig.task_options
     max_new_tokens: int | None = None  # null: rollout.max_new_tokens
+    exclude_file: str | None = None  # JSONL of problems to leave out (`tailor-jax run`: the SFT pool)
 
     def __post_init__(self):
         require(self.every >= 0 and self.per_level >= 1, "eval.every must be >= 0 and eval.per_level >= 1")
@@ -178,6 +179,15 @@ class GRPOConfig:
 
 # ---------------------------------------------------------------------------------------
 # Pure pieces: prompts, rows, filtering, micro-batches.
+def eval_problems(cfg: GRPOConfig) -> list[dict]:
+    """The periodic evaluation's problems: `eval.per_level` per level, none in `eval.exclude_file`."""
+    if not cfg.eval.levels:
+        return []
+    exclude = {problem_key(r) for r in read_jsonl(cfg.eval.exclude_file)} if cfg.eval.exclude_file else set()
+    return level_records(cfg.task, {**cfg.task_options, **cfg.eval.task_options}, cfg.eval.levels,
+                         cfg.eval.per_level, derive_seed(cfg.seed, 10**6), exclude)
+
+
 def derive_seed(*parts: int) -> int:
     """A 31-bit seed from integers (e.g. run seed, step, round): no correlation between steps."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
@@ -508,8 +518,7 @@ def train(cfg: GRPOConfig) -> GRPOResult:
         apply = jax.jit(make_apply_fn(tx), donate_argnums=0, out_shardings=(shardings, replicated))
 
     eval_task = get_task(cfg.task, **{**cfg.task_options, **cfg.eval.task_options})
-    eval_records = level_records(cfg.task, {**cfg.task_options, **cfg.eval.task_options}, cfg.eval.levels,
-                                 cfg.eval.per_level, derive_seed(cfg.seed, 10**6)) if cfg.eval.levels else []
+    eval_records = eval_problems(cfg)
 
     def evaluate(step: int) -> dict[str, float]:
         if not eval_records:
