@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import re
 import sys
 from pathlib import Path
-
-from gf_sft_probe import problem_key  # the same held-out filter as the SFT probe (benchmarks/ is on sys.path)
 
 WALKS = ("forward", "backward", "other")
 
@@ -41,17 +38,17 @@ def main() -> int:
     args = parser.parse_args()
 
     from tailor_jax.data import tokenizer as tok_lib
+    from tailor_jax.data.jsonl import read_jsonl
     from tailor_jax.eval.accuracy import level_records
     from tailor_jax.model import load_pretrained
     from tailor_jax.sampling import Sampler
-    from tailor_jax.tasks import get_task
+    from tailor_jax.tasks import get_task, problem_key
 
     pool_file = args.run_dir / "data" / "train.jsonl"
     if not pool_file.is_file():
         sys.exit(f"error: {pool_file} is missing; give the directory of a finished `tailor-jax run` on the gf task")
-    with pool_file.open() as f:
-        pool = {problem_key(json.loads(line)) for line in f}
-    records = [r for r in level_records("gf", {"p": 11}, args.levels, args.per_level, args.seed) if problem_key(r) not in pool]
+    pool = {problem_key(r) for r in read_jsonl(pool_file)}
+    records = level_records("gf", {"p": 11}, args.levels, args.per_level, args.seed, exclude=pool)
     task = get_task("gf", p=11)
     prompts = [task.prompt(r) for r in records]
     print(f"{len(records)} held-out problems (levels {args.levels}, not in the SFT pool)")

@@ -169,9 +169,9 @@ def test_held_out_sets_exclude_training_problems(tmp_path):
     train = {run_lib.problem_key(r) for r in read_jsonl(tmp_path / "data" / "train.jsonl")}
     held_sft = [run_lib.problem_key(r) for r in read_jsonl(tmp_path / "data" / "sft_eval.jsonl")]
     held_eval = [run_lib.problem_key(r) for r in run_lib.eval_records(cfg)]
-    held_grpo = [run_lib.problem_key(r) for r in grpo_trainer.eval_problems(run_lib.grpo_config(cfg))]
-    unfiltered = grpo_trainer.eval_problems(dataclasses.replace(
-        run_lib.grpo_config(cfg), eval=dataclasses.replace(run_lib.grpo_config(cfg).eval, exclude_file=None)))
+    grpo = run_lib.grpo_config(cfg)
+    held_grpo = [run_lib.problem_key(r) for r in grpo_trainer.eval_problems(grpo)]
+    unfiltered = grpo_trainer.eval_problems(dataclasses.replace(grpo, eval=dataclasses.replace(grpo.eval, exclude_file=None)))
     assert len(held_sft) == 8 and len(held_eval) == 30 and len(held_grpo) == 30
     assert not train & set(held_sft) and not train & set(held_eval) and not train & set(held_grpo)
     assert train & {run_lib.problem_key(r) for r in unfiltered}  # the pool is small enough to collide
