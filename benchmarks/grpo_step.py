@@ -168,8 +168,7 @@ def run_ours(model_dir: Path, prompts: list[list[int]], runs: int, micro_batch: 
         rows = gt.build_rows(prompt_ids, out.token_array, lengths, PAD_ID)
         logp = out.logprob_array.astype(np.float32)
         rows.update(advantages=advantages, sampler_logp=logp, old_logp=logp)
-        micro_batches = gt.pack_micro_batches(rows, gt.select_rows(advantages, 0.1, False), micro,
-                                              min(micro, WORKLOAD["prompts"]))
+        micro_batches = gt.pack_micro_batches(rows, gt.select_rows(advantages, 0.1, False), micro)
         total_tokens = max(float(rows["completion_mask"].sum()), 1.0)
         weights = [float(b["completion_mask"].sum()) / total_tokens for b in micro_batches]
         device_batches = [gt.place_rows(b, mesh, rules) for b in micro_batches]

@@ -84,6 +84,20 @@ def test_micro_batches_carry_the_prompts_their_rows_read():
         gt.pack_micro_batches(rows, np.array([0, 2, 4]), micro=3, prompt_slots=2)
 
 
+
+def test_prompt_slots_default_to_what_the_micro_batches_read():
+    # 5 groups of 2 rows: whole groups per micro-batch read 1 prompt each, not min(micro, 5).
+    rows = gt.build_rows([[p] for p in (5, 5, 6, 6, 7, 7, 8, 8, 9, 9)], np.arange(20).reshape(10, 2), np.full(10, 2), pad_id=0)
+    rows["advantages"] = np.ones(10, np.float32)
+
+    def slots(index, micro, **kw):
+        return {len(b["prompt_tokens"]) for b in gt.pack_micro_batches(rows, np.array(index), micro, **kw)}
+
+    assert slots(range(10), micro=2) == {1}
+    assert slots(range(10), micro=4) == {2}
+    assert slots([0, 2, 4, 5], micro=4) == {4}  # reads 3 prompts: rounded up to a power of two
+    assert slots([0, 2, 4, 6, 8, 9], micro=6) == {5}  # at most min(micro, prompts)
+    assert slots(range(10), micro=2, slot_multiple=2) == {2}  # a multiple of the data parallelism
 def test_filtering_drops_small_advantages_and_shrinks_the_update():
     adv = np.array([0.0, 0.05, -0.5, 0.0, 1.2, -0.09, 0.3, 0.0])
     keep = gt.select_rows(adv, tau=0.1, enabled=True)

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from flax import nnx
 from scipy import stats
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from tailor_jax.errors import TailorError
+from tailor_jax.parallel.mesh import MeshConfig, create_mesh
 from tailor_jax.sampling import ops
 from tailor_jax.sampling.buckets import bucket, pad_prompts, stop_sequence_array
 
@@ -317,6 +319,20 @@ def test_compilations_are_bucketed_counted_and_logged(tiny, caplog):
     assert sampler.num_compiles == 3 and after.tokens != before.tokens
     reference = Sampler(nnx.merge(graphdef, state)).generate([[4, 5, 6]], max_new_tokens=8, eos_token_ids=[])
     assert after.tokens == reference.tokens
+
+
+def test_equivalent_weight_placements_share_a_program(tiny):
+    # A jitted optimizer update returns P() where the loader placed P(None, None): same placement.
+    model, _ = tiny
+    mesh_cfg = MeshConfig()
+    mesh = create_mesh(mesh_cfg)
+    graphdef, state = nnx.split(model)
+    place = lambda spec: jax.tree.map(lambda x: jax.device_put(x, NamedSharding(mesh, spec(x))), state)
+    sampler = Sampler(nnx.merge(graphdef, place(lambda x: P(*[None] * x.ndim))), mesh=mesh, rules=mesh_cfg.axis_rules())
+    before = sampler.generate([[4, 5, 6]], max_new_tokens=8, eos_token_ids=[])
+    sampler.update_weights(place(lambda x: P()))
+    after = sampler.generate([[4, 5, 6]], max_new_tokens=8, eos_token_ids=[])
+    assert sampler.num_compiles == 1 and after.tokens == before.tokens
 
 
 def test_module_level_generate_reuses_its_sampler(tiny):

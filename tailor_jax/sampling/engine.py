@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 
 from tailor_jax.errors import TailorError
 from tailor_jax.model import KVCache, Transformer, init_cache
@@ -236,7 +236,17 @@ def _stop_string_cut(tokenizer: Any, tokens: list[int], stop_strings: Sequence[s
 
 
 def _leaf_signature(x: Any) -> tuple:
-    return (tuple(np.shape(x)), str(getattr(x, "dtype", type(x))), str(getattr(x, "sharding", None)))
+    return (tuple(np.shape(x)), str(getattr(x, "dtype", type(x))), _sharding_signature(x))
+
+
+def _sharding_signature(x: Any) -> str:
+    """Equal for equivalent placements: a jitted update returns P() where the loader placed
+    P(None, None), and the two must not cost a recompilation."""
+    sharding = getattr(x, "sharding", None)
+    if isinstance(sharding, NamedSharding):
+        spec = tuple(sharding.spec) + (None,) * (np.ndim(x) - len(sharding.spec))
+        return f"{sharding.mesh}:{spec}:{sharding.memory_kind}"
+    return str(sharding)
 
 
 class Sampler:

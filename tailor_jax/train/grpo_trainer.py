@@ -266,14 +266,20 @@ def _take_prompts(rows: Rows, row_prompt: np.ndarray, slots: int) -> Rows:
     return out
 
 
-def pack_micro_batches(rows: Rows, index: np.ndarray, micro: int, prompt_slots: int | None = None) -> list[Rows]:
+def pack_micro_batches(
+    rows: Rows, index: np.ndarray, micro: int, prompt_slots: int | None = None, slot_multiple: int = 1
+) -> list[Rows]:
     """Gather `index` rows into micro-batches of `micro` rows; the last one is padded with
     all-masked copies of a real row (zero weight, zero advantage). Each micro-batch carries the
-    prompts its rows read in `prompt_slots` slots (default min(micro, number of prompts); keep it
-    fixed so every micro-batch has one shape)."""
+    prompts its rows read in `prompt_slots` slots, the same count in every micro-batch so they
+    share one compiled program. By default that is the most prompts any micro-batch reads,
+    rounded up to a power of two (few distinct programs over a run) and a multiple of
+    `slot_multiple` (the data parallelism), at most min(micro, number of prompts) so rounded."""
     shared = "row_prompt" in rows
     if shared and prompt_slots is None:
-        prompt_slots = min(micro, len(rows["prompt_tokens"]))
+        needed = max(len(np.unique(rows["row_prompt"][index[s : s + micro]])) for s in range(0, len(index), micro))
+        cap = -(-min(micro, len(rows["prompt_tokens"])) // slot_multiple) * slot_multiple
+        prompt_slots = min(bucket(needed, minimum=1, multiple=slot_multiple), cap)
     batches = []
     for start in range(0, len(index), micro):
         part = index[start : start + micro]
@@ -495,8 +501,6 @@ def train(cfg: GRPOConfig) -> GRPOResult:
     shards = data_parallel_size(mesh, rules)
     if micro % shards:
         raise TailorError(f"dash.micro_batch_size ({micro}) must be a multiple of the {shards}-way data parallelism")
-    # Prompts are split over the batch axes like rows; a fixed slot count keeps one compiled program.
-    prompt_slots = -(-min(micro, cfg.rollout.prompts_per_step) // shards) * shards
     model, tokenizer = load_policy(cfg, mesh, rules)
     run_dir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
@@ -562,7 +566,7 @@ def train(cfg: GRPOConfig) -> GRPOResult:
                 rows_np.update(advantages=advantages.astype(np.float32), sampler_logp=rollout.logprobs.astype(np.float32),
                                old_logp=rollout.logprobs.astype(np.float32))
                 keep = select_rows(advantages, cfg.dash.tau, cfg.dash.filter)
-                micro_batches = pack_micro_batches(rows_np, keep, micro, prompt_slots)
+                micro_batches = pack_micro_batches(rows_np, keep, micro, slot_multiple=shards)
                 total_tokens = max(float(rows_np["completion_mask"].sum()), 1.0)
                 weights = [
                     float(b["completion_mask"].sum()) / total_tokens if cfg.loss.loss_agg == "token_mean" else micro / len(advantages)
