@@ -110,6 +110,27 @@ def grouped_attention(
     return jnp.transpose(out, (0, 3, 1, 2, 4))  # [B, T, Hkv, G, D]
 
 
+def project(x: jax.Array, kernel: jax.Array, in_dims: int = 1, *, transposed: bool = False,
+            preferred_element_type=None) -> jax.Array:
+    """Contract the last `in_dims` axes of x with the leading `in_dims` axes of `kernel` (its
+    trailing ones when `transposed`), as one 2-D matmul [rows, K] x [K, N].
+
+    XLA:CPU runs the same contraction written as an einsum with extra free axes ("bth,hf->btf")
+    markedly slower: on bench-tiny shapes a SwiGLU MLP took ~1.7x longer forward and backward.
+    The reshapes are free.
+    """
+    lead, k = x.shape[: x.ndim - in_dims], int(np.prod(x.shape[x.ndim - in_dims :]))
+    rows = x.reshape(-1, k)
+    if transposed:
+        out = kernel.shape[: kernel.ndim - in_dims]
+        y = jax.lax.dot_general(rows, kernel.reshape(-1, k), (((1,), (1,)), ((), ())),
+                                preferred_element_type=preferred_element_type)
+    else:
+        out = kernel.shape[in_dims:]
+        y = jnp.matmul(rows, kernel.reshape(k, -1), preferred_element_type=preferred_element_type)
+    return y.reshape(*lead, *out)
+
+
 def _param(rngs: nnx.Rngs, shape: tuple[int, ...], fan_in: int | None, dtype, axes: tuple[str, ...]) -> nnx.Param:
     """Normal init with std 1/sqrt(fan_in) (zeros when fan_in is None), tagged with logical axes."""
     if fan_in is None:
@@ -148,7 +169,7 @@ class Attention(nnx.Module):
 
     def _project(self, x: jax.Array, name: str, heads_axis: str) -> jax.Array:
         dt = x.dtype
-        y = jnp.einsum("bth,hnd->btnd", x, getattr(self, f"{name}_kernel")[...].astype(dt))
+        y = project(x, getattr(self, f"{name}_kernel")[...].astype(dt))
         if self.config.attention_bias:
             y = y + getattr(self, f"{name}_bias")[...].astype(dt)
         return constrain(y, ("batch", "length", heads_axis, None))
@@ -185,7 +206,7 @@ class Attention(nnx.Module):
         offset = 0 if prefix is None else prefix[0].shape[1]
         out = grouped_attention(q, k, v, mask, causal_chunk=chunk, key_offset=offset)
         out = out.reshape(batch, length, cfg.num_heads, cfg.head_dim)
-        y = jnp.einsum("btnd,ndh->bth", out, self.o_kernel[...].astype(x.dtype))
+        y = project(out, self.o_kernel[...].astype(x.dtype), in_dims=2)
         if cfg.attention_out_bias:
             y = y + self.o_bias[...].astype(x.dtype)
         return y, new_cache
@@ -200,10 +221,10 @@ class MLP(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dt = x.dtype
-        gate = jnp.einsum("bth,hf->btf", x, self.gate_kernel[...].astype(dt))
-        up = jnp.einsum("bth,hf->btf", x, self.up_kernel[...].astype(dt))
+        gate = project(x, self.gate_kernel[...].astype(dt))
+        up = project(x, self.up_kernel[...].astype(dt))
         hidden = constrain(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
-        return jnp.einsum("btf,fh->bth", hidden, self.down_kernel[...].astype(dt))
+        return project(hidden, self.down_kernel[...].astype(dt))
 
 
 class DecoderLayer(nnx.Module):
@@ -344,10 +365,10 @@ class Transformer(nnx.Module):
         """float32 logits [B, T, V] from final-norm hidden states [B, T, H]."""
         if self.config.tie_word_embeddings:
             weight = self.embed[...].astype(hidden.dtype)
-            out = jnp.einsum("bth,vh->btv", hidden, weight, preferred_element_type=jnp.float32)
+            out = project(hidden, weight, transposed=True, preferred_element_type=jnp.float32)
         else:
             weight = self.lm_head[...].astype(hidden.dtype)
-            out = jnp.einsum("bth,hv->btv", hidden, weight, preferred_element_type=jnp.float32)
+            out = project(hidden, weight, preferred_element_type=jnp.float32)
         return constrain(out, ("batch", "length", "act_vocab"))
 
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from tailor_jax.model import Transformer
-from tailor_jax.model.transformer import apply_rope, rope_inv_freq
+from tailor_jax.model.transformer import apply_rope, project, rope_inv_freq
 from tailor_jax.parallel.sharding import constrain
 
 
@@ -138,7 +138,7 @@ def decode_step(
     for i, layer in enumerate(model.layers):
         attn = layer.attn
         h = layer.input_norm(x)
-        qkv = jnp.einsum("bth,hkjd->btkjd", h, weights.qkv[i].astype(dt))  # [R, 1, Hkv, G + 2, D]
+        qkv = project(h, weights.qkv[i].astype(dt))  # [R, 1, Hkv, G + 2, D]
         if cfg.attention_bias:
             qkv = qkv + weights.qkv_bias[i].astype(dt)
         q = apply_rope(qkv[:, :, :, :q_per_kv].reshape(rows, 1, cfg.num_heads, head_dim), cos, sin)[:, 0]
@@ -172,13 +172,13 @@ def decode_step(
         own_out = jnp.sum(own_weights[..., None] * own_v.astype(jnp.float32)[:, :, None], axis=-2)
         out = ((prompt_out + own_out) / norm[..., None]).astype(dt).reshape(rows, 1, cfg.num_heads, head_dim)
 
-        y = jnp.einsum("btnd,ndh->bth", out, attn.o_kernel[...].astype(dt))
+        y = project(out, attn.o_kernel[...].astype(dt), in_dims=2)
         if cfg.attention_out_bias:
             y = y + attn.o_bias[...].astype(dt)
         x = constrain(x + y, ("batch", "length", "act_embed"))
-        gate_up = jnp.einsum("bth,hjf->btjf", layer.post_attn_norm(x), weights.gate_up[i].astype(dt))
+        gate_up = project(layer.post_attn_norm(x), weights.gate_up[i].astype(dt))
         hidden = constrain(jax.nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1], ("batch", "length", "act_mlp"))
-        x = constrain(x + jnp.einsum("btf,fh->bth", hidden, layer.mlp.down_kernel[...].astype(dt)),
+        x = constrain(x + project(hidden, layer.mlp.down_kernel[...].astype(dt)),
                       ("batch", "length", "act_embed"))
     logits = model.logits(model.final_norm(x))[:, 0]
     return logits, CompletionCache(k=tuple(new_k), v=tuple(new_v), index=index + 1)
