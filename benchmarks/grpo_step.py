@@ -17,9 +17,12 @@ log-probs with the jitted `make_logp_fn` -> `make_accumulate_fn` over micro-batc
 `GRPOTrainer` runs in its own venv (created on first use under ~/.cache/tailor-jax/trl-venv),
 see benchmarks/_peers/trl_grpo.py.
 
-Each system warms up (compiles) for one step, then `--runs` steps are timed. Prints one JSON line
-per system and a table: seconds per step (median, min, max), the split (sampling, reference,
-update), ours/TRL speed-up and the fraction of the arithmetic roofline.
+Each system warms up (compiles) for one step, then `--runs` rounds are timed: in each round every
+system makes one step, one system at a time, the order rotating (TRL waits between its steps, see
+the peer's lock-step protocol), so a round's ratio compares steps under about the same machine
+load. Prints one JSON line per system and a table: seconds per step (median, min, max), the
+split (sampling, reference, update), ours/TRL speed-up on the medians and per round, and the
+fraction of the arithmetic roofline.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -119,7 +123,8 @@ def step_flops(parameters: int) -> dict[str, float]:
 
 # ---------------------------------------------------------------------------------------
 # Ours: the trainer's pieces, one step as in grpo_trainer.train.
-def run_ours(model_dir: Path, prompts: list[list[int]], runs: int, micro_batch: int) -> dict:
+def make_ours(model_dir: Path, prompts: list[list[int]], micro_batch: int) -> tuple[Callable[[int], dict], Callable[[], dict]]:
+    """`(step, info)`: `step(seed)` runs and times one full GRPO step; `info()` describes the run."""
     import jax
     import jax.numpy as jnp
 
@@ -186,10 +191,11 @@ def run_ours(model_dir: Path, prompts: list[list[int]], runs: int, micro_batch: 
                 "tokens": int(lengths.sum()), "reward": float(rewards.mean()), "grad_norm": grad_norm,
                 "logp_diff_max": float(metrics["sampler_trainer/logp_diff_max"])}
 
-    step(1)  # warm-up: compiles the sampler program and the three jitted trainer functions
-    timed = [step(seed + 2) for seed in range(runs)]
-    return {"system": "tailor_jax", "timed": timed, "micro_batch": micro, "sampler_compiles": sampler.num_compiles,
-            "devices": len(jax.devices()), "version": f"jax {jax.__version__}"}
+    def info() -> dict:
+        return {"system": "tailor_jax", "micro_batch": micro, "sampler_compiles": sampler.num_compiles,
+                "devices": len(jax.devices()), "version": f"jax {jax.__version__}"}
+
+    return step, info
 
 
 # ---------------------------------------------------------------------------------------
@@ -204,15 +210,41 @@ def ensure_trl_venv() -> Path:
     return python
 
 
-def run_trl(model_dir: Path, prompts_file: Path, runs: int, micro_batch: int) -> dict:
-    python = ensure_trl_venv()
-    settings = {**WORKLOAD, "eos_id": EOS_ID, "micro_batch": micro_batch, "runs": runs}
-    command = [str(python), str(HERE / "_peers" / "trl_grpo.py"), "--model-dir", str(model_dir),
-               "--prompts", str(prompts_file), "--settings", json.dumps(settings)]
-    done = subprocess.run(command, capture_output=True, text=True, env=os.environ | {"TOKENIZERS_PARALLELISM": "false"})
-    if done.returncode != 0:
-        raise SystemExit(f"TRL peer failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+class TRLPeer:
+    """TRL's GRPOTrainer in its own venv, stepping in lock-step with us (see _peers/trl_grpo.py)."""
+
+    def __init__(self, model_dir: Path, prompts_file: Path, runs: int, micro_batch: int, log: Path):
+        python = ensure_trl_venv()
+        settings = {**WORKLOAD, "eos_id": EOS_ID, "micro_batch": micro_batch, "runs": runs}
+        command = [str(python), str(HERE / "_peers" / "trl_grpo.py"), "--model-dir", str(model_dir),
+                   "--prompts", str(prompts_file), "--settings", json.dumps(settings)]
+        self.log = log
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log.open("w"),
+                                         text=True, env=os.environ | {"TOKENIZERS_PARALLELISM": "false"})
+
+    def _read(self, event: str | None) -> dict:
+        """The next JSON line of the peer with this `event` (None: the final summary line)."""
+        for line in self.process.stdout:
+            try:
+                message = json.loads(line)
+            except json.JSONDecodeError:  # the trainer's own log lines
+                continue
+            if isinstance(message, dict) and message.get("event") == event:
+                return message
+        self.process.wait()
+        raise SystemExit(f"TRL peer failed (exit {self.process.returncode}):\n{self.log.read_text()[-4000:]}")
+
+    def step(self) -> dict:
+        self._read("ready")
+        self.process.stdin.write("go\n")
+        self.process.stdin.flush()
+        return self._read("step")
+
+    def summary(self) -> dict:
+        """The peer's closing line: its timed steps (with the update share and reward) and versions."""
+        summary = self._read(None)
+        self.process.wait()
+        return summary
 
 
 # ---------------------------------------------------------------------------------------
@@ -251,13 +283,31 @@ def main() -> None:
         info = build_checkpoint(model_dir)
         prompts_file.write_text(json.dumps(prompts))
         peak = matmul_peak_flops()
-        results = [run_ours(model_dir, prompts, args.runs, args.micro_batch)]
+        ours_step, ours_info = make_ours(model_dir, prompts, args.micro_batch)
+        systems = {"tailor_jax": ours_step}
         if "trl" in peers:
-            results.append(run_trl(model_dir, prompts_file, args.runs, args.trl_micro_batch))
+            peer = TRLPeer(model_dir, prompts_file, args.runs, args.trl_micro_batch, Path(tmp) / "trl.log")
+            systems["trl"] = lambda seed: peer.step()
+        for name, step in systems.items():  # warm-up (compiles), one system at a time
+            step(1)
+        # Rounds: every system runs one step per round (rotating the order), so each ratio
+        # compares steps made under about the same background load.
+        timed = {name: [] for name in systems}
+        names = list(systems)
+        for round_ in range(args.runs):
+            for i in range(len(names)):
+                name = names[(round_ + i) % len(names)]
+                timed[name].append(systems[name](round_ + 2))
+        results = [{**ours_info(), "timed": timed["tailor_jax"]}]
+        if "trl" in peers:
+            results.append(peer.summary())
         peak_after = matmul_peak_flops()
 
     flops = step_flops(info["parameters"])
     results = [summarize(r, flops, peak) for r in results]
+    ours = results[0]
+    for r in results:
+        r["ours_speedup_per_round"] = [t / o for t, o in zip(r["steps_s"], ours["steps_s"])]
     for result in results:
         print(json.dumps(result))
     roofline_s = sum(flops.values()) / peak
@@ -267,13 +317,12 @@ def main() -> None:
     print(f"\ngrpo_step workload, bench-tiny, {os.cpu_count()} cores; matmul peak {peak / 1e9:.0f} GFLOP/s "
           f"({peak_after / 1e9:.0f} after) -> roofline {roofline_s:.2f} s/step")
     print(f"{'system':<12}{'median s':>10}{'min':>8}{'max':>8}{'sampling':>10}{'reference':>11}{'update':>8}"
-          f"{'x ours':>10}{'roofline':>10}")
-    ours = results[0]
+          f"{'x ours':>8}{'x ours per round':>24}{'roofline':>10}")
     for r in results:
+        rounds = " ".join(f"{x:.2f}" for x in r["ours_speedup_per_round"])
         print(f"{r['system']:<12}{r['step_s_median']:>10.2f}{r['step_s_min']:>8.2f}{r['step_s_max']:>8.2f}"
               f"{r['sampling_s_median']:>10.2f}{r['reference_s_median']:>11.2f}{r['update_s_median']:>8.2f}"
-              f"{r['step_s_median'] / ours['step_s_median']:>9.2f}x{r['roofline_fraction']:>10.0%}")
-
+              f"{r['step_s_median'] / ours['step_s_median']:>7.2f}x{rounds:>24}{r['roofline_fraction']:>10.0%}")
 
 if __name__ == "__main__":
     main()

@@ -6,9 +6,13 @@ Loads the same HF directory (model + word-level tokenizer, token "t<i>" = id i),
 prompt's ids into text that tokenizes back to exactly those ids, and trains `runs + 1` optimizer
 steps with the workload's settings (one generation batch of 16 prompts x G per optimizer step,
 split into micro-batches of `micro_batch` completions with gradient accumulation). Step 1 is the
-warm-up; the others are timed. Per step it records the wall-clock between optimizer steps, the
-time in `_generate` (tokenize + HF generate + decode) and in reference-model log-probs. Prints
-one JSON line. Imports nothing from tailor_jax.
+warm-up; the others are timed. Per step it records the wall-clock of the optimizer step, the
+time in `_generate` (tokenize + HF generate + decode) and in reference-model log-probs.
+
+Lock-step protocol (so the caller can alternate steps with another system under the same
+machine load): before every step it prints {"event": "ready"} and waits for a line on stdin;
+after every step it prints {"event": "step", ...}. The time spent waiting is not counted. At
+the end it prints one JSON line with all steps. Imports nothing from tailor_jax.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 
@@ -96,16 +101,24 @@ def main() -> None:
 
     steps: list[dict] = []
 
+    def wait_for_turn() -> float:
+        print(json.dumps({"event": "ready"}), flush=True)
+        if not sys.stdin.readline():
+            raise SystemExit("the caller closed stdin")
+        return time.perf_counter()
+
     class StepTimer(TrainerCallback):
         def on_train_begin(self, *_, **__):
-            self.last = time.perf_counter()
+            self.start = wait_for_turn()
 
         def on_step_end(self, *_, **__):
-            now = time.perf_counter()
-            steps.append({"step": now - self.last, "sampling": phases["sampling"], "reference": phases["reference"],
-                          "tokens": phases["tokens"]})
+            step = {"step": time.perf_counter() - self.start, "sampling": phases["sampling"],
+                    "reference": phases["reference"], "tokens": phases["tokens"]}
+            steps.append(step)
+            print(json.dumps({"event": "step", **step}), flush=True)
             phases.update(sampling=0.0, reference=0.0, tokens=0)
-            self.last = now
+            if len(steps) < config.max_steps:
+                self.start = wait_for_turn()
 
     trainer.add_callback(StepTimer())
     trainer.train()
