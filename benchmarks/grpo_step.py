@@ -317,12 +317,12 @@ def main() -> None:
     print(f"\ngrpo_step workload, bench-tiny, {os.cpu_count()} cores; matmul peak {peak / 1e9:.0f} GFLOP/s "
           f"({peak_after / 1e9:.0f} after) -> roofline {roofline_s:.2f} s/step")
     print(f"{'system':<12}{'median s':>10}{'min':>8}{'max':>8}{'sampling':>10}{'reference':>11}{'update':>8}"
-          f"{'x ours':>8}{'x ours per round':>24}{'roofline':>10}")
+          f"{'x ours':>8}  {'x ours per round':<26}{'roofline':>8}")
     for r in results:
         rounds = " ".join(f"{x:.2f}" for x in r["ours_speedup_per_round"])
         print(f"{r['system']:<12}{r['step_s_median']:>10.2f}{r['step_s_min']:>8.2f}{r['step_s_max']:>8.2f}"
               f"{r['sampling_s_median']:>10.2f}{r['reference_s_median']:>11.2f}{r['update_s_median']:>8.2f}"
-              f"{r['step_s_median'] / ours['step_s_median']:>7.2f}x{rounds:>24}{r['roofline_fraction']:>10.0%}")
+              f"{r['step_s_median'] / ours['step_s_median']:>7.2f}x  {rounds:<26}{r['roofline_fraction']:>8.0%}")
 
 if __name__ == "__main__":
     main()
