@@ -324,5 +324,6 @@ def main() -> None:
               f"{r['sampling_s_median']:>10.2f}{r['reference_s_median']:>11.2f}{r['update_s_median']:>8.2f}"
               f"{r['step_s_median'] / ours['step_s_median']:>7.2f}x  {rounds:<26}{r['roofline_fraction']:>8.0%}")
 
+
 if __name__ == "__main__":
     main()
