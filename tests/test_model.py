@@ -10,7 +10,6 @@ from tailor_jax.errors import TailorError
 from tailor_jax.model import (
     PRESETS, ModelConfig, Transformer, create_model, get_preset, init_cache, token_logprobs,
 )
-from tailor_jax.model.transformer import apply_rope, rope_inv_freq, rope_tables
 
 CONFIG = ModelConfig(
     vocab_size=97, hidden_size=48, intermediate_size=80, num_layers=2, num_heads=6, num_kv_heads=2,
@@ -168,18 +167,6 @@ def test_causal_query_chunks_give_same_loss_and_gradients():
     for x, y in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
-
-
-def test_rope_rotates_halves_like_hf():
-    # HF: x * cos + rotate_half(x) * sin with rotate_half(x) = [-x2, x1] and cos/sin [.., D/2] tiled twice.
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(2, 5, 3, 8)).astype(np.float32)
-    positions = np.array([[0, 1, 2, 3, 4], [7, 8, 9, 10, 11]])
-    angles = positions[..., None] * rope_inv_freq(CONFIG)[None, None]
-    cos, sin = np.tile(np.cos(angles), 2)[:, :, None], np.tile(np.sin(angles), 2)[:, :, None]
-    expected = x * cos + np.concatenate([-x[..., 4:], x[..., :4]], -1) * sin
-    got = apply_rope(jnp.asarray(x), *rope_tables(CONFIG, jnp.asarray(positions)))
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_bfloat16_policy_and_hidden_output():

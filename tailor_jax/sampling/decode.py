@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from tailor_jax.model import Transformer
-from tailor_jax.model.transformer import apply_rope, project, rope_tables
+from tailor_jax.model.transformer import apply_rope, project, rope_inv_freq
 from tailor_jax.parallel.sharding import constrain
 
 
@@ -130,7 +130,8 @@ def decode_step(
     own_valid = jnp.arange(capacity, dtype=jnp.int32) <= index  # [N], same for every row
     scale = head_dim**-0.5
 
-    cos, sin = rope_tables(cfg, positions[:, None])  # [R, 1, D]
+    angles = positions.astype(jnp.float32)[:, None, None] * jnp.asarray(rope_inv_freq(cfg))
+    cos, sin = jnp.cos(angles), jnp.sin(angles)  # [R, 1, D/2]
     x = jnp.take(model.embed[...], tokens[:, None], axis=0).astype(dt)  # [R, 1, H]
     x = constrain(x, ("batch", "length", "act_embed"))
     new_k, new_v = [], []
