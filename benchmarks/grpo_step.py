@@ -123,7 +123,8 @@ def step_flops(parameters: int) -> dict[str, float]:
 
 # ---------------------------------------------------------------------------------------
 # Ours: the trainer's pieces, one step as in grpo_trainer.train.
-def make_ours(model_dir: Path, prompts: list[list[int]], micro_batch: int) -> tuple[Callable[[int], dict], Callable[[], dict]]:
+def make_ours(model_dir: Path, prompts: list[list[int]], micro_batch: int,
+              prompt_slots: int | None = None) -> tuple[Callable[[int], dict], Callable[[], dict]]:
     """`(step, info)`: `step(seed)` runs and times one full GRPO step; `info()` describes the run."""
     import jax
     import jax.numpy as jnp
@@ -159,6 +160,8 @@ def make_ours(model_dir: Path, prompts: list[list[int]], micro_batch: int) -> tu
                              donate_argnums=0)
         apply = jax.jit(gt.make_apply_fn(tx), donate_argnums=(0, 1))
 
+    slots_used: set[int] = set()
+
     def step(seed: int) -> dict:
         nonlocal state
         t0 = time.perf_counter()
@@ -173,7 +176,8 @@ def make_ours(model_dir: Path, prompts: list[list[int]], micro_batch: int) -> tu
         rows = gt.build_rows(prompt_ids, out.token_array, lengths, PAD_ID)
         logp = out.logprob_array.astype(np.float32)
         rows.update(advantages=advantages, sampler_logp=logp, old_logp=logp)
-        micro_batches = gt.pack_micro_batches(rows, gt.select_rows(advantages, 0.1, False), micro)
+        micro_batches = gt.pack_micro_batches(rows, gt.select_rows(advantages, 0.1, False), micro, prompt_slots)
+        slots_used.add(len(micro_batches[0]["prompt_tokens"]))
         total_tokens = max(float(rows["completion_mask"].sum()), 1.0)
         weights = [float(b["completion_mask"].sum()) / total_tokens for b in micro_batches]
         device_batches = [gt.place_rows(b, mesh, rules) for b in micro_batches]
@@ -192,7 +196,8 @@ def make_ours(model_dir: Path, prompts: list[list[int]], micro_batch: int) -> tu
                 "logp_diff_max": float(metrics["sampler_trainer/logp_diff_max"])}
 
     def info() -> dict:
-        return {"system": "tailor_jax", "micro_batch": micro, "sampler_compiles": sampler.num_compiles,
+        return {"system": "tailor_jax", "micro_batch": micro, "prompt_slots": sorted(slots_used),
+                "sampler_compiles": sampler.num_compiles,
                 "devices": len(jax.devices()), "version": f"jax {jax.__version__}"}
 
     return step, info
@@ -273,6 +278,9 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=32,
                         help="our rows per micro-batch (0: all 128 at once; on CPU 32-row micro-batches stay in cache: "
                              "the update ran 2.2x faster than all 128 at once)")
+    parser.add_argument("--prompt-slots", type=int, default=None,
+                        help="prompt slots per micro-batch (default: the trainer's rule, 4 for 32 rows; "
+                             "16 = min(micro-batch, prompts), the rule before 2026-12-03)")
     parser.add_argument("--trl-micro-batch", type=int, default=4, help="TRL per_device_train_batch_size")
     args = parser.parse_args()
     peers = [p for p in args.peers.split(",") if p]
@@ -283,7 +291,7 @@ def main() -> None:
         info = build_checkpoint(model_dir)
         prompts_file.write_text(json.dumps(prompts))
         peak = matmul_peak_flops()
-        ours_step, ours_info = make_ours(model_dir, prompts, args.micro_batch)
+        ours_step, ours_info = make_ours(model_dir, prompts, args.micro_batch, args.prompt_slots)
         systems = {"tailor_jax": ours_step}
         if "trl" in peers:
             peer = TRLPeer(model_dir, prompts_file, args.runs, args.trl_micro_batch, Path(tmp) / "trl.log")

@@ -116,8 +116,8 @@ def project(x: jax.Array, kernel: jax.Array, in_dims: int = 1, *, transposed: bo
     trailing ones when `transposed`), as one 2-D matmul [rows, K] x [K, N].
 
     XLA:CPU runs the same contraction written as an einsum with extra free axes ("bth,hf->btf")
-    markedly slower: on bench-tiny shapes a SwiGLU MLP took ~1.7x longer forward and backward,
-    a whole GRPO update ~1.3x. The reshapes are free.
+    markedly slower: a bench-tiny GRPO update micro-batch took 1.23-1.28x as long
+    (benchmarks/cpu_layout_ab.py). The reshapes are free.
     """
     lead, k = x.shape[: x.ndim - in_dims], int(np.prod(x.shape[x.ndim - in_dims :]))
     rows = x.reshape(-1, k)
