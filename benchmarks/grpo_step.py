@@ -1,6 +1,6 @@
 """The `grpo_step` workload of /work/shared/BENCHMARKS.md: one GRPO optimizer step, tailor-jax vs TRL.
 
-    python benchmarks/grpo_step.py [--runs 3] [--peers trl] [--micro-batch 32] [--trl-micro-batch 4]
+    python benchmarks/grpo_step.py [--runs 3] [--peers trl] [--micro-batch 32] [--trl-micro-batch 4] [--cpu-devices N] [--mesh auto|fsdp]
 
 One invocation builds the `bench-tiny` Qwen2 checkpoint (HF, random weights, seed 0, plus a
 word-level tokenizer whose word "t<i>" is id i, so that text prompts carry the same ids through
@@ -8,7 +8,8 @@ TRL) in a temp dir, measures this machine's float32 matmul peak through JAX, the
 GRPO step per system: 16 prompts of 64 random token ids x G = 8 completions of 128 tokens
 (temperature 1, EOS never sampled), reward = fraction of even token ids in the completion,
 group-scaled advantages, beta 0.04 (k3 KL to a frozen reference), epsilon 0.2, token-mean loss,
-AdamW lr 1e-5, one optimizer update per rollout batch.
+AdamW lr 1e-5, one optimizer update per rollout batch. Ours runs as the `tailor-jax` CLI does: one
+JAX CPU device per core on the mesh's `data` axis (parallel.cpu, `mesh_preset: auto`).
 
 Ours drives the GRPO trainer's own pieces exactly as `tailor_jax.train.grpo_trainer.train` does
 for one step (sampler -> group advantages -> `build_rows` -> `pack_micro_batches` -> reference
@@ -39,6 +40,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from tailor_jax.parallel.cpu import configure_cpu_devices
 
 HERE = Path(__file__).resolve().parent
 TRL_VENV = Path(os.environ.get("TAILOR_JAX_TRL_VENV", Path.home() / ".cache/tailor-jax/trl-venv"))
@@ -124,24 +127,26 @@ def step_flops(parameters: int) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------
 # Ours: the trainer's pieces, one step as in grpo_trainer.train.
 def make_ours(model_dir: Path, prompts: list[list[int]], micro_batch: int,
-              prompt_slots: int | None = None) -> tuple[Callable[[int], dict], Callable[[], dict]]:
+              prompt_slots: int | None = None, mesh_layout: str = "auto") -> tuple[Callable[[int], dict], Callable[[], dict]]:
     """`(step, info)`: `step(seed)` runs and times one full GRPO step; `info()` describes the run."""
     import jax
     import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec
 
     from tailor_jax.config import OptimizerConfig
-    from tailor_jax.parallel.mesh import MeshConfig, create_mesh
+    from tailor_jax.parallel.mesh import MeshConfig, auto_mesh_axes, create_mesh
     from tailor_jax.parallel.sharding import use_sharding
     from tailor_jax.sampling import Sampler
     from tailor_jax.train import grpo_trainer as gt
     from tailor_jax.train.grpo import group_advantages
     from tailor_jax.train.optim import make_optimizer
-    from tailor_jax.train.state import create_train_state, merge_model
+    from tailor_jax.train.state import create_train_state, merge_model, state_shardings_of
     from tailor_jax.model.hf_io import load_pretrained
 
     g, rows_total = WORKLOAD["samples"], WORKLOAD["prompts"] * WORKLOAD["samples"]
     micro = micro_batch or rows_total
-    mesh_cfg = MeshConfig()
+    # "auto" as `tailor-jax run` (mesh_preset: auto); "fsdp" the MeshConfig default (every device on fsdp)
+    mesh_cfg = MeshConfig(**auto_mesh_axes()) if mesh_layout == "auto" else MeshConfig()
     mesh, rules = create_mesh(mesh_cfg), mesh_cfg.axis_rules()
     loss_cfg = gt.LossConfig(epsilon_low=WORKLOAD["epsilon"], epsilon_high=WORKLOAD["epsilon"], beta=WORKLOAD["beta"],
                              kl="k3", loss_agg="token_mean", scale_rewards="group")
@@ -154,11 +159,12 @@ def make_ours(model_dir: Path, prompts: list[list[int]], micro_batch: int,
     ref_params = jax.tree.map(jnp.copy, state.params)
     sampler = Sampler(model, mesh=mesh, rules=rules, pad_id=PAD_ID)
     del model
-    with use_sharding(mesh, rules):
+    shardings, replicated = state_shardings_of(state), NamedSharding(mesh, PartitionSpec())
+    with use_sharding(mesh, rules):  # jitted as in grpo_trainer.train: the state keeps its layout
         logp_fn = jax.jit(gt.make_logp_fn(graphdef, rollout_cfg.temperature))
         accumulate = jax.jit(gt.make_accumulate_fn(graphdef, loss_cfg, rollout_cfg.temperature, rollout_cfg.max_new_tokens),
-                             donate_argnums=0)
-        apply = jax.jit(gt.make_apply_fn(tx), donate_argnums=(0, 1))
+                             donate_argnums=0, out_shardings=(shardings.params, replicated))
+        apply = jax.jit(gt.make_apply_fn(tx), donate_argnums=0, out_shardings=(shardings, replicated))
 
     slots_used: set[int] = set()
 
@@ -198,7 +204,7 @@ def make_ours(model_dir: Path, prompts: list[list[int]], micro_batch: int,
     def info() -> dict:
         return {"system": "tailor_jax", "micro_batch": micro, "prompt_slots": sorted(slots_used),
                 "sampler_compiles": sampler.num_compiles,
-                "devices": len(jax.devices()), "version": f"jax {jax.__version__}"}
+                "mesh": dict(mesh.shape), "version": f"jax {jax.__version__}"}
 
     return step, info
 
@@ -282,7 +288,13 @@ def main() -> None:
                         help="prompt slots per micro-batch (default: the trainer's rule, 4 for 32 rows; "
                              "16 = min(micro-batch, prompts), the rule before 2026-12-03)")
     parser.add_argument("--trl-micro-batch", type=int, default=4, help="TRL per_device_train_batch_size")
+    parser.add_argument("--cpu-devices", type=int, default=None,
+                        help="JAX CPU devices for ours (default: one per core, as the tailor-jax CLI does; "
+                             "1 reproduces the figures from before 2026-12-05)")
+    parser.add_argument("--mesh", choices=["auto", "fsdp"], default="auto",
+                        help="ours: auto (on CPU every device on data, as `tailor-jax run`) or fsdp (every device on fsdp)")
     args = parser.parse_args()
+    configure_cpu_devices(args.cpu_devices)
     peers = [p for p in args.peers.split(",") if p]
 
     prompts = make_prompts()
@@ -291,7 +303,7 @@ def main() -> None:
         info = build_checkpoint(model_dir)
         prompts_file.write_text(json.dumps(prompts))
         peak = matmul_peak_flops()
-        ours_step, ours_info = make_ours(model_dir, prompts, args.micro_batch, args.prompt_slots)
+        ours_step, ours_info = make_ours(model_dir, prompts, args.micro_batch, args.prompt_slots, args.mesh)
         systems = {"tailor_jax": ours_step}
         if "trl" in peers:
             peer = TRLPeer(model_dir, prompts_file, args.runs, args.trl_micro_batch, Path(tmp) / "trl.log")

@@ -1,15 +1,17 @@
 """The `sample` workload of /work/shared/BENCHMARKS.md: this sampler vs Hugging Face generate vs tunix.
 
-    python benchmarks/sampler.py [--runs 3] [--peers hf,tunix] [--model bench-tiny]
+    python benchmarks/sampler.py [--runs 3] [--peers hf,tunix[,ours-1dev]] [--cpu-devices N]
 
 One invocation: builds the `bench-tiny` Qwen2 checkpoint (HF, random weights, seed 0) in a temp
 dir, measures this machine's float32 matmul peak through JAX, then times every system on the same
 16 prompts x G=8 x 128 new tokens (temperature 1, no top-k/top-p, EOS off), end to end from token
 ids in to token ids out. Each system warms up (compiles) once and is timed `--runs` times; prints
 one JSON line per system and a table with tok/s (median, min, max), ratios and the fraction of the
-arithmetic roofline. HF runs in this venv (PyTorch CPU); tunix runs in its own venv, created on
-first use under ~/.cache/tailor-jax/peers-venv (google-tunix 0.1.7, jax 0.10.2), so it never touches
-this project's environment.
+arithmetic roofline. Ours runs as the `tailor-jax` CLI does: one JAX CPU device per core, the
+batch split over them on the mesh's `data` axis (parallel.cpu, `mesh_preset: auto`). HF runs in
+this venv (PyTorch CPU); tunix runs in its own venv, created on first use under
+~/.cache/tailor-jax/peers-venv (google-tunix 0.1.7, jax 0.10.2), so it never touches this
+project's environment; as its users run it, on one JAX device.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from tailor_jax.parallel.cpu import configure_cpu_devices
 
 HERE = Path(__file__).resolve().parent
 PEERS_VENV = Path(os.environ.get("TAILOR_JAX_PEERS_VENV", Path.home() / ".cache/tailor-jax/peers-venv"))
@@ -84,9 +88,12 @@ class OurSystem:
 
     def __init__(self, model_dir: Path, prompts: list[list[int]]):
         from tailor_jax.model import load_pretrained
+        from tailor_jax.parallel.mesh import MeshConfig, auto_mesh_axes, create_mesh
         from tailor_jax.sampling import Sampler
 
-        self.sampler = Sampler(load_pretrained(model_dir))
+        mesh_cfg = MeshConfig(**auto_mesh_axes())  # as `tailor-jax run` (mesh_preset: auto)
+        self.mesh, rules = create_mesh(mesh_cfg), mesh_cfg.axis_rules()
+        self.sampler = Sampler(load_pretrained(model_dir, mesh=self.mesh, rules=rules), mesh=self.mesh, rules=rules)
         self.prompts = prompts
         self.run(0)  # warm-up (compilation)
 
@@ -97,7 +104,7 @@ class OurSystem:
         return time.perf_counter() - start, out.num_tokens
 
     def meta(self) -> dict:
-        return {"system": self.name, "compiles": self.sampler.num_compiles}
+        return {"system": self.name, "compiles": self.sampler.num_compiles, "mesh": dict(self.mesh.shape)}
 
     def close(self) -> None:
         pass
@@ -153,9 +160,16 @@ def ensure_peers_venv() -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description="sample workload: tailor-jax vs HF generate vs tunix")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--peers", default="hf,tunix", help="comma list of hf, tunix (empty: ours only)")
+    parser.add_argument("--peers", default="hf,tunix",
+                        help="comma list of hf, tunix, ours-1dev (this sampler on one CPU device); empty: ours only")
+    parser.add_argument("--cpu-devices", type=int, default=None,
+                        help="JAX CPU devices for ours (default: one per core, as the tailor-jax CLI does; "
+                             "1 reproduces the figures from before 2026-12-05)")
     args = parser.parse_args()
+    configure_cpu_devices(args.cpu_devices)
     peers = [p for p in args.peers.split(",") if p]
+    if set(peers) - {"hf", "tunix", "ours-1dev"}:
+        parser.error(f"--peers: unknown {sorted(set(peers) - {'hf', 'tunix', 'ours-1dev'})}; use hf, tunix, ours-1dev")
 
     rng = np.random.default_rng(0)
     prompts = [rng.integers(1, BENCH_TINY["vocab_size"], WORKLOAD["prompt_len"]).tolist()
@@ -167,7 +181,7 @@ def main() -> None:
         systems = []
         try:
             for peer in peers:  # peers warm up one at a time, before anything is timed
-                python = sys.executable if peer == "hf" else str(ensure_peers_venv())
+                python = str(ensure_peers_venv()) if peer == "tunix" else sys.executable
                 systems.append(PeerSystem(python, peer, model_dir, prompts_file))
             systems.insert(0, OurSystem(model_dir, prompts))
             peak = matmul_peak_flops()
@@ -204,12 +218,13 @@ def main() -> None:
                       "parameters": info["parameters"]}))
     print(f"\nsample workload, bench-tiny, {os.cpu_count()} cores; matmul peak {peak / 1e9:.0f} GFLOP/s "
           f"({peak_after / 1e9:.0f} after) -> roofline {roofline:,.0f} tok/s")
-    print(f"{'system':<16}{'median tok/s':>14}{'min':>10}{'max':>10}{'ours/this':>11}{'per round':>22}{'roofline':>10}")
+    width = 5 * args.runs + 2
+    print(f"{'system':<16}{'median tok/s':>14}{'min':>10}{'max':>10}{'ours/this':>11}  {'per round':<{width}}{'roofline':>8}")
     for result in results:
         ratio = ours["tok_per_s_median"] / result["tok_per_s_median"]
         rounds = " ".join(f"{r:.2f}" for r in result["ours_over_this_per_round"])
         print(f"{result['system']:<16}{result['tok_per_s_median']:>14,.0f}{result['tok_per_s_min']:>10,.0f}"
-              f"{result['tok_per_s_max']:>10,.0f}{ratio:>10.2f}x{rounds:>22}{result['roofline_fraction']:>10.0%}")
+              f"{result['tok_per_s_max']:>10,.0f}{ratio:>10.2f}x  {rounds:<{width}}{result['roofline_fraction']:>8.0%}")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
 """Peer samplers for benchmarks/sampler.py, each run in its own process (and, for tunix, its own venv).
 
-    python benchmarks/sampler_peers.py {hf,tunix} --model-dir DIR --prompts FILE --new-tokens N
+    python benchmarks/sampler_peers.py {hf,tunix,ours-1dev} --model-dir DIR --prompts FILE --new-tokens N
         --samples G (--runs R | --serve)
 
 Reads prompts (a JSON list of token-id lists), warms up once, then times end-to-end runs (token
 ids in, token ids out on the host): R of them, printing one JSON line {"system", "seconds": [...],
 "tokens"}; or, with --serve, one per "run SEED" line on stdin (a JSON line each), so that
 benchmarks/sampler.py can interleave the systems' runs.
-Imports nothing from tailor_jax so that it runs in the peers' virtual environment.
+`hf` and `tunix` import nothing from tailor_jax, so that they run in the peers' virtual
+environment; `ours-1dev` is this project's sampler on one JAX CPU device (the layout before
+2026-12-05), run from this project's venv as a baseline for the one-device-per-core default.
 """
 
 from __future__ import annotations
@@ -106,9 +108,27 @@ def build_tunix(model_dir: str, prompts: list[list[int]], new_tokens: int, sampl
                   "version": f"google-tunix {__import__('importlib.metadata').metadata.version('google-tunix')}, jax {jax.__version__}"}
 
 
+def build_ours_one_device(model_dir: str, prompts: list[list[int]], new_tokens: int, samples: int):
+    import jax
+
+    jax.config.update("jax_num_cpu_devices", 1)
+    from tailor_jax.model import load_pretrained
+    from tailor_jax.sampling import Sampler
+
+    sampler = Sampler(load_pretrained(model_dir))
+
+    def once(seed: int) -> tuple[float, int]:
+        start = time.perf_counter()
+        out = sampler.generate(prompts, max_new_tokens=new_tokens, temperature=1.0, num_samples=samples,
+                               eos_token_ids=[], seed=seed)
+        return time.perf_counter() - start, out.num_tokens
+
+    return once, {"system": "tailor_jax_1dev", "version": f"jax {jax.__version__}, one CPU device"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("system", choices=["hf", "tunix"])
+    parser.add_argument("system", choices=["hf", "tunix", "ours-1dev"])
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--prompts", required=True)
     parser.add_argument("--new-tokens", type=int, default=128)
@@ -122,6 +142,8 @@ def main() -> None:
         prompts = json.load(f)
     if args.system == "hf":
         once, meta = build_hf(args.model_dir, prompts, args.new_tokens, args.samples)
+    elif args.system == "ours-1dev":
+        once, meta = build_ours_one_device(args.model_dir, prompts, args.new_tokens, args.samples)
     else:
         once, meta = build_tunix(args.model_dir, prompts, args.new_tokens, args.samples, greedy=args.greedy)
     once(0)  # warm-up (compilation)

@@ -37,9 +37,10 @@ COMMAND_HELP = {
     "primitives": "list a task's reasoning primitives with an example trace each",
 }
 
-# Commands that compute on JAX devices. On several hosts (a TPU slice, or processes given a
-# coordinator through TAILOR_/JAX_ COORDINATOR_ADDRESS, NUM_PROCESSES, PROCESS_ID) each process
-# joins one cluster before the command runs; in one process this is a no-op.
+# Commands that compute on JAX devices. Each first exposes one JAX CPU device per core
+# (parallel.cpu; TAILOR_CPU_DEVICES or XLA_FLAGS choose otherwise). On several hosts (a TPU
+# slice, or processes given a coordinator through TAILOR_/JAX_ COORDINATOR_ADDRESS,
+# NUM_PROCESSES, PROCESS_ID) each process then joins one cluster; in one process that is a no-op.
 DISTRIBUTED_COMMANDS = ("sft", "grpo", "run", "eval", "tailor")
 
 
@@ -62,11 +63,19 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     chosen = next((arg for arg in argv if not arg.startswith("-")), None)
     parser = build_parser(chosen if chosen in COMMANDS else None)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops filling `key=value ...` at the first option (`run CONFIG --dry-run a=1`);
+    # overrides after an option still belong to the command.
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides, extra = list(args.overrides or []) + extra, []
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.command in DISTRIBUTED_COMMANDS:
+            from tailor_jax.parallel.cpu import configure_cpu_devices
             from tailor_jax.parallel.distributed import initialize_distributed
 
+            configure_cpu_devices()
             initialize_distributed()
         return int(args.func(args) or 0)
     except TailorError as err:

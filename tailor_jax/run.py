@@ -38,8 +38,8 @@ STAGES = ("data", "warm_start", "sft", "grpo", "eval", "report")
 WARM_START_METHODS = ("task_trace", "tailor", "rule_based", "four_star")
 
 # Mesh layouts by name (`mesh_preset`); an explicit `mesh` section wins over the preset.
-MESH_PRESETS: dict[str, dict[str, Any]] = {
-    "auto": {"data": 1, "fsdp": -1, "tensor": 1},  # every device on the fsdp axis
+MESH_PRESETS: dict[str, dict[str, Any] | None] = {
+    "auto": None,  # on CPU every device (one per core) on data, elsewhere on fsdp: parallel.mesh.auto_mesh_axes
     "single-device": {"data": 1, "fsdp": 1, "tensor": 1},  # one CPU or one GPU
     "tpu-v4-8": {"data": 1, "fsdp": 4, "tensor": 1},  # 4 chips on one host
     "tpu-v5e-8": {"data": 2, "fsdp": 4, "tensor": 1},  # 8 chips on one host
@@ -125,7 +125,12 @@ def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfi
 
 
 def mesh_dict(cfg: RunConfig) -> dict[str, Any]:
-    return dict(cfg.mesh) if cfg.mesh is not None else dict(MESH_PRESETS[cfg.mesh_preset])
+    from tailor_jax.parallel.mesh import auto_mesh_axes
+
+    if cfg.mesh is not None:
+        return dict(cfg.mesh)
+    preset = MESH_PRESETS[cfg.mesh_preset]
+    return dict(preset) if preset is not None else auto_mesh_axes()
 
 
 def stage_dir(cfg: RunConfig, stage: str) -> Path:
