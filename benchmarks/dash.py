@@ -17,7 +17,8 @@ measured after the same numbers of rollouts. The clock is the training time only
 `step_time`: sampling + reference + update; evaluation excluded). Prints one JSON line per system
 and a table: the final accuracies, and the training time DASH needs to reach plain GRPO's final
 accuracy against the time plain GRPO trained for it (its whole run) and against the first time
-plain GRPO's curve touched it.
+plain GRPO's curve touched it. Both run as the `tailor-jax` CLI does: on CPU one JAX device per
+core on the mesh's `data` axis (since 2026-12-05; before, one device).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ PROMPTS, GROUP, DASH_FACTOR = 8, 8, 4
 
 def run_system(name: str, init: Path, work: Path, rollouts: int, args) -> dict:
     from tailor_jax.config import config_from_dict
+    from tailor_jax.parallel.mesh import auto_mesh_axes
     from tailor_jax.train import grpo_trainer
 
     dash = name == "dash"
@@ -49,7 +51,7 @@ def run_system(name: str, init: Path, work: Path, rollouts: int, args) -> dict:
         "optimizer": {"lr": (args.dash_lr or 2 * args.lr) if dash else args.lr, "warmup_steps": 0},
         "eval": {"levels": [3, 4, 5], "per_level": args.per_level, "every": eval_every},
         "checkpoint": {"every_steps": 10**6, "keep": 1},
-        "mesh": {"data": 1, "fsdp": 1, "tensor": 1},
+        "mesh": auto_mesh_axes(),  # as `tailor-jax run`: on CPU one device per core, on data
     })
     start = time.perf_counter()
     result = grpo_trainer.train(cfg)
@@ -81,6 +83,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
     args = parser.parse_args()
+    from tailor_jax.parallel.cpu import configure_cpu_devices
+
+    configure_cpu_devices()
     init = Path(args.init)
     if not (init / "config.json").is_file():
         print(f"dash.py: no model at {init}; run `tailor-jax run configs/quickstart.yaml` first or pass --init DIR",
