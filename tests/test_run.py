@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from tailor_jax import run as run_lib
+from tailor_jax.data.jsonl import read_jsonl, write_jsonl
 from tailor_jax.errors import TailorError
 from tailor_jax.tasks import get_task
 from tailor_jax.tasks.gf import check_trace
@@ -175,6 +176,31 @@ def test_held_out_sets_exclude_training_problems(tmp_path):
     assert len(held_sft) == 8 and len(held_eval) == 30 and len(held_grpo) == 30
     assert not train & set(held_sft) and not train & set(held_eval) and not train & set(held_grpo)
     assert train & {run_lib.problem_key(r) for r in unfiltered}  # the pool is small enough to collide
+
+
+def test_eval_command_follows_level_overrides_and_excludes_the_pool(tmp_path, monkeypatch):
+    import argparse
+
+    from tailor_jax.eval import evaluate
+
+    config = tmp_path / "micro.yaml"
+    config.write_text(yaml.safe_dump({**MICRO, "run_dir": str(tmp_path), "data": {**MICRO["data"], "num_train": 400,
+                                                                                  "train_options": {"steps": 2}}}))
+    cfg = run_lib.load_run_config(config)
+    (tmp_path / "data").mkdir()
+    run_lib.run_data(cfg, tmp_path / "data")
+    (tmp_path / "eval").mkdir()  # what the run's eval stage saved (levels [3])
+    write_jsonl(tmp_path / "eval" / "records.jsonl", run_lib.eval_records(cfg))
+    seen = []
+    monkeypatch.setattr(evaluate, "evaluate_model", lambda path, task, records, **_: seen.append(records) or {})
+    monkeypatch.setattr(evaluate, "describe", lambda *a, **k: "")
+    evaluate.run(argparse.Namespace(config=str(config), overrides=["eval.levels=[2,4]", "eval.per_level=25"],
+                                    checkpoint="unused", out=None))
+    train = {run_lib.problem_key(r) for r in read_jsonl(tmp_path / "data" / "train.jsonl")}
+    assert [r["k"] for r in seen[0]] == [2] * 25 + [4] * 25  # the overridden levels, not the run's [3]
+    assert not train & {run_lib.problem_key(r) for r in seen[0]}
+    evaluate.run(argparse.Namespace(config=str(config), overrides=[], checkpoint="unused", out=None))
+    assert seen[1] == run_lib.eval_records(cfg)  # unchanged config: the run's own eval problems
 
 
 # ---------------------------------------------------------------------------------------

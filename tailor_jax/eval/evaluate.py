@@ -192,13 +192,13 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from tailor_jax import run as run_lib
-    from tailor_jax.data.jsonl import read_jsonl
     from tailor_jax.tasks import get_task
 
     cfg = run_lib.load_run_config(args.config, args.overrides)
-    saved = run_lib.stage_dir(cfg, "eval") / "records.jsonl"
-    if saved.is_file():
-        records = list(read_jsonl(saved))
+    if (run_lib.stage_dir(cfg, "data") / "train.jsonl").is_file():
+        # the run's held-out problems (none in its SFT pool); the same as its eval stage's when the
+        # eval section is unchanged, and the overridden levels / counts otherwise
+        records = run_lib.eval_records(cfg)
     else:
         from tailor_jax.eval.accuracy import level_records
 
