@@ -11,7 +11,8 @@ Everything lives in one run directory, one sub-directory per stage:
     RUN_DIR/report.md, RUN_DIR/plots/*.png
 
 Each stage writes `<stage>/stage.json` = {"hash", "status": "running" | "done", ...}. The hash
-covers the stage's own config and the hash of the stage before it, so a stage is skipped when
+covers the stage's own config (not where it runs: paths and the mesh are left out) and the hash
+of the stage before it, so a stage is skipped when
 it is done with the same hash, resumed when it was interrupted with the same hash (the trainers
 restore their latest checkpoint), and started afresh (its directory cleared) when its config or
 anything upstream changed.
@@ -24,7 +25,7 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -210,22 +211,47 @@ def _without(data: dict, *keys: str) -> dict:
     return {k: v for k, v in data.items() if k not in keys}
 
 
-def stage_hashes(cfg: RunConfig) -> dict[str, str]:
-    """A hash per stage: its own config plus the previous stage's hash (paths excluded, so a
-    moved run directory keeps its hashes)."""
+def stage_hashes(cfg: RunConfig, legacy_mesh: dict[str, Any] | None = None) -> dict[str, str]:
+    """A hash per stage: its own config plus the previous stage's hash. Paths are excluded, so a
+    moved run directory keeps its hashes, and so is the mesh: where a stage runs is not what it
+    computes, so a run moved to other devices or another layout resumes (checkpoints restore
+    into the new layout) and skips what is done.
+
+    `legacy_mesh`: the hashes as written before 2026-12-05, which included the trainers' mesh
+    (this one, where the section did not set its own), so that older run directories still match.
+    """
+    from tailor_jax.parallel.mesh import MeshConfig
+
+    def mesh_free(part: dict, section: dict | None) -> dict:
+        if legacy_mesh is None:
+            return _without(part, "mesh")
+        return part if "mesh" in (section or {}) else {**part, "mesh": config_to_dict(MeshConfig(**legacy_mesh))}
+
     sft = config_to_dict(sft_config(cfg))
     sft["data"] = _without(sft["data"], "train_file", "eval_file")
     parts: dict[str, Any] = {
         "data": {"task": cfg.task, "task_options": cfg.task_options, "data": config_to_dict(cfg.data)},
         "warm_start": config_to_dict(cfg.warm_start),
-        "sft": _without(sft, "run_dir"),
-        "grpo": _grpo_hash_part(cfg) if cfg.grpo is not None else None,
+        "sft": mesh_free(_without(sft, "run_dir"), cfg.sft),
+        "grpo": mesh_free(_grpo_hash_part(cfg), cfg.grpo) if cfg.grpo is not None else None,
         "eval": {"eval": config_to_dict(cfg.eval), "prompt_style": cfg.prompt_style, "think_prefill": cfg.think_prefill},
     }
     hashes, previous = {}, ""
     for stage, part in parts.items():
         previous = hashes[stage] = config_hash({"previous": previous, "config": part})
     return hashes
+
+
+# The meshes the hashes of older run directories may hold: the presets as they resolved before
+# 2026-12-05 (`auto` was every device on fsdp), or the run's own explicit mesh.
+LEGACY_MESHES = ({"data": 1, "fsdp": -1, "tensor": 1}, {"data": 1, "fsdp": 1, "tensor": 1},
+                 {"data": 1, "fsdp": 4, "tensor": 1}, {"data": 2, "fsdp": 4, "tensor": 1})
+
+
+def accepted_hashes(cfg: RunConfig) -> dict[str, set[str]]:
+    """Per stage, the hashes that count as this config's: today's, and the legacy ones."""
+    legacy = [stage_hashes(cfg, mesh) for mesh in (*LEGACY_MESHES, *([cfg.mesh] if cfg.mesh is not None else []))]
+    return {stage: {current, *(h[stage] for h in legacy)} for stage, current in stage_hashes(cfg).items()}
 
 
 def _grpo_hash_part(cfg: RunConfig) -> dict:
@@ -253,9 +279,9 @@ def write_stage(directory: Path, info: dict) -> None:
     tmp.replace(directory / "stage.json")
 
 
-def stage_status(directory: Path, wanted_hash: str) -> Literal["done", "resume", "fresh"]:
+def stage_status(directory: Path, wanted_hashes: Collection[str]) -> Literal["done", "resume", "fresh"]:
     info = read_stage(directory)
-    if info is None or info.get("hash") != wanted_hash:
+    if info is None or info.get("hash") not in wanted_hashes:
         return "fresh"
     return "done" if info.get("status") == "done" else "resume"
 
@@ -471,7 +497,7 @@ class PlannedStage:
 
 def plan(cfg: RunConfig) -> list[PlannedStage]:
     check_batches(cfg)
-    hashes = stage_hashes(cfg)
+    hashes, accepted = stage_hashes(cfg), accepted_hashes(cfg)
     stages = []
     for name in STAGES:
         if name == "grpo" and cfg.grpo is None or name == "report" and not cfg.report:
@@ -479,7 +505,7 @@ def plan(cfg: RunConfig) -> list[PlannedStage]:
         if name == "report":
             stages.append(PlannedStage(name, None, "always"))
         else:
-            stages.append(PlannedStage(name, hashes[name], stage_status(stage_dir(cfg, name), hashes[name])))
+            stages.append(PlannedStage(name, hashes[name], stage_status(stage_dir(cfg, name), accepted[name])))
     return stages
 
 

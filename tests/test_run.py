@@ -64,6 +64,24 @@ def test_hashes_change_only_downstream(tmp_path):
     assert all(base[s] != other_data[s] for s in base)
     moved = run_lib.stage_hashes(micro_config(tmp_path / "elsewhere"))
     assert moved == base  # paths are not part of the hashes
+    for mesh in ({"mesh_preset": "auto"}, {"mesh": {"data": 1, "fsdp": 2, "tensor": 1}}):
+        assert run_lib.stage_hashes(micro_config(tmp_path, **mesh)) == base  # nor is the mesh
+
+
+def test_run_directories_hashed_with_their_mesh_still_match(tmp_path, fake_stages):
+    """Before 2026-12-05 the hashes included the mesh (`auto` then meant fsdp over every device);
+    such a directory must resume and skip as before, not be cleared as another config's."""
+    calls, _ = fake_stages
+    cfg = micro_config(tmp_path, mesh_preset="auto")
+    old = run_lib.stage_hashes(cfg, legacy_mesh={"data": 1, "fsdp": -1, "tensor": 1})
+    assert old["sft"] != run_lib.stage_hashes(cfg)["sft"]
+    for stage, status in (("data", "done"), ("warm_start", "done"), ("sft", "running")):
+        run_lib.write_stage(tmp_path / stage, {"hash": old[stage], "status": status})
+    (tmp_path / "sft" / "partial").write_text("x")
+    assert [s.status for s in run_lib.plan(cfg)] == ["done", "done", "resume", "fresh", "fresh", "always"]
+    run_lib.execute(cfg, log=lambda message: None)
+    assert calls[0] == ("sft", "kept")
+    assert run_lib.read_stage(tmp_path / "sft")["hash"] == run_lib.stage_hashes(cfg)["sft"]
 
 
 # ---------------------------------------------------------------------------------------
