@@ -33,6 +33,7 @@ from tailor_jax.parallel.cpu import configure_cpu_devices
 HERE = Path(__file__).resolve().parent
 PEERS_VENV = Path(os.environ.get("TAILOR_JAX_PEERS_VENV", Path.home() / ".cache/tailor-jax/peers-venv"))
 PEERS_REQUIREMENTS = ["google-tunix==0.1.7", "jax==0.10.2", "flax==0.12.8"]
+PEERS = ("hf", "tunix", "ours-1dev")  # benchmarks/sampler_peers.py's systems
 
 WORKLOAD = dict(prompts=16, prompt_len=64, samples=8, new_tokens=128)
 BENCH_TINY = dict(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
@@ -168,8 +169,9 @@ def main() -> None:
     args = parser.parse_args()
     configure_cpu_devices(args.cpu_devices)
     peers = [p for p in args.peers.split(",") if p]
-    if set(peers) - {"hf", "tunix", "ours-1dev"}:
-        parser.error(f"--peers: unknown {sorted(set(peers) - {'hf', 'tunix', 'ours-1dev'})}; use hf, tunix, ours-1dev")
+    unknown = sorted(set(peers) - set(PEERS))
+    if unknown:
+        parser.error(f"--peers: unknown {unknown}; use {', '.join(PEERS)}")
 
     rng = np.random.default_rng(0)
     prompts = [rng.integers(1, BENCH_TINY["vocab_size"], WORKLOAD["prompt_len"]).tolist()

@@ -12,10 +12,9 @@ Everything lives in one run directory, one sub-directory per stage:
 
 Each stage writes `<stage>/stage.json` = {"hash", "status": "running" | "done", ...}. The hash
 covers the stage's own config (not where it runs: paths and the mesh are left out) and the hash
-of the stage before it, so a stage is skipped when
-it is done with the same hash, resumed when it was interrupted with the same hash (the trainers
-restore their latest checkpoint), and started afresh (its directory cleared) when its config or
-anything upstream changed.
+of the stage before it, so a stage is skipped when it is done with the same hash, resumed when
+it was interrupted with the same hash (the trainers restore their latest checkpoint), and
+started afresh (its directory cleared) when its config or anything upstream changed.
 """
 
 from __future__ import annotations
@@ -222,7 +221,7 @@ def stage_hashes(cfg: RunConfig, legacy_mesh: dict[str, Any] | None = None) -> d
     """
     from tailor_jax.parallel.mesh import MeshConfig
 
-    def mesh_free(part: dict, section: dict | None) -> dict:
+    def mesh_as_hashed(part: dict, section: dict | None) -> dict:  # without it, or the legacy one
         if legacy_mesh is None:
             return _without(part, "mesh")
         return part if "mesh" in (section or {}) else {**part, "mesh": config_to_dict(MeshConfig(**legacy_mesh))}
@@ -232,8 +231,8 @@ def stage_hashes(cfg: RunConfig, legacy_mesh: dict[str, Any] | None = None) -> d
     parts: dict[str, Any] = {
         "data": {"task": cfg.task, "task_options": cfg.task_options, "data": config_to_dict(cfg.data)},
         "warm_start": config_to_dict(cfg.warm_start),
-        "sft": mesh_free(_without(sft, "run_dir"), cfg.sft),
-        "grpo": mesh_free(_grpo_hash_part(cfg), cfg.grpo) if cfg.grpo is not None else None,
+        "sft": mesh_as_hashed(_without(sft, "run_dir"), cfg.sft),
+        "grpo": mesh_as_hashed(_grpo_hash_part(cfg), cfg.grpo) if cfg.grpo is not None else None,
         "eval": {"eval": config_to_dict(cfg.eval), "prompt_style": cfg.prompt_style, "think_prefill": cfg.think_prefill},
     }
     hashes, previous = {}, ""
