@@ -187,23 +187,37 @@ def _section_config(cls, section: dict, name: str):
 
 
 def check_batches(cfg: RunConfig) -> None:
-    """Batch sizes must split evenly over the data-parallel devices of an explicit mesh
-    (checked here so a TPU config fails in `--dry-run`, not after the SFT stage)."""
+    """Batch sizes must split evenly over the data-parallel devices (checked here so that a bad
+    config fails in `--dry-run`, not after the SFT stage). A mesh with a -1 axis is resolved on
+    this process's devices; a fixed one is checked as written (a TPU config dry-runs anywhere)."""
+    import jax
+
+    from tailor_jax.parallel.mesh import MeshConfig
+
     mesh = mesh_dict(cfg)
-    sizes = [mesh.get("data", 1), mesh.get("fsdp", -1)]
-    if any(s == -1 for s in sizes) or mesh.get("rules"):
-        return  # decided by the device count (or custom rules) at run time
-    shards = sizes[0] * sizes[1]
+    if mesh.get("rules"):
+        return  # custom rules may map the batch elsewhere: checked by the trainers
+    config = MeshConfig(**mesh)
+    if -1 in config.sizes():
+        devices = jax.devices()
+        data, fsdp, _ = config.resolve(len(devices))
+        where = f"mesh {mesh} on {len(devices)} {devices[0].platform.upper()} devices"
+        if devices[0].platform == "cpu":
+            where += " (TAILOR_CPU_DEVICES=N sets their count)"
+    else:
+        data, fsdp, _ = config.sizes()
+        where = f"mesh {mesh}"
+    shards = data * fsdp
     sft = sft_config(cfg)
     if (sft.batch_size // sft.accum_steps) % shards:
         raise TailorError(f"sft.batch_size / sft.accum_steps = {sft.batch_size // sft.accum_steps} is not a multiple of the "
-                          f"{shards}-way data parallelism of mesh {mesh}; change sft.batch_size or the mesh")
+                          f"{shards}-way data parallelism of {where}; change sft.batch_size or the mesh")
     if cfg.grpo is not None:
         grpo = grpo_config(cfg)
         micro = grpo.dash.micro_batch_size or grpo.rollout.prompts_per_step * grpo.rollout.num_generations
         if micro % shards:
             raise TailorError(f"grpo rows per micro-batch ({micro}) are not a multiple of the {shards}-way data parallelism "
-                              f"of mesh {mesh}; change grpo.dash.micro_batch_size or the rollout size")
+                              f"of {where}; change grpo.dash.micro_batch_size or the rollout size")
 
 
 def _without(data: dict, *keys: str) -> dict:

@@ -85,3 +85,12 @@ def test_overrides_may_follow_an_option(tmp_path, capsys):
         main(["run", "configs/quickstart.yaml", "--dry-run", "--no-such-option"])
     assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
     assert build_parser("run").parse_args(["run", "c.yaml", "a=1"]).overrides == ["a=1"]
+
+
+def test_auto_mesh_batches_are_checked_in_the_plan(tmp_path):
+    # this process has 8 CPU devices (conftest): `auto` is data 8, so 12 rows cannot split
+    cfg = run_lib.load_run_config("configs/quickstart.yaml", [f"run_dir={tmp_path}", "sft.batch_size=12"])
+    with pytest.raises(TailorError, match=r"multiple of the 8-way data parallelism of mesh .* on 8 CPU devices"):
+        run_lib.plan(cfg)
+    assert not any(tmp_path.iterdir())  # found before anything is written
+    run_lib.plan(run_lib.load_run_config("configs/quickstart.yaml", [f"run_dir={tmp_path}"]))  # 24 rows: fine
