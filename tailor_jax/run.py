@@ -508,8 +508,24 @@ class PlannedStage:
     status: Literal["done", "resume", "fresh", "always"]
 
 
+def check_schedules(cfg: RunConfig) -> None:
+    """The trainers' learning-rate schedules build (e.g. warmup within the steps), before any stage runs."""
+    from tailor_jax.train.optim import learning_rate_schedule
+
+    sections = [("sft", sft_config(cfg), 1)]
+    if cfg.grpo is not None:
+        grpo = grpo_config(cfg)
+        sections.append(("grpo", grpo, grpo.loss.num_iterations))
+    for name, section, updates_per_step in sections:
+        try:
+            learning_rate_schedule(section.optimizer, section.steps * updates_per_step)
+        except TailorError as err:
+            raise TailorError(f"{name}.optimizer: {err}") from None
+
+
 def plan(cfg: RunConfig) -> list[PlannedStage]:
     check_batches(cfg)
+    check_schedules(cfg)
     hashes, accepted = stage_hashes(cfg), accepted_hashes(cfg)
     stages = []
     for name in STAGES:

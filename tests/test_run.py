@@ -135,6 +135,16 @@ def test_driver_skips_resumes_and_reruns(tmp_path, fake_stages):
     assert calls == [("grpo", "clean"), ("eval", "clean"), ("report", "kept")]
 
 
+def test_schedule_errors_stop_the_plan_before_any_stage(tmp_path):
+    cfg = micro_config(tmp_path / "run", sft={**MICRO["sft"], "optimizer": {"lr": 1e-3, "warmup_steps": 50}})
+    with pytest.raises(TailorError, match=r"sft.optimizer: warmup_steps \(50\) exceeds the total number of steps \(40\)"):
+        run_lib.execute(cfg, log=lambda message: None)
+    cfg = micro_config(tmp_path / "run", grpo={**MICRO["grpo"], "optimizer": {"lr": 1e-4, "warmup_steps": 13}})
+    with pytest.raises(TailorError, match=r"grpo.optimizer: warmup_steps \(13\) exceeds the total number of steps \(12\)"):
+        run_lib.execute(cfg, log=lambda message: None)
+    assert not (tmp_path / "run").exists()
+
+
 def test_dry_run_writes_nothing(tmp_path, capsys):
     config = tmp_path / "micro.yaml"
     config.write_text(yaml.safe_dump({**MICRO, "run_dir": str(tmp_path / "run")}))
