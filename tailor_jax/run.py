@@ -523,9 +523,27 @@ def check_schedules(cfg: RunConfig) -> None:
             raise TailorError(f"{name}.optimizer: {err}") from None
 
 
+def check_eval_levels(cfg: RunConfig) -> None:
+    """Every evaluation level can be generated (e.g. iGSM's test split has no 2-op templates):
+    one problem per level, before any stage runs, instead of an error after training."""
+    from tailor_jax.eval.accuracy import level_records
+
+    sets = [("eval", cfg.task_options | cfg.eval.task_options, cfg.eval.levels)]
+    if cfg.grpo is not None:
+        grpo = grpo_config(cfg)
+        sets.append(("grpo.eval", grpo.task_options | grpo.eval.task_options, grpo.eval.levels))
+    for name, options, levels in sets:
+        for level in levels:
+            try:
+                level_records(cfg.task, options, [level], 1, seed=0)
+            except TailorError as err:
+                raise TailorError(f"{name}.levels: level {level}: {err}") from None
+
+
 def plan(cfg: RunConfig) -> list[PlannedStage]:
     check_batches(cfg)
     check_schedules(cfg)
+    check_eval_levels(cfg)
     hashes, accepted = stage_hashes(cfg), accepted_hashes(cfg)
     stages = []
     for name in STAGES:

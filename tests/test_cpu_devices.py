@@ -78,9 +78,9 @@ def test_run_config_auto_preset_resolves_per_platform(tmp_path):
 
 def test_overrides_may_follow_an_option(tmp_path, capsys):
     # argparse alone stops collecting `key=value` at `--dry-run`; the CLI keeps them as overrides
-    assert main(["run", "configs/quickstart.yaml", "--dry-run", f"run_dir={tmp_path}", "sft.steps=7"]) == 0
+    assert main(["run", "configs/quickstart.yaml", "--dry-run", f"run_dir={tmp_path}", "sft.steps=70"]) == 0
     printed = capsys.readouterr().out
-    assert f"run_dir: {tmp_path}\n" in printed and "steps: 7\n" in printed
+    assert f"run_dir: {tmp_path}\n" in printed and "steps: 70\n" in printed
     with pytest.raises(SystemExit):
         main(["run", "configs/quickstart.yaml", "--dry-run", "--no-such-option"])
     assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err

@@ -145,6 +145,17 @@ def test_schedule_errors_stop_the_plan_before_any_stage(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_ungeneratable_eval_levels_stop_the_plan(tmp_path):
+    # iGSM's test split has no 2-op templates: found in the plan, not after SFT and GRPO
+    cfg = run_lib.load_run_config("configs/igsm-tiny.yaml", [f"run_dir={tmp_path / 'run'}", "eval.levels=[2,4]"])
+    with pytest.raises(TailorError, match="eval.levels: level 2: no test-split iGSM template"):
+        run_lib.plan(cfg)
+    cfg = run_lib.load_run_config("configs/igsm-tiny.yaml", [f"run_dir={tmp_path / 'run'}", "grpo.eval.task_options={split: test}",
+                                                             "grpo.eval.levels=[2]"])
+    with pytest.raises(TailorError, match="grpo.eval.levels: level 2"):
+        run_lib.plan(cfg)
+
+
 def test_dry_run_writes_nothing(tmp_path, capsys):
     config = tmp_path / "micro.yaml"
     config.write_text(yaml.safe_dump({**MICRO, "run_dir": str(tmp_path / "run")}))
