@@ -141,7 +141,7 @@ def evaluate_model(
     if not records:
         raise TailorError("no evaluation problems; set eval.levels and eval.per_level")
     path = resolve_model_dir(model_path)
-    mesh_cfg = MeshConfig(**(mesh or {}))
+    mesh_cfg = MeshConfig(**mesh) if mesh else MeshConfig.auto()
     device_mesh, rules = create_mesh(mesh_cfg), mesh_cfg.axis_rules()
     tokenizer = tok_lib.load_tokenizer(path)
     model = load_pretrained(path, mesh=device_mesh, rules=rules)

@@ -71,6 +71,11 @@ class MeshConfig:
     def describe(self) -> str:
         return f"(data={self.data}, fsdp={self.fsdp}, tensor={self.tensor})"
 
+    @classmethod
+    def auto(cls) -> MeshConfig:
+        """Every device on `data` on CPU, on `fsdp` elsewhere (`auto_mesh_axes`): the trainers' default."""
+        return cls(**auto_mesh_axes())
+
 
 def auto_mesh_axes(platform: str | None = None) -> dict[str, int]:
     """The `auto` layout. On CPU every device on `data`: the devices are cores of one host

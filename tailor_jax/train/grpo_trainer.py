@@ -159,7 +159,7 @@ class GRPOConfig:
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=lambda: OptimizerConfig(lr=1e-5, warmup_steps=0))
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
-    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig.auto)
     seed: int = 0
     steps: int = 100
     log_every: int = 1

@@ -180,7 +180,7 @@ class SFTConfig:
     model: ModelSection = dataclasses.field(default_factory=ModelSection)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
-    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig.auto)
     seed: int = 0
     steps: int = 1000
     batch_size: int = 16  # global rows per optimizer step (all hosts, all micro-batches)
