@@ -1,10 +1,9 @@
 """One JAX device per CPU core.
 
-XLA:CPU runs much of a small model's work (the decode step's small matmuls and elementwise ops)
-on about one thread per device: pinned to one core, the sampler was as fast as on two. Splitting
-the host into one device per core and putting them on the mesh's `data` axis lets each core run
-its share of the batch (benchmarks/README.md, 2 cores: the sampler 1.29x faster, a GRPO step
-1.07-1.10x).
+With one CPU device, XLA:CPU spreads a small model's decode step (small matmuls, many
+elementwise ops) poorly over the cores. Splitting the host into one device per core and putting
+them on the mesh's `data` axis lets each core run its share of the batch (benchmarks/README.md,
+2 cores: the sampler 1.29x faster, a GRPO step 1.07-1.10x; 4 devices on 2 cores were slower).
 """
 
 from __future__ import annotations
