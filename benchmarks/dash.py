@@ -35,7 +35,6 @@ PROMPTS, GROUP, DASH_FACTOR = 8, 8, 4
 
 def run_system(name: str, init: Path, work: Path, rollouts: int, args) -> dict:
     from tailor_jax.config import config_from_dict
-    from tailor_jax.parallel.mesh import auto_mesh_axes
     from tailor_jax.train import grpo_trainer
 
     dash = name == "dash"
@@ -51,7 +50,6 @@ def run_system(name: str, init: Path, work: Path, rollouts: int, args) -> dict:
         "optimizer": {"lr": (args.dash_lr or 2 * args.lr) if dash else args.lr, "warmup_steps": 0},
         "eval": {"levels": [3, 4, 5], "per_level": args.per_level, "every": eval_every},
         "checkpoint": {"every_steps": 10**6, "keep": 1},
-        "mesh": auto_mesh_axes(),  # as `tailor-jax run`: on CPU one device per core, on data
     })
     start = time.perf_counter()
     result = grpo_trainer.train(cfg)

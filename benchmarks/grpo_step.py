@@ -134,7 +134,7 @@ def make_ours(model_dir: Path, prompts: list[list[int]], micro_batch: int,
     from jax.sharding import NamedSharding, PartitionSpec
 
     from tailor_jax.config import OptimizerConfig
-    from tailor_jax.parallel.mesh import MeshConfig, auto_mesh_axes, create_mesh
+    from tailor_jax.parallel.mesh import MeshConfig, create_mesh
     from tailor_jax.parallel.sharding import use_sharding
     from tailor_jax.sampling import Sampler
     from tailor_jax.train import grpo_trainer as gt
@@ -146,7 +146,7 @@ def make_ours(model_dir: Path, prompts: list[list[int]], micro_batch: int,
     g, rows_total = WORKLOAD["samples"], WORKLOAD["prompts"] * WORKLOAD["samples"]
     micro = micro_batch or rows_total
     # "auto" as `tailor-jax run` (mesh_preset: auto); "fsdp" the MeshConfig default (every device on fsdp)
-    mesh_cfg = MeshConfig(**auto_mesh_axes()) if mesh_layout == "auto" else MeshConfig()
+    mesh_cfg = MeshConfig.auto() if mesh_layout == "auto" else MeshConfig()
     mesh, rules = create_mesh(mesh_cfg), mesh_cfg.axis_rules()
     loss_cfg = gt.LossConfig(epsilon_low=WORKLOAD["epsilon"], epsilon_high=WORKLOAD["epsilon"], beta=WORKLOAD["beta"],
                              kl="k3", loss_agg="token_mean", scale_rewards="group")

@@ -89,10 +89,10 @@ class OurSystem:
 
     def __init__(self, model_dir: Path, prompts: list[list[int]]):
         from tailor_jax.model import load_pretrained
-        from tailor_jax.parallel.mesh import MeshConfig, auto_mesh_axes, create_mesh
+        from tailor_jax.parallel.mesh import MeshConfig, create_mesh
         from tailor_jax.sampling import Sampler
 
-        mesh_cfg = MeshConfig(**auto_mesh_axes())  # as `tailor-jax run` (mesh_preset: auto)
+        mesh_cfg = MeshConfig.auto()  # as `tailor-jax run` (mesh_preset: auto)
         self.mesh, rules = create_mesh(mesh_cfg), mesh_cfg.axis_rules()
         self.sampler = Sampler(load_pretrained(model_dir, mesh=self.mesh, rules=rules), mesh=self.mesh, rules=rules)
         self.prompts = prompts
