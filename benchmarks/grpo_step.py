@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_tiny import BENCH_TINY, matmul_peak_flops
 from tailor_jax.parallel.cpu import configure_cpu_devices
 
 HERE = Path(__file__).resolve().parent
@@ -48,9 +49,6 @@ TRL_VENV = Path(os.environ.get("TAILOR_JAX_TRL_VENV", Path.home() / ".cache/tail
 TRL_REQUIREMENTS = ["trl==1.16.*", "torch==2.13.0", "transformers==5.23.0"]
 
 WORKLOAD = dict(prompts=16, prompt_len=64, samples=8, new_tokens=128, beta=0.04, epsilon=0.2, lr=1e-5, seed=0)
-BENCH_TINY = dict(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
-                  num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=1024,
-                  tie_word_embeddings=True, rope_theta=10000.0, rms_norm_eps=1e-6)
 EOS_ID = 1  # never sampled: TRL suppresses it (min_new_tokens), ours passes eos_token_ids=[]
 PAD_ID = 0
 UNK_ID = 2
@@ -87,23 +85,6 @@ def make_prompts() -> list[list[int]]:
     """16 prompts of 64 random ids, avoiding the special ids (pad 0, eos 1, unk 2)."""
     rng = np.random.default_rng(0)
     return [rng.integers(3, BENCH_TINY["vocab_size"], WORKLOAD["prompt_len"]).tolist() for _ in range(WORKLOAD["prompts"])]
-
-
-def matmul_peak_flops(size: int = 2048, repeats: int = 7) -> float:
-    """Median float32 rate of a size^3 matmul through JAX (FLOP/s)."""
-    import jax
-    import jax.numpy as jnp
-
-    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
-    matmul = jax.jit(jnp.matmul)
-    matmul(a, b).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        matmul(a, b).block_until_ready()
-        times.append(time.perf_counter() - start)
-    return 2 * size**3 / statistics.median(times)
 
 
 def forward_flops(parameters: int, context_lengths) -> float:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_tiny import BENCH_TINY, matmul_peak_flops
 from tailor_jax.parallel.cpu import configure_cpu_devices
 
 HERE = Path(__file__).resolve().parent
@@ -36,9 +37,6 @@ PEERS_REQUIREMENTS = ["google-tunix==0.1.7", "jax==0.10.2", "flax==0.12.8"]
 PEERS = ("hf", "tunix", "ours-1dev")  # benchmarks/sampler_peers.py's systems
 
 WORKLOAD = dict(prompts=16, prompt_len=64, samples=8, new_tokens=128)
-BENCH_TINY = dict(vocab_size=4096, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
-                  num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=1024,
-                  tie_word_embeddings=True, rope_theta=10000.0, rms_norm_eps=1e-6)
 
 
 def build_checkpoint(directory: Path) -> dict:
@@ -49,23 +47,6 @@ def build_checkpoint(directory: Path) -> dict:
     model = Qwen2ForCausalLM(Qwen2Config(**BENCH_TINY))
     model.save_pretrained(directory)
     return {"parameters": sum(p.numel() for p in model.parameters())}
-
-
-def matmul_peak_flops(size: int = 2048, repeats: int = 7) -> float:
-    """Median float32 rate of a size^3 matmul through JAX (FLOP/s)."""
-    import jax
-    import jax.numpy as jnp
-
-    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
-    matmul = jax.jit(jnp.matmul)
-    matmul(a, b).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        matmul(a, b).block_until_ready()
-        times.append(time.perf_counter() - start)
-    return 2 * size**3 / statistics.median(times)
 
 
 def workload_flops(parameters: int) -> float:
