@@ -111,10 +111,11 @@ def build_tunix(model_dir: str, prompts: list[list[int]], new_tokens: int, sampl
 def build_ours_one_device(model_dir: str, prompts: list[list[int]], new_tokens: int, samples: int):
     import jax
 
-    jax.config.update("jax_num_cpu_devices", 1)
     from tailor_jax.model import load_pretrained
+    from tailor_jax.parallel.cpu import configure_cpu_devices
     from tailor_jax.sampling import Sampler
 
+    configure_cpu_devices(1)
     sampler = Sampler(load_pretrained(model_dir))
 
     def once(seed: int) -> tuple[float, int]:

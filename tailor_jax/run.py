@@ -261,10 +261,10 @@ LEGACY_MESHES = ({"data": 1, "fsdp": -1, "tensor": 1}, {"data": 1, "fsdp": 1, "t
                  {"data": 1, "fsdp": 4, "tensor": 1}, {"data": 2, "fsdp": 4, "tensor": 1})
 
 
-def accepted_hashes(cfg: RunConfig) -> dict[str, set[str]]:
-    """Per stage, the hashes that count as this config's: today's, and the legacy ones."""
+def accepted_hashes(cfg: RunConfig, hashes: dict[str, str]) -> dict[str, set[str]]:
+    """Per stage, the hashes that count as this config's: today's (`hashes`), and the legacy ones."""
     legacy = [stage_hashes(cfg, mesh) for mesh in (*LEGACY_MESHES, *([cfg.mesh] if cfg.mesh is not None else []))]
-    return {stage: {current, *(h[stage] for h in legacy)} for stage, current in stage_hashes(cfg).items()}
+    return {stage: {current, *(h[stage] for h in legacy)} for stage, current in hashes.items()}
 
 
 def _grpo_hash_part(cfg: RunConfig) -> dict:
@@ -544,7 +544,8 @@ def plan(cfg: RunConfig) -> list[PlannedStage]:
     check_batches(cfg)
     check_schedules(cfg)
     check_eval_levels(cfg)
-    hashes, accepted = stage_hashes(cfg), accepted_hashes(cfg)
+    hashes = stage_hashes(cfg)
+    accepted = accepted_hashes(cfg, hashes)
     stages = []
     for name in STAGES:
         if name == "grpo" and cfg.grpo is None or name == "report" and not cfg.report:
