@@ -23,10 +23,6 @@ from pathlib import Path
 import numpy as np
 
 
-def problem_key(record: dict) -> str:
-    return json.dumps([record["kind"], record["given"], record["ops"]])
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1000)
@@ -41,7 +37,7 @@ def main() -> int:
     from tailor_jax.data import tokenizer as tok_lib
     from tailor_jax.data.jsonl import write_jsonl
     from tailor_jax.sampling import Sampler
-    from tailor_jax.tasks import get_task
+    from tailor_jax.tasks import get_task, problem_key
     from tailor_jax.train import sft
     from tailor_jax.train.state import merge_model
 

@@ -24,10 +24,6 @@ from pathlib import Path
 import yaml
 
 
-def problem_key(record: dict) -> str:
-    return json.dumps([record["kind"], record["given"], record["ops"]])
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results/sft_gf.json")
@@ -41,7 +37,7 @@ def main() -> int:
     t0 = time.perf_counter()
 
     from tailor_jax.data.jsonl import write_jsonl
-    from tailor_jax.tasks import get_task
+    from tailor_jax.tasks import get_task, problem_key
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="sft_gf_"))
     work.mkdir(parents=True, exist_ok=True)
