@@ -523,15 +523,24 @@ def check_schedules(cfg: RunConfig) -> None:
             raise TailorError(f"{name}.optimizer: {err}") from None
 
 
-def check_eval_levels(cfg: RunConfig) -> None:
-    """Every evaluation level can be generated (e.g. iGSM's test split has no 2-op templates):
-    one problem per level, before any stage runs, instead of an error after training."""
+def check_problem_sets(cfg: RunConfig) -> None:
+    """Every problem set the run draws from can be generated: one problem per evaluation level
+    (e.g. iGSM's test split has no 2-op templates) and per GRPO curriculum stage, before any
+    stage runs, instead of an error after training."""
     from tailor_jax.eval.accuracy import level_records
+    from tailor_jax.tasks import get_task
+    from tailor_jax.train.grpo_trainer import task_options_at
 
     sets = [("eval", cfg.task_options | cfg.eval.task_options, cfg.eval.levels)]
     if cfg.grpo is not None:
         grpo = grpo_config(cfg)
         sets.append(("grpo.eval", grpo.task_options | grpo.eval.task_options, grpo.eval.levels))
+        for start in [0] + [stage.start_step for stage in grpo.curriculum]:
+            try:
+                next(iter(get_task(grpo.task, **task_options_at(grpo, start)).generate(1, seed=0)))
+            except TailorError as err:
+                where = "grpo.task_options" if start == 0 else f"grpo.curriculum stage at step {start}"
+                raise TailorError(f"{where}: {err}") from None
     for name, options, levels in sets:
         for level in levels:
             try:
@@ -543,7 +552,7 @@ def check_eval_levels(cfg: RunConfig) -> None:
 def plan(cfg: RunConfig) -> list[PlannedStage]:
     check_batches(cfg)
     check_schedules(cfg)
-    check_eval_levels(cfg)
+    check_problem_sets(cfg)
     hashes = stage_hashes(cfg)
     accepted = accepted_hashes(cfg, hashes)
     stages = []

@@ -18,7 +18,7 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 def test_the_expected_configs_exist():
     names = {p.stem for p in CONFIGS}
     assert {"quickstart", "kk-tiny", "igsm-tiny", "qwen2.5-0.5b-kk", "qwen2.5-1.5b-kk", "llama-3.2-1b-kk",
-            "qwen2.5-0.5b-igsm"} <= names
+            "qwen2.5-0.5b-igsm", "gf-improve"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -58,6 +58,15 @@ def test_quickstart_is_the_gf_sft_then_harder_grpo_recipe():
     assert cfg.warm_start.method == "tailor"  # the README's default is the Tailor warm start
     assert cfg.grpo["task_options"]["steps"] == "3-5"  # the longest SFT chains (docs/results.md)
     assert list(cfg.eval.levels) == [3, 4, 5]
+
+
+def test_gf_improve_is_sft_on_short_then_grpo_on_longer_chains():
+    cfg = run_lib.load_run_config(CONFIGS[0].parent / "gf-improve.yaml")
+    assert cfg.task == "gf" and cfg.data.train_options["steps"] == "2-5"
+    assert cfg.warm_start.method == "task_trace" and cfg.warm_start.strategy == "mixed"
+    assert cfg.grpo["task_options"]["steps"] == "6-9" and cfg.task_options["tag_pool"] >= 9
+    assert run_lib.sft_config(cfg).position_gaps.prob > 0
+    assert {6, 7, 8, 9} <= set(cfg.eval.levels)
 
 
 @pytest.mark.parametrize(

@@ -239,12 +239,38 @@ def test_fuzz_parse_reward_and_checker_never_raise(text):
 @pytest.mark.parametrize(
     "options",
     [{"p": 12}, {"p": "eleven"}, {"steps": 0}, {"steps": 33}, {"steps": "5-2"}, {"kind": "foo"},
-     {"strategy": "sideways"}, {"symbol_seed": -1}],
+     {"strategy": "sideways"}, {"symbol_seed": -1}, {"tag_pool": "nine"}, {"tag_pool": 4},
+     {"steps": "2-9", "tag_pool": 8}, {"tag_pool": 100}],
 )
 def test_bad_options_raise_one_line(options):
     with pytest.raises(TailorError) as err:
         get_task("gf", **options)
     assert "\n" not in str(err.value) and "gf" in str(err.value)
+
+
+def test_tag_pool_tags_chains_from_a_shared_pool():
+    task = get_task("gf", p=11, steps="2-9", tag_pool=9)
+    records = list(task.generate(300, seed=5))
+    assert "tags" not in next(get_task("gf").generate(1, seed=5))  # default records are unchanged
+    for r in records:
+        tags = r["tags"]
+        assert len(tags) == r["k"] and tags == sorted(set(tags)) and 1 <= tags[0] and tags[-1] <= 9
+        assert [int(t) for t in re.findall(r"\((\d)\) [-+*]", r["question"])] == tags
+        for render in (gf.forward_trace, gf.backward_trace):
+            trace = render(r)
+            assert gf.check_trace(r, trace) == [], trace
+            assert ref_check(r, trace) == ("y" if r["kind"] == "evaluation" else "x", r["answer"])
+            used = {int(t) for t in re.findall(r"^\((\d)\) ", trace, flags=re.M)}
+            assert used == set(tags)
+    assert {t for r in records if r["k"] <= 5 for t in r["tags"]} == set(range(1, 10))  # short chains use every tag
+    assert all(r["tags"] == list(range(1, 10)) for r in records if r["k"] == 9)
+    # A line tagged with another op's tag, or with a tag of no op, is caught.
+    r = next(r for r in records if r["k"] < 9 and r["ops"][0] != r["ops"][1])
+    lines = gf.forward_trace(r).split("\n")
+    unused = next(t for t in range(1, 10) if t not in r["tags"])
+    for wrong in (r["tags"][1], unused):
+        bad = "\n".join([f"({wrong}) " + lines[0].split(") ", 1)[1], *lines[1:]])
+        assert len(gf.check_trace(r, bad)) == 1, bad
 
 
 def test_small_problem_space_runs_out_with_a_clear_error():
@@ -265,3 +291,9 @@ def test_cli_generate(tmp_path, capsys):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "p must be 11 or 13" in err
     assert not (tmp_path / "bad.jsonl").exists()
+    assert cli_main([*argv, "--tag-pool", "9", "--out", str(out)]) == 0
+    assert [json.loads(line) for line in out.read_text().splitlines()] == list(
+        get_task("gf", p=13, steps="3-6", tag_pool=9).generate(25, seed=4))
+    capsys.readouterr()
+    assert cli_main(["generate", "kk", "--num", "5", "--tag-pool", "9", "--out", str(tmp_path / "bad.jsonl")]) == 2
+    assert "--tag-pool is a gf option" in capsys.readouterr().err

@@ -14,7 +14,8 @@ from tailor_jax.primitives import gf as gf_prims
 from tailor_jax.tasks import get_task
 from tailor_jax.tasks.gf import inverse, split_step_tag
 
-TASKS = [get_task("gf", p=11, steps="1-8"), get_task("gf", p=13, steps="1-8", symbol_seed=3)]
+TASKS = [get_task("gf", p=11, steps="1-8"), get_task("gf", p=13, steps="1-8", symbol_seed=3),
+         get_task("gf", p=11, steps="1-8", tag_pool=12)]  # tags drawn from 1..12
 RECORDS = [r for i, task in enumerate(TASKS) for r in task.generate(150, 10 + i)]
 TASK = TASKS[0]
 SYMBOL = re.compile(r"(?<![a-z])[a-z]{2}(?![a-z])")

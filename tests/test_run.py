@@ -156,6 +156,19 @@ def test_ungeneratable_eval_levels_stop_the_plan(tmp_path):
         run_lib.plan(cfg)
 
 
+@pytest.mark.parametrize(
+    "override, where",
+    [("grpo.task_options={steps: 6-12}", "grpo.task_options"),
+     ("grpo.curriculum=[{start_step: 50, task_options: {steps: 6-15}}]", "grpo.curriculum stage at step 50")],
+)
+def test_ungeneratable_grpo_problems_stop_the_plan(tmp_path, override, where):
+    # gf-improve tags ops from a pool of 9 numbers: GRPO on longer chains cannot be generated
+    cfg = run_lib.load_run_config("configs/gf-improve.yaml", [f"run_dir={tmp_path / 'run'}", override])
+    with pytest.raises(TailorError, match=f"^{where}: gf tag_pool 9 must be 0"):
+        run_lib.plan(cfg)
+    assert not (tmp_path / "run").exists()
+
+
 def test_dry_run_writes_nothing(tmp_path, capsys):
     config = tmp_path / "micro.yaml"
     config.write_text(yaml.safe_dump({**MICRO, "run_dir": str(tmp_path / "run")}))

@@ -98,6 +98,37 @@ def test_packed_batch_equals_examples_one_by_one(tokenizer):
     assert abs(float(leaky_nll) - float(nll)) > 20 * 1e-5 * abs(float(nll))  # 20x the tolerance above
 
 
+def test_gapped_positions_keep_examples_apart_and_ordered():
+    # Rows of packed examples: positions restart at 0 with each example; padding is segment 0, position 0.
+    rng = np.random.default_rng(0)
+    rows, length = 64, 96
+    positions, segments = np.zeros((rows, length), np.int32), np.zeros((rows, length), np.int32)
+    for r in range(rows):
+        t, seg = 0, 1
+        while t < length - 8:
+            n = int(rng.integers(3, 30))
+            n = min(n, length - 8 - t)
+            positions[r, t : t + n], segments[r, t : t + n] = np.arange(n), seg
+            t, seg = t + n, seg + 1
+    gaps = sft.PositionGapsConfig(prob=0.3, max_gap=3, contiguous=0.5)
+    out = np.asarray(sft.gapped_positions(jnp.asarray(positions), jnp.asarray(segments), jax.random.key(1), gaps))
+    assert np.array_equal(out[positions == 0], positions[positions == 0])  # starts and padding stay 0
+    steps = np.diff(out, axis=1)[np.diff(positions, axis=1) == 1]  # within an example
+    assert steps.min() >= 1 and steps.max() <= 1 + gaps.max_gap
+    gapped_examples, examples = 0, 0
+    for r in range(rows):
+        for seg in range(1, segments[r].max() + 1):
+            pos = out[r][segments[r] == seg]
+            if len(pos) > 10:
+                examples += 1
+                gapped_examples += bool(np.any(np.diff(pos) > 1))
+    assert 0.35 < gapped_examples / examples < 0.65  # about half the examples keep contiguous positions
+    assert 0.3 * 0.5 * 0.7 < np.mean(steps > 1) < 0.3 * 0.5 * 1.3
+    for off in (sft.PositionGapsConfig(prob=0.0), sft.PositionGapsConfig(prob=0.3, contiguous=1.0)):
+        same = sft.gapped_positions(jnp.asarray(positions), jnp.asarray(segments), jax.random.key(1), off)
+        assert np.array_equal(np.asarray(same), positions)
+
+
 def _assert_trees_close(got_tree, want_tree, rtol=1e-5):
     """Leaf-wise equality up to float32 summation-order noise, scaled by each leaf's magnitude."""
     for got, want in zip(jax.tree.leaves(got_tree), jax.tree.leaves(want_tree), strict=True):
@@ -147,6 +178,7 @@ def gf_run(tmp_path_factory):
                                                   "num_heads": 2, "num_kv_heads": 1, "head_dim": 16}},
         "optimizer": {"lr": 1e-2, "warmup_steps": 2, "schedule": "cosine"},
         "checkpoint": {"every_steps": 3, "async_save": False},
+        "position_gaps": {"prob": 0.3},  # drawn from the state's RNG, so resume must stay exact with them
         "steps": STEPS, "batch_size": 8, "log_every": 1, "eval_batches": 1, "progress": False,
         "record_batches": True,
     }
@@ -250,6 +282,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
         ("batch_size=0", "batch_size must be >= 1"),
         ("accum_steps=3", "multiple of accum_steps"),
         ("data.seq_len=1", "seq_len must be >= 2"),
+        ("position_gaps.prob=2", "position_gaps.prob must be in [0, 1]"),
         ("optimizer.lr=-1", "lr must be > 0"),
         ("data.train_file=/nonexistent/train.jsonl", "/nonexistent/train.jsonl not found"),
     ],

@@ -16,7 +16,7 @@ from tailor_jax.tasks import TASK_MODULES, get_task
 TASK_FLAGS = {
     "kk": {"people": "people", "depth": "depth", "width": "width"},
     "igsm": {"op": "op", "preset": "preset", "split": "split"},
-    "gf": {"p": "p", "kind": "kind", "steps": "steps"},
+    "gf": {"p": "p", "kind": "kind", "steps": "steps", "tag_pool": "tag_pool"},
 }
 
 
@@ -38,6 +38,7 @@ def register(subparsers) -> None:
     gf.add_argument("--p", type=int, help="field size, 11 or 13")
     gf.add_argument("--kind", help="evaluation, inversion or both")
     gf.add_argument("--steps", help="chain length k, or a range such as 2-5")
+    gf.add_argument("--tag-pool", type=int, help="tag each chain's ops with sorted distinct numbers from 1..N (default: 1..k)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
 
@@ -50,7 +51,7 @@ def task_options(args: argparse.Namespace) -> dict:
             if value is None:
                 continue
             if task != args.task:
-                raise TailorError(f"--{flag} is a {task} option and does not apply to {args.task}")
+                raise TailorError(f"--{flag.replace('_', '-')} is a {task} option and does not apply to {args.task}")
             options[option] = value
     return options
 

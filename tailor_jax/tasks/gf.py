@@ -22,9 +22,10 @@ Trace grammar (one line per step, field values as symbols only; see docs/tasks-g
     equation   := MAP "=" SYM                 mo*x+ri = te
     conclusion := VAR "=" SYM                 x = ko
     MAP := SYM "*" VAR "+" SYM ;  VAR := "x" | "y" ;  OP := "+" | "-" | "*"
-    TAG := "(" i ")"   the position 1..k of the op the line applies or undoes
+    TAG := "(" i ")"   the tag of the op the line applies or undoes: its position 1..k, or
+                       with `tag_pool` N its entry of the record's `tags` (sorted, from 1..N)
 
-The question numbers its ops with the same tags: "apply (1) + ka, (2) * mo in order".
+The question tags its ops the same way: "apply (1) + ka, (2) * mo in order".
 
 Tokens are separated by single spaces; a MAP is one token.
 """
@@ -139,12 +140,18 @@ class Step(NamedTuple):
     inverts: int | None = None
 
 
-def step_tag(index: int) -> str:
-    return f"({index}) "
+def tag_labels(record: dict) -> list[int]:
+    """The number each op is tagged with: 1..k, or the record's own `tags` (see `tag_pool`)."""
+    return [int(t) for t in record["tags"]] if "tags" in record else list(range(1, len(record["ops"]) + 1))
+
+
+def step_tag(record: dict, index: int) -> str:
+    """The tag of op `index` (1-based chain position), as written before a step."""
+    return f"({tag_labels(record)[index - 1]}) "
 
 
 def render_question(record: dict) -> str:
-    ops = ", ".join(f"{step_tag(i)}{op} {_sym(record, c)}" for i, (op, c) in enumerate(record["ops"], 1))
+    ops = ", ".join(f"{step_tag(record, i)}{op} {_sym(record, c)}" for i, (op, c) in enumerate(record["ops"], 1))
     field = f"GF({record['p']})"
     if record["kind"] == "evaluation":
         return f"In {field}, start from {_sym(record, record['given'])} and apply {ops} in order. What is the result y?"
@@ -168,7 +175,7 @@ def undo_steps(record: dict) -> list[Step]:
 def _inv_fact(record: dict, step: Step) -> list[str]:
     if step.inverts is None:
         return []
-    return [f"{step_tag(step.index)}inv {_sym(record, step.inverts)} = {_sym(record, step.c)}"]
+    return [f"{step_tag(record, step.index)}inv {_sym(record, step.inverts)} = {_sym(record, step.c)}"]
 
 
 def _solve_lines(record: dict, var: str, a: int, b: int, known: int) -> list[str]:
@@ -195,7 +202,7 @@ def _numeric_walk(record: dict, start: int, steps: list[Step]) -> tuple[list[str
     for step in steps:
         new = apply_op(step.op, value, step.c, p)
         lines += _inv_fact(record, step)
-        lines.append(f"{step_tag(step.index)}{s(value)} {step.op} {s(step.c)} = {s(new)}")
+        lines.append(f"{step_tag(record, step.index)}{s(value)} {step.op} {s(step.c)} = {s(new)}")
         value = new
     return lines, value
 
@@ -211,7 +218,7 @@ def _affine_walk(record: dict, var: str, steps: list[Step]) -> tuple[list[str], 
             new_a, new_b = a, apply_op(step.op, b, step.c, p)
         lines += _inv_fact(record, step)
         lines.append(
-            f"{step_tag(step.index)}{_map(record, a, var, b)} {step.op} {_sym(record, step.c)} = "
+            f"{step_tag(record, step.index)}{_map(record, a, var, b)} {step.op} {_sym(record, step.c)} = "
             f"{_map(record, new_a, var, new_b)}"
         )
         a, b = new_a, new_b
@@ -278,10 +285,10 @@ def check_trace(record: dict, trace: str) -> list[str]:
     errors = []
     for lineno, raw in enumerate(trace.strip().split("\n"), 1):
         line = raw.strip()
-        index, body = split_step_tag(line)
+        label, body = split_step_tag(line)
         problem = _check_line(body, p, value_of, var_value)
-        if problem is None and index is not None:
-            problem = check_step_tag(record, index, body)
+        if problem is None and label is not None:
+            problem = check_step_tag(record, label, body)
         if problem:
             errors.append(f"line {lineno} {line!r}: {problem}")
     return errors
@@ -291,33 +298,35 @@ _TAG = re.compile(r"^\((\d{1,2})\) ")
 
 
 def split_step_tag(line: str) -> tuple[int | None, str]:
-    """(i, rest) of a line tagged `(i) rest`; (None, line) for an untagged line."""
+    """(label, rest) of a line tagged `(label) rest`; (None, line) for an untagged line."""
     match = _TAG.match(line)
     return (int(match.group(1)), line[match.end() :]) if match else (None, line)
 
 
-def check_step_tag(record: dict, index: int, body: str) -> str | None:
-    """Whether the tagged line `body` (tag removed) applies or undoes op `index` of the chain.
+def check_step_tag(record: dict, label: int, body: str) -> str | None:
+    """Whether the line `body` (tag removed) applies or undoes the op tagged `label`.
 
-    A numeric or map step must use op `index` itself or its inverse op; an `inv c = c'` fact
-    must state the inverse of the constant of op `index`, a multiplication. Never raises.
+    A numeric or map step must use that op itself or its inverse op; an `inv c = c'` fact must
+    state the inverse of the op's constant, a multiplication. Never raises.
     """
     try:
         ops = [(op, int(c)) for op, c in record["ops"]]
         value_of = {sym: int(i) for i, sym in record["symbols"].items()}
-        if not 1 <= index <= len(ops):
-            return f"step tag ({index}) is outside the chain's {len(ops)} ops"
+        labels = tag_labels(record)
+        if label not in labels:
+            return f"step tag ({label}) names none of the chain's {len(ops)} ops"
+        index = labels.index(label) + 1
         op, c = ops[index - 1]
         if match := _LINE_FORMS["inv_fact"].match(body):
             ok = op == "*" and value_of[match.group(1)] == c
-            return None if ok else f"op ({index}) is not a multiplication by this constant"
+            return None if ok else f"op ({label}) is not a multiplication by this constant"
         match = _LINE_FORMS["num_step"].match(body) or _LINE_FORMS["map_step"].match(body)
         if not match:
             return "a step tag on a line that is not a step"
         groups = match.groups()
         line_op, line_c = (groups[1], groups[2]) if len(groups) == 4 else (groups[3], groups[4])
         undo = undo_steps(record)[len(ops) - index]
-        return None if (line_op, value_of[line_c]) in ((op, c), (undo.op, undo.c)) else f"does not apply or undo op ({index})"
+        return None if (line_op, value_of[line_c]) in ((op, c), (undo.op, undo.c)) else f"does not apply or undo op ({label})"
     except Exception as err:  # noqa: BLE001 - a malformed record or symbol is reported
         return f"cannot check the step tag: {err!r}"
 
@@ -360,7 +369,7 @@ def _check_line(line: str, p: int, value_of: dict[str, int], var_value: dict[str
 
 # --- the task ----------------------------------------------------------------------------
 class GFChain(Task):
-    """GF(p) chains. Options: p (11|13), kind, steps (k or "lo-hi"), strategy, symbol_seed."""
+    """GF(p) chains. Options: p (11|13), kind, steps (k or "lo-hi"), strategy, symbol_seed, tag_pool."""
 
     name = "gf"
 
@@ -371,6 +380,7 @@ class GFChain(Task):
         steps: int | str | tuple = "2-5",
         strategy: str = "forward",
         symbol_seed: int | str = 0,
+        tag_pool: int | str = 0,
     ):
         try:
             p = int(p)
@@ -388,9 +398,18 @@ class GFChain(Task):
             raise TailorError(f"gf symbol_seed must be a non-negative integer, got {symbol_seed!r}") from None
         if symbol_seed < 0:
             raise TailorError(f"gf symbol_seed must be a non-negative integer, got {symbol_seed}")
+        try:
+            tag_pool = int(tag_pool)
+        except (TypeError, ValueError):
+            raise TailorError(f"gf tag_pool must be 0 (tags 1..k) or the largest tag, got {tag_pool!r}") from None
+        self.steps = parse_level_range(steps, "gf steps", MIN_STEPS, MAX_STEPS)
+        if tag_pool and not self.steps[1] <= tag_pool <= 99:
+            raise TailorError(
+                f"gf tag_pool {tag_pool} must be 0 (tags 1..k) or from the longest chain's {self.steps[1]} steps up to 99"
+            )
+        self.tag_pool = tag_pool
         self.p = p
         self.kinds = KINDS if kind == "both" else (kind,)
-        self.steps = parse_level_range(steps, "gf steps", MIN_STEPS, MAX_STEPS)
         self.strategy = strategy
         self.symbol_seed = symbol_seed
         self.symbols = symbol_table(p, symbol_seed)
@@ -433,6 +452,8 @@ class GFChain(Task):
                 "question": "",
                 "symbols": dict(self.symbols),
             }
+            if self.tag_pool:
+                record["tags"] = sorted(int(t) for t in rng.choice(np.arange(1, self.tag_pool + 1), size=k, replace=False))
             record["question"] = render_question(record)
             yield record
 

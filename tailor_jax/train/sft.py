@@ -67,6 +67,28 @@ def sft_loss(params: nnx.State, graphdef: nnx.GraphDef, rest: nnx.State, batch: 
     return nll_sum, (count, correct.astype(jnp.float32))
 
 
+def gapped_positions(positions: jax.Array, segment_ids: jax.Array, key: jax.Array, gaps: PositionGapsConfig) -> jax.Array:
+    """Position ids with random gaps inside each packed example (see `PositionGapsConfig`).
+
+    `positions` [rows, length] count 0, 1, 2, ... within each example (0 starts an example);
+    `segment_ids` number the examples of a row. Examples drawn as contiguous keep their positions.
+    """
+    rows, length = positions.shape
+    gap_key, size_key, keep_key = jax.random.split(key, 3)
+    gap = jnp.where(
+        jax.random.uniform(gap_key, (rows, length)) < gaps.prob,
+        jax.random.randint(size_key, (rows, length), 1, gaps.max_gap + 1),
+        0,
+    )
+    contiguous = jax.random.uniform(keep_key, (rows, length)) < gaps.contiguous  # indexed by segment id
+    contiguous = jnp.take_along_axis(contiguous, jnp.clip(segment_ids, 0, length - 1), axis=1)
+    starts = positions == 0
+    total = jnp.cumsum(jnp.where(contiguous | starts, 0, gap), axis=1)
+    # `total` never decreases, so its running max over example starts is its value at this example's start.
+    at_start = jax.lax.cummax(jnp.where(starts, total, 0), axis=1)
+    return positions + total - at_start
+
+
 def _split_micro(batch: Batch, accum_steps: int) -> Batch:
     return jax.tree.map(lambda x: x.reshape(accum_steps, x.shape[0] // accum_steps, *x.shape[1:]), batch)
 
@@ -76,13 +98,19 @@ def make_train_step(
     tx: optax.GradientTransformation,
     accum_steps: int = 1,
     lr_schedule: Callable[[jax.Array], jax.Array] | None = None,
+    position_gaps: PositionGapsConfig | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
     """`step(state, batch) -> (state, metrics)`: the token-mean loss over the whole batch,
     its gradient accumulated over `accum_steps` equal micro-batches (so the update does not
-    depend on `accum_steps`), one optimizer update."""
+    depend on `accum_steps`), one optimizer update. With `position_gaps` on, the batch's
+    position ids get gaps drawn from the state's RNG (so a resumed run draws the same ones)."""
     value_and_grad_fn = jax.value_and_grad(sft_loss, has_aux=True)
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
+        rng, step_key = jax.random.split(jax.random.wrap_key_data(state.rng))
+        if position_gaps is not None and position_gaps.prob > 0:
+            positions = gapped_positions(batch["positions"], batch["segment_ids"], step_key, position_gaps)
+            batch = {**batch, "positions": positions}
         micro = _split_micro(batch, accum_steps)
 
         def accumulate(carry, micro_batch):
@@ -98,7 +126,6 @@ def make_train_step(
         grads = jax.tree.map(lambda g: g / denom, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        rng, _ = jax.random.split(jax.random.wrap_key_data(state.rng))
         new_state = state.replace(
             step=state.step + 1, params=params, opt_state=opt_state, rng=jax.random.key_data(rng)
         )
@@ -157,6 +184,24 @@ class DataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PositionGapsConfig:
+    """Random gaps in the position ids of training examples, so that attention cannot lean on
+    exact distances and carries over to longer inputs (randomized positions, after Ruoss et al.
+    2023). Off at `prob` 0. Otherwise a fraction `contiguous` of the examples keeps positions
+    0, 1, 2, ...; in the others every token after the first advances the position by 1 + g with
+    probability `prob`, g uniform in 1..max_gap. Evaluation and sampling use contiguous positions."""
+
+    prob: float = 0.0
+    max_gap: int = 3
+    contiguous: float = 0.5
+
+    def __post_init__(self):
+        require(0 <= self.prob <= 1, f"position_gaps.prob must be in [0, 1], got {self.prob}")
+        require(self.max_gap >= 1, f"position_gaps.max_gap must be >= 1, got {self.max_gap}")
+        require(0 <= self.contiguous <= 1, f"position_gaps.contiguous must be in [0, 1], got {self.contiguous}")
+
+
+@dataclasses.dataclass(frozen=True)
 class TokenizerConfig:
     path: str | None = None  # a directory with tokenizer.json (e.g. the pretrained checkpoint)
     vocab_size: int = 512  # when training a BPE (path null): its vocabulary size
@@ -181,6 +226,7 @@ class SFTConfig:
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig.auto)
+    position_gaps: PositionGapsConfig = dataclasses.field(default_factory=PositionGapsConfig)
     seed: int = 0
     steps: int = 1000
     batch_size: int = 16  # global rows per optimizer step (all hosts, all micro-batches)
@@ -428,7 +474,7 @@ def train(cfg: SFTConfig) -> SFTResult:
         # The state keeps its layout (one compiled step, also after a resume); metrics are
         # replicated scalars, readable on every process.
         replicated = NamedSharding(mesh, PartitionSpec())
-        train_step = jax.jit(make_train_step(graphdef, tx, cfg.accum_steps, schedule), donate_argnums=0,
+        train_step = jax.jit(make_train_step(graphdef, tx, cfg.accum_steps, schedule, cfg.position_gaps), donate_argnums=0,
                              out_shardings=(state_shardings_of(state), replicated))
         eval_step = jax.jit(make_eval_step(graphdef), out_shardings=replicated)
 
