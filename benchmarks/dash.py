@@ -3,8 +3,13 @@
     tailor-jax run configs/quickstart.yaml          # makes the warm start runs/quickstart/sft/model
     python benchmarks/dash.py [--init runs/quickstart/sft/model] [--rollouts 1536]
 
-Both runs see the same number of rollouts on GF(11) 3-5 step chains (the quickstart's GRPO
-stage; its tiny model cannot do 6-9 step chains, docs/results.md), from the same SFT model:
+    tailor-jax run configs/gf-improve.yaml          # or GRPO on 6-9 step chains from its SFT model
+    python benchmarks/dash.py --init runs/gf-improve/sft/model --levels 6 7 8 9 \
+        --task-options '{"p": 11, "tag_pool": 9, "steps": "6-9"}' --rollouts 19200 --eval-rollouts 1024 \
+        --max-new-tokens 320 --per-level 30
+
+Both runs see the same number of rollouts (by default on GF(11) 3-5 step chains, the
+quickstart's GRPO stage), from the same SFT model:
 
 - plain GRPO: 8 prompts x G=8 per step, one update per step (64 rows, one batch);
 - DASH: 32 prompts x G=8 per step sampled at once with one weight version (preemptive
@@ -12,8 +17,8 @@ stage; its tiny model cannot do 6-9 step chains, docs/results.md), from the same
   survivors packed into 64-row micro-batches, one accumulated update per step.
 
 DASH takes 4x the rollouts per optimizer step, so its learning rate is `--dash-lr` (default
-2 x `--lr`, the square-root rule for a 4x batch). Held-out greedy accuracy (levels 3-5) is
-measured after the same numbers of rollouts. The clock is the training time only (the trainer's
+2 x `--lr`, the square-root rule for a 4x batch). Held-out greedy accuracy (`--levels`) is
+measured after the same numbers of rollouts (every `--eval-rollouts`). The clock is the training time only (the trainer's
 `step_time`: sampling + reference + update; evaluation excluded). Prints one JSON line per system
 and a table: the final accuracies, and the training time DASH needs to reach plain GRPO's final
 accuracy against the time plain GRPO trained for it (its whole run) and against the first time
@@ -40,15 +45,15 @@ def run_system(name: str, init: Path, work: Path, rollouts: int, args) -> dict:
     dash = name == "dash"
     prompts = PROMPTS * (DASH_FACTOR if dash else 1)
     steps = rollouts // (prompts * GROUP)
-    eval_every = 1 if dash else DASH_FACTOR  # the same rollouts between evaluations
+    eval_every = args.eval_rollouts // (prompts * GROUP)  # the same rollouts between evaluations
     cfg = config_from_dict(grpo_trainer.GRPOConfig, {
         "run_dir": str(work / name), "init": str(init), "task": "gf",
-        "task_options": {"p": 11, "steps": "3-5"}, "seed": args.seed, "steps": steps, "progress": False,
+        "task_options": args.task_options, "seed": args.seed, "steps": steps, "progress": False,
         "rollout": {"prompts_per_step": prompts, "num_generations": GROUP, "max_new_tokens": args.max_new_tokens,
                     "temperature": 1.0},
         "dash": {"filter": dash, "tau": args.tau, "micro_batch_size": PROMPTS * GROUP if dash else 0},
         "optimizer": {"lr": (args.dash_lr or 2 * args.lr) if dash else args.lr, "warmup_steps": 0},
-        "eval": {"levels": [3, 4, 5], "per_level": args.per_level, "every": eval_every},
+        "eval": {"levels": args.levels, "per_level": args.per_level, "every": eval_every},
         "checkpoint": {"every_steps": 10**6, "keep": 1},
     })
     start = time.perf_counter()
@@ -76,7 +81,11 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=1e-4, help="plain GRPO's learning rate (the quickstart's)")
     parser.add_argument("--dash-lr", type=float, default=None, help="DASH's learning rate (default 2 x --lr)")
     parser.add_argument("--tau", type=float, default=0.1)
-    parser.add_argument("--per-level", type=int, default=60, help="held-out problems per level (3-5)")
+    parser.add_argument("--task-options", type=json.loads, default={"p": 11, "steps": "3-5"},
+                        help="GF task options of the GRPO problems, as JSON")
+    parser.add_argument("--levels", type=int, nargs="+", default=[3, 4, 5], help="held-out evaluation levels")
+    parser.add_argument("--per-level", type=int, default=60, help="held-out problems per level")
+    parser.add_argument("--eval-rollouts", type=int, default=256, help="rollouts between evaluations (a multiple of 256)")
     parser.add_argument("--max-new-tokens", type=int, default=192)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
@@ -89,9 +98,11 @@ def main() -> int:
         print(f"dash.py: no model at {init}; run `tailor-jax run configs/quickstart.yaml` first or pass --init DIR",
               file=sys.stderr)
         return 2
-    if args.rollouts % (PROMPTS * GROUP * DASH_FACTOR):
-        print(f"dash.py: --rollouts must be a multiple of {PROMPTS * GROUP * DASH_FACTOR}", file=sys.stderr)
-        return 2
+    for name in ("rollouts", "eval_rollouts"):
+        if getattr(args, name) % (PROMPTS * GROUP * DASH_FACTOR):
+            print(f"dash.py: --{name.replace('_', '-')} must be a multiple of {PROMPTS * GROUP * DASH_FACTOR}",
+                  file=sys.stderr)
+            return 2
     work = Path(tempfile.mkdtemp(prefix="dash_bench_"))
     results = [run_system(name, init, work, args.rollouts, args) for name in ("plain", "dash")]
     target = results[0]["final_acc"]
