@@ -242,6 +242,8 @@ def stage_hashes(cfg: RunConfig, legacy_mesh: dict[str, Any] | None = None) -> d
 
     sft = config_to_dict(sft_config(cfg))
     sft["data"] = _without(sft["data"], "train_file", "eval_file")
+    if not sft["position_gaps"]["prob"]:  # off (added 2026-12-05): hashes written before then still match
+        sft = _without(sft, "position_gaps")
     parts: dict[str, Any] = {
         "data": {"task": cfg.task, "task_options": cfg.task_options, "data": config_to_dict(cfg.data)},
         "warm_start": config_to_dict(cfg.warm_start),

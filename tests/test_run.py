@@ -68,6 +68,19 @@ def test_hashes_change_only_downstream(tmp_path):
         assert run_lib.stage_hashes(micro_config(tmp_path, **mesh)) == base  # nor is the mesh
 
 
+def test_new_options_left_off_keep_the_hashes(tmp_path):
+    """An option added later enters the hash only when used, so existing run directories still
+    match: the quickstart's hashes are those its run directories hold since 2026-12-05."""
+    cfg = run_lib.load_run_config("configs/quickstart.yaml", [f"run_dir={tmp_path}"])
+    hashes = run_lib.stage_hashes(cfg)
+    assert (hashes["sft"], hashes["eval"]) == ("0788017e62e801f3", "2e43d30949633924")
+    off = run_lib.load_run_config("configs/quickstart.yaml", [f"run_dir={tmp_path}", "sft.position_gaps={prob: 0, max_gap: 5}"])
+    assert run_lib.stage_hashes(off) == hashes
+    on = run_lib.load_run_config("configs/quickstart.yaml", [f"run_dir={tmp_path}", "sft.position_gaps.prob=0.3"])
+    changed = run_lib.stage_hashes(on)
+    assert [changed[s] == hashes[s] for s in ("data", "warm_start", "sft", "grpo")] == [True, True, False, False]
+
+
 def test_run_directories_hashed_with_their_mesh_still_match(tmp_path, fake_stages, monkeypatch):
     """Before 2026-12-05 the hashes included the mesh (`auto` then meant fsdp over every device);
     such a directory must resume and skip as before, not be cleared as another config's."""
