@@ -163,7 +163,8 @@ def make_ours(model_dir: Path, prompts: list[list[int]], micro_batch: int,
         rows = gt.build_rows(prompt_ids, out.token_array, lengths, PAD_ID)
         logp = out.logprob_array.astype(np.float32)
         rows.update(advantages=advantages, sampler_logp=logp, old_logp=logp)
-        micro_batches = gt.pack_micro_batches(rows, gt.select_rows(advantages, 0.1, False), micro, prompt_slots)
+        keep = gt.order_by_group_length(gt.select_rows(advantages, 0.1, False), lengths, g)
+        micro_batches = gt.pack_micro_batches(rows, keep, micro, prompt_slots)
         slots_used.add(len(micro_batches[0]["prompt_tokens"]))
         total_tokens = max(float(rows["completion_mask"].sum()), 1.0)
         weights = [float(b["completion_mask"].sum()) / total_tokens for b in micro_batches]

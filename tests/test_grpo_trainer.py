@@ -98,6 +98,23 @@ def test_prompt_slots_default_to_what_the_micro_batches_read():
     assert slots([0, 2, 4, 5], micro=4) == {4}  # reads 3 prompts: rounded up to a power of two
     assert slots([0, 2, 4, 6, 8, 9], micro=6) == {5}  # at most min(micro, prompts)
     assert slots(range(10), micro=2, slot_multiple=2) == {2}  # a multiple of the data parallelism
+def test_micro_batches_are_cut_to_their_longest_completion():
+    lengths = np.array([3, 1, 9, 2, 20, 5, 2, 2])
+    rows = gt.build_rows([[5]] * 8, np.arange(8 * 24).reshape(8, 24), lengths, pad_id=0)
+    rows["advantages"] = np.ones(8, np.float32)
+    rows["old_logp"] = rows["sampler_logp"] = np.zeros((8, 24), np.float32)
+    order = gt.order_by_group_length(np.arange(8), lengths, group=2)
+    assert order.tolist() == [6, 7, 0, 1, 2, 3, 4, 5]  # groups by their longest row: 2, 3, 9, 20
+    batches = gt.pack_micro_batches(rows, order, micro=2, min_width=4)
+    assert [b["tokens"].shape[1] for b in batches] == [4, 4, 16, 24]  # power of two, at most the full 24
+    for b, pair in zip(batches, order.reshape(4, 2)):
+        assert all(b[k].shape == (2, b["tokens"].shape[1]) for k in gt.TIME_KEYS)
+        assert b["tokens"].tolist() == rows["tokens"][pair, : b["tokens"].shape[1]].tolist()
+        assert b["completion_mask"].sum() == lengths[pair].sum()  # nothing real was cut
+    assert gt.order_by_group_length(np.array([1, 4, 5]), lengths, 2).tolist() == [1, 4, 5]  # groups stay whole
+    assert [b["tokens"].shape[1] for b in gt.pack_micro_batches(rows, np.arange(8), micro=8)] == [24]
+
+
 def test_filtering_drops_small_advantages_and_shrinks_the_update():
     adv = np.array([0.0, 0.05, -0.5, 0.0, 1.2, -0.09, 0.3, 0.0])
     keep = gt.select_rows(adv, tau=0.1, enabled=True)
@@ -155,7 +172,11 @@ def test_micro_batch_accumulation_equals_one_batch(init_dir, loss_agg):
     whole, _ = acc(zeros, state.params, state.rest, {k: jnp.asarray(v) for k, v in rows.items()}, jnp.float32(1.0))
     grads = zeros
     total_tokens = rows["completion_mask"].sum()
-    for b in gt.pack_micro_batches(rows, np.arange(n), micro=2):
+    lengths = rows["completion_mask"].sum(axis=1).astype(int)
+    # ordered by length and cut to their longest completion (min_width 1 so that they are cut here)
+    batches = gt.pack_micro_batches(rows, gt.order_by_group_length(np.arange(n), lengths, 2), micro=2, min_width=1)
+    assert min(b["tokens"].shape[1] for b in batches) < c
+    for b in batches:
         w = b["completion_mask"].sum() / total_tokens if loss_agg == "token_mean" else 2 / n
         grads, _ = acc(grads, state.params, state.rest, {k: jnp.asarray(v) for k, v in b.items()}, jnp.float32(w))
     for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(grads)):

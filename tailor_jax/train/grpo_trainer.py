@@ -215,6 +215,7 @@ def step_records(cfg: GRPOConfig, step: int, round_: int, pool: Sequence[dict] |
 
 
 PROMPT_KEYS = ("prompt_tokens", "prompt_positions", "prompt_mask")  # per distinct prompt; other keys are per row
+TIME_KEYS = ("tokens", "positions", "completion_mask", "sampler_logp", "old_logp")  # per row, along the completion
 
 
 def build_rows(
@@ -253,6 +254,14 @@ def select_rows(advantages: np.ndarray, tau: float, enabled: bool) -> np.ndarray
     return keep if len(keep) else np.array([int(np.argmax(np.abs(advantages)))])
 
 
+def order_by_group_length(index: np.ndarray, lengths: np.ndarray, group: int) -> np.ndarray:
+    """`index` reordered so that groups with short completions come first, each group's rows
+    together: micro-batches then hold completions of similar length, and each is only as wide
+    as its longest (see `pack_micro_batches`)."""
+    longest = lengths.reshape(-1, group).max(axis=1)
+    return index[np.lexsort((index, index // group, longest[index // group]))]
+
+
 def _take_prompts(rows: Rows, row_prompt: np.ndarray, slots: int) -> Rows:
     """The prompts `row_prompt` refers to, packed into `slots` slots (the rest all-padding), and
     `row_prompt` renumbered to them."""
@@ -267,14 +276,19 @@ def _take_prompts(rows: Rows, row_prompt: np.ndarray, slots: int) -> Rows:
 
 
 def pack_micro_batches(
-    rows: Rows, index: np.ndarray, micro: int, prompt_slots: int | None = None, slot_multiple: int = 1
+    rows: Rows, index: np.ndarray, micro: int, prompt_slots: int | None = None, slot_multiple: int = 1,
+    min_width: int = 16,
 ) -> list[Rows]:
     """Gather `index` rows into micro-batches of `micro` rows; the last one is padded with
     all-masked copies of a real row (zero weight, zero advantage). Each micro-batch carries the
     prompts its rows read in `prompt_slots` slots, the same count in every micro-batch so they
     share one compiled program. By default that is the most prompts any micro-batch reads,
     rounded up to a power of two (few distinct programs over a run) and a multiple of
-    `slot_multiple` (the data parallelism), at most min(micro, number of prompts) so rounded."""
+    `slot_multiple` (the data parallelism), at most min(micro, number of prompts) so rounded.
+
+    Each micro-batch is cut along the completion to its longest masked completion, rounded up to
+    a power of two (at least `min_width`, at most the full width): past it every row is padding,
+    and the update's cost grows with the width."""
     shared = "row_prompt" in rows
     if shared and prompt_slots is None:
         needed = max(len(np.unique(rows["row_prompt"][index[s : s + micro]])) for s in range(0, len(index), micro))
@@ -286,6 +300,10 @@ def pack_micro_batches(
         fill = micro - len(part)
         take = np.concatenate([part, np.full(fill, part[0])])
         batch = {k: v[take] for k, v in rows.items() if k not in PROMPT_KEYS}
+        if "completion_mask" in batch:
+            full = batch["completion_mask"].shape[1]
+            width = min(full, bucket(int((batch["completion_mask"][: len(part)] > 0).sum(axis=1).max()), minimum=min_width))
+            batch.update({k: batch[k][:, :width] for k in TIME_KEYS if k in batch})
         if shared:
             batch.update(_take_prompts(rows, batch["row_prompt"], prompt_slots))
         if fill:
@@ -565,7 +583,8 @@ def train(cfg: GRPOConfig) -> GRPOResult:
                     rows_np["completion_mask"] *= rollout.finished[:, None].astype(np.float32)
                 rows_np.update(advantages=advantages.astype(np.float32), sampler_logp=rollout.logprobs.astype(np.float32),
                                old_logp=rollout.logprobs.astype(np.float32))
-                keep = select_rows(advantages, cfg.dash.tau, cfg.dash.filter)
+                keep = order_by_group_length(select_rows(advantages, cfg.dash.tau, cfg.dash.filter),
+                                             rollout.lengths, cfg.rollout.num_generations)
                 micro_batches = pack_micro_batches(rows_np, keep, micro, slot_multiple=shards)
                 total_tokens = max(float(rows_np["completion_mask"].sum()), 1.0)
                 weights = [
