@@ -116,6 +116,17 @@ def test_iterator_state_resumes_exactly(tokenizer, packing):
             np.testing.assert_array_equal(got[k], want[k])
 
 
+def test_malformed_record_is_a_clear_error():
+    from tailor_jax.tasks import get_task
+
+    task = get_task("gf", steps="2-4", tag_pool=9)
+    record = next(task.generate(1, seed=0))
+    for broken in ({**record, "tags": record["tags"][:1]}, {k: v for k, v in record.items() if k != "ops"}):
+        with pytest.raises(TailorError) as err:
+            pipeline.record_to_text(task, broken, "plain", False)
+        assert "\n" not in str(err.value) and f"gf record {record['id']!r} cannot be rendered" in str(err.value)
+
+
 def test_bucket_errors(tokenizer):
     records = toy_records(5, seed=8)
     with pytest.raises(TailorError, match="must not exceed"):

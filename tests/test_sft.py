@@ -129,6 +129,20 @@ def test_gapped_positions_keep_examples_apart_and_ordered():
         assert np.array_equal(np.asarray(same), positions)
 
 
+def test_train_step_trains_on_gapped_positions(tokenizer):
+    records = toy_records(30, seed=13)
+    batch = next(iter(pipeline.sft_dataset(records, TASK, tokenizer, pipeline.PipelineConfig(seq_len=48, batch_size=4, seed=0))))
+    mesh = create_mesh(MeshConfig(data=1, fsdp=1), jax.devices()[:1])
+    tx = optax.sgd(0.1)
+    losses = {}
+    for name, gaps in {"none": None, "off": sft.PositionGapsConfig(prob=0.0),
+                       "on": sft.PositionGapsConfig(prob=0.5, max_gap=3, contiguous=0.0)}.items():
+        graphdef, state = create_train_state(tiny_model(len(tokenizer)), tx, seed=0, mesh=mesh)
+        _, metrics = jax.jit(sft.make_train_step(graphdef, tx, position_gaps=gaps))(state, batch)
+        losses[name] = float(metrics["loss"])
+    assert losses["off"] == losses["none"] and losses["on"] != losses["none"]
+
+
 def _assert_trees_close(got_tree, want_tree, rtol=1e-5):
     """Leaf-wise equality up to float32 summation-order noise, scaled by each leaf's magnitude."""
     for got, want in zip(jax.tree.leaves(got_tree), jax.tree.leaves(want_tree), strict=True):

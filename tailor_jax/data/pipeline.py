@@ -63,10 +63,18 @@ def tokenize_example(tokenizer, prompt, completion: str, seq_len: int, example_i
 def record_to_text(task: Task, record: dict, style: str, think_prefill: bool):
     """(prompt, completion) of a record: its own `completion` (curated demonstrations) when
     present, else the task's canonical target."""
-    prompt = task.prompt(record, style=style, think_prefill=think_prefill)
-    completion = record.get("completion")
-    if completion is None:
-        completion = task.target(record)
+    try:
+        prompt = task.prompt(record, style=style, think_prefill=think_prefill)
+        completion = record.get("completion")
+        if completion is None:
+            completion = task.target(record)
+    except TailorError:
+        raise
+    except Exception as err:  # a record with missing or malformed fields, e.g. from a hand-edited file
+        raise TailorError(
+            f"{task.name} record {record.get('id', '?')!r} cannot be rendered ({type(err).__name__}: {err}); "
+            f"check that it has the fields `tailor-jax generate {task.name}` writes"
+        ) from None
     return prompt, completion
 
 
