@@ -18,11 +18,11 @@ quickstart's GRPO stage), from the same SFT model:
 
 DASH takes 4x the rollouts per optimizer step, so its learning rate is `--dash-lr` (default
 2 x `--lr`, the square-root rule for a 4x batch). Held-out greedy accuracy (`--levels`) is
-measured after the same numbers of rollouts (every `--eval-rollouts`). The clock is the training time only (the trainer's
-`step_time`: sampling + reference + update; evaluation excluded). Prints one JSON line per system
-and a table: the final accuracies, and the training time DASH needs to reach plain GRPO's final
-accuracy against the time plain GRPO trained for it (its whole run) and against the first time
-plain GRPO's curve touched it. Both run as the `tailor-jax` CLI does: on CPU one JAX device per
+measured after the same numbers of rollouts (every `--eval-rollouts`). The clock is the
+training time only (the trainer's `step_time`: sampling + reference + update; evaluation
+excluded). Prints one JSON line per system and a table: the final accuracies, and the training
+time DASH needs to reach plain GRPO's final accuracy against the time plain GRPO trained for it
+(its whole run) and against the first time plain GRPO's curve touched it. Both run as the `tailor-jax` CLI does: on CPU one JAX device per
 core on the mesh's `data` axis (since 2026-12-05; before, one device).
 """
 
