@@ -1,9 +1,10 @@
 """Checkpoint save/restore timings (tailor_jax.train.checkpoint) on the local devices.
 
-    python benchmarks/checkpoint_io.py [--layers 24] [--repeats 3]
+    python benchmarks/checkpoint_io.py [--layers 24] [--repeats 3] [--quickstart] [--out FILE.json]
 
 State: `layers` float32 1024x1024 matrices + biases (25.2 M parameters for 24) and their
-AdamW state. Prints one JSON line per mode (async / sync) and a short table: time the training
+AdamW state; with --quickstart, the parameters of configs/quickstart.yaml's SFT model (the
+tiny preset at its overrides, vocabulary 512) and their AdamW state. Prints one JSON line per mode (async / sync) and a short table: time the training
 loop is blocked by `save`, time until the checkpoint is complete (sealed), manifest check and
 restore; median of `repeats` saves with min and max.
 """
@@ -15,6 +16,7 @@ import json
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -28,13 +30,28 @@ def summary(values: list[float]) -> dict[str, float]:
     return {"median": round(statistics.median(values), 3), "min": round(min(values), 3), "max": round(max(values), 3)}
 
 
+def quickstart_params():
+    """The trainable parameters of configs/quickstart.yaml's SFT model (from scratch, vocabulary 512)."""
+    import yaml
+    from flax import nnx
+
+    from tailor_jax.model import get_preset
+    from tailor_jax.model.transformer import create_model
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "configs" / "quickstart.yaml").read_text())
+    model_cfg = get_preset("tiny").replace(**config["sft"]["model"]["overrides"], vocab_size=512)
+    return nnx.state(create_model(model_cfg), nnx.Param)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--layers", type=int, default=24)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quickstart", action="store_true", help="the quickstart SFT model's state instead")
+    parser.add_argument("--out", help="also write the rows to this JSON file")
     args = parser.parse_args()
 
-    params = {
+    params = quickstart_params() if args.quickstart else {
         f"layer{i}": {"w": jax.random.normal(jax.random.key(i), (1024, 1024)), "b": jnp.zeros(1024)}
         for i in range(args.layers)
     }
@@ -64,6 +81,7 @@ def main() -> None:
         row = {
             "benchmark": "checkpoint_io",
             "mode": "async" if async_save else "sync",
+            "state": "quickstart" if args.quickstart else f"{args.layers}x1024x1024",
             "devices": f"{jax.device_count()}x{jax.devices()[0].platform}",
             "params_m": round(num_params / 1e6, 1),
             "megabytes": round(num_bytes / 1e6),
@@ -71,6 +89,8 @@ def main() -> None:
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
     print(f"\n{'mode':6} {'blocking s':>11} {'complete s':>11} {'check s':>8} {'restore s':>10}")
     for row in rows:
         print(

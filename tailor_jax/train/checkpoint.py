@@ -9,11 +9,18 @@ config (both JSON). Each is an Orbax item of one step directory:
 
 Completeness. Orbax writes a step under a temporary name and renames it when every item is
 written, so an interrupted save never looks like a checkpoint. When Orbax has finalized a
-step we "seal" it: `tailor_manifest.json` lists every file with its size. On resume a step
-whose manifest is missing, unreadable, or disagrees with the files (deleted or truncated
-files) is reported in one line and moved aside to `<step>.corrupt` (never deleted), and the
-previous checkpoint is used. A restore that fails for any other reason (e.g. the model no
-longer matches the checkpoint) raises TailorError and touches no file.
+step we "seal" it: `tailor_manifest.json` lists every file with its size and CRC-32
+(tailor_jax.train.manifest). A save refuses a state holding NaN/inf, and a failed write raises
+TailorError (one line) before any older step is deleted, so keep-N rotation only ever removes
+older steps once a newer, sealed, finite one exists.
+
+Resume. `restore_latest` walks the steps newest first: a step whose manifest is missing or
+unreadable, whose files are missing, truncated or changed (checksum), or whose restored arrays
+are not all finite, is skipped; the newest intact step is restored, and the skipped newer ones
+are reported in one line each and moved aside to `<step>.corrupt` (never deleted). When there
+are steps but none is intact, TailorError is raised and no file is touched. A restore that fails
+for any other reason (e.g. the model no longer matches the checkpoint) raises TailorError and
+touches no file.
 
 Typical loop:
 
@@ -33,8 +40,8 @@ Typical loop:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import os
 import signal
 import sys
@@ -48,12 +55,12 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
-from orbax.checkpoint._src.checkpoint_managers import preservation_policy as preservation_lib
+from orbax.checkpoint import checkpoint_managers as preservation_lib  # public: LatestN, BestN, AnyPreservationPolicy
 
 from tailor_jax.config import CheckpointConfig
 from tailor_jax.errors import TailorError
+from tailor_jax.train.manifest import MANIFEST_NAME, check_manifest, write_manifest  # noqa: F401 (re-exported)
 
-MANIFEST_NAME = "tailor_manifest.json"
 CORRUPT_SUFFIX = ".corrupt"
 ITEM_NAMES = ("params", "opt_state", "meta", "data_state", "config")
 _FORMAT_VERSION = 1
@@ -90,60 +97,39 @@ def abstract_like(tree: Any) -> Any:
 
 
 # --------------------------------------------------------------------------------------------
-# Manifests: the list of files (and sizes) of a finalized step.
-def _list_files(root: epath.Path) -> dict[str, int]:
-    files: dict[str, int] = {}
-    pending = [root]
-    while pending:
-        directory = pending.pop()
-        for child in directory.iterdir():
-            if child.is_dir():
-                pending.append(child)
-            elif child.name != MANIFEST_NAME:
-                files[str(child.relative_to(root))] = int(child.stat().length)
-    return files
+# Finite values: nothing holding NaN/inf is saved, and a restored step must hold none.
+@jax.jit
+def _tree_all_finite(tree) -> jax.Array:
+    flags = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(flags)) if flags else jnp.bool_(True)
 
 
-def write_manifest(step_dir: epath.Path) -> None:
-    """Seal a finalized step directory by recording the size of every file in it."""
-    manifest = {"format": _FORMAT_VERSION, "files": dict(sorted(_list_files(step_dir).items()))}
-    tmp = step_dir / (MANIFEST_NAME + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=0))
-    tmp.rename(step_dir / MANIFEST_NAME)
-
-
-def check_manifest(step_dir: epath.Path) -> str | None:
-    """None if the step directory matches its manifest, else a short description of the problem."""
-    path = step_dir / MANIFEST_NAME
-    if not path.exists():
-        return f"no {MANIFEST_NAME} (the save did not finish)"
-    try:
-        expected = json.loads(path.read_text())["files"]
-    except (ValueError, KeyError, TypeError):
-        return f"{MANIFEST_NAME} is unreadable"
-    actual = _list_files(step_dir)
-    for name, size in expected.items():
-        if name not in actual:
-            return f"file {name} is missing"
-        if actual[name] != size:
-            return f"file {name} has {actual[name]} bytes, expected {size}"
-    return None
+def all_finite(tree: Any) -> bool:
+    """True when every floating-point array in the pytree is finite (one small device sync)."""
+    return bool(_tree_all_finite(tree))
 
 
 class _SealingCheckpointManager(ocp.CheckpointManager):
     """Orbax's manager plus a manifest written as soon as a step is finalized.
 
     `_finalize_checkpoint` runs (in the finalize thread for async saves) after every item is
-    committed and the step directory has its final name, and before old steps are deleted, so a
-    sealed newer step always exists before an older one disappears. Pinned to orbax 0.12.
+    committed and the step directory has its final name, and before old steps are deleted
+    (`CheckpointManager._finalize`). Orbax itself only logs a failed write there and then deletes
+    the old steps anyway; here any failure (a write error, a step directory that never got its
+    final name, a manifest that cannot be written) raises instead, which skips the deletion, so a
+    sealed newer step always exists before an older one disappears. The error reaches the
+    training loop from the next `save` or `wait`. Pinned to orbax 0.12.
     """
 
     def _finalize_checkpoint(self, step: int):
+        if jax.process_index() == 0:
+            self.check_for_errors()
         super()._finalize_checkpoint(step)
         if jax.process_index() == 0:
             step_dir = self._get_write_step_directory(step, self.directory)
-            if step_dir.exists():
-                write_manifest(step_dir)
+            if not step_dir.exists():
+                raise OSError(f"step {step} was not committed to {step_dir}")
+            write_manifest(step_dir)
 
 
 def _stderr(message: str) -> None:
@@ -171,6 +157,7 @@ class Checkpointer:
         self.directory = epath.Path(os.path.abspath(directory))
         self.cfg = cfg
         self._log = log
+        self._failed = False
         policies: list[Any] = [preservation_lib.LatestN(n=cfg.keep)]
         best_fn = None
         if cfg.keep_best:
@@ -205,11 +192,38 @@ class Checkpointer:
         self.close()
 
     def wait(self) -> None:
-        """Block until asynchronous saves are written (call before exiting)."""
-        self._manager.wait_until_finished()
+        """Block until asynchronous saves are written (call before exiting); TailorError if one failed."""
+        with self._save_errors():
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
-        self._manager.close()
+        try:
+            self.wait()
+        finally:
+            try:
+                self._manager.close()
+            except Exception:  # noqa: BLE001 - the failure was reported by wait()
+                if not self._failed:
+                    raise
+
+    @contextlib.contextmanager
+    def _save_errors(self):
+        """A failed write (disk full, read-only, ...) as one line naming what is still on disk."""
+        try:
+            yield
+        except TailorError:
+            raise
+        except Exception as err:  # Orbax/TensorStore/OS errors come in many types
+            self._failed = True
+            try:
+                self._manager.reload()  # Orbax already dropped the steps it meant to delete from its list
+                kept = sorted(self._manager.all_steps())
+            except Exception:  # noqa: BLE001
+                kept = []
+            raise TailorError(
+                f"saving a checkpoint in {self.directory} failed ({_first_line(err)}); the older checkpoints "
+                f"{kept or 'on disk'} were kept; free space or fix permissions, then rerun to resume from them"
+            ) from None
 
     # --- queries -------------------------------------------------------------------------
     def step_dir(self, step: int) -> epath.Path:
@@ -223,9 +237,25 @@ class Checkpointer:
         """The newest step whose files match its manifest (moves nothing)."""
         self.wait()
         for step in sorted(self.all_steps(), reverse=True):
-            if check_manifest(self.step_dir(step)) is None:
+            if self._check_files(step) is None:
                 return step
         return None
+
+    def _check_files(self, step: int) -> str | None:
+        """`check_manifest` of a step: read by process 0 only (a checksum reads every byte), the
+        verdict shared with the other processes."""
+        if jax.process_count() == 1:
+            return check_manifest(self.step_dir(step))
+        from jax.experimental import multihost_utils
+
+        problem = check_manifest(self.step_dir(step)) if jax.process_index() == 0 else None
+        encoded = np.zeros(512, np.uint8)
+        if problem is not None:
+            data = problem.encode()[:511]
+            encoded[: len(data) + 1] = np.frombuffer(data + b"\0", np.uint8)
+            encoded[-1] = 1
+        encoded = np.asarray(multihost_utils.broadcast_one_to_all(encoded))
+        return bytes(encoded[:-1]).split(b"\0")[0].decode(errors="replace") if encoded[-1] else None
 
     def best_step(self) -> int | None:
         """The best kept step by `best_metric` (the latest step if keep_best is 0)."""
@@ -252,6 +282,12 @@ class Checkpointer:
                     f"checkpoint metrics {sorted(metrics)} lack best_metric {self.cfg.best_metric!r}; "
                     "pass it or change checkpoint.best_metric"
                 )
+        if not all_finite((checkpoint.params, checkpoint.opt_state)):
+            previous = self.all_steps()
+            raise TailorError(
+                f"refusing to save step {step}: its parameters or optimizer state hold NaN or inf; the last "
+                + (f"checkpoint is {self.step_dir(max(previous))}" if previous else f"checkpoint: none in {self.directory}")
+            )
         items: dict[str, Any] = {
             "params": ocp.args.StandardSave(checkpoint.params),
             "meta": ocp.args.JsonSave(
@@ -264,7 +300,8 @@ class Checkpointer:
             items["data_state"] = ocp.args.JsonSave(checkpoint.data_state)
         if checkpoint.config is not None:
             items["config"] = ocp.args.JsonSave(checkpoint.config)
-        return bool(self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True))
+        with self._save_errors():
+            return bool(self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True))
 
     # --- restore -------------------------------------------------------------------------
     def restore(self, target: TrainCheckpoint, step: int | None = None) -> TrainCheckpoint:
@@ -279,22 +316,39 @@ class Checkpointer:
                 raise TailorError(f"no complete checkpoint in {self.directory}; train first or fix the path")
         elif step not in self.all_steps():
             raise TailorError(f"no checkpoint for step {step} in {self.directory}; available: {self.all_steps()}")
-        problem = check_manifest(self.step_dir(step))
-        if problem is not None:
+        elif (problem := self._check_files(step)) is not None:
             raise TailorError(f"checkpoint {self.step_dir(step)} is incomplete or corrupted: {problem}")
-        return self._restore_step(step, target)
+        restored = self._restore_step(step, target)
+        if not all_finite((restored.params, restored.opt_state)):
+            raise TailorError(f"checkpoint {self.step_dir(step)} holds NaN or inf; restore an earlier step")
+        return restored
 
     def restore_latest(self, target: TrainCheckpoint) -> TrainCheckpoint | None:
-        """Resume point: the newest complete checkpoint, or None when there is none.
+        """Resume point: the newest intact checkpoint (files match the manifest, arrays finite),
+        or None when the directory holds no checkpoint at all.
 
-        Incomplete/corrupted newer steps are reported and moved aside to `<step>.corrupt`.
+        Unusable newer steps are reported (one line each) and moved aside to `<step>.corrupt`,
+        but only once an intact step has been restored: when none is intact this raises
+        TailorError and moves nothing.
         """
         self.wait()
+        unusable: list[tuple[int, str]] = []
         for step in sorted(self.all_steps(), reverse=True):
-            problem = check_manifest(self.step_dir(step))
+            problem = self._check_files(step)
             if problem is None:
-                return self._restore_step(step, target)
-            self._set_aside(step, problem)
+                restored = self._restore_step(step, target)
+                if all_finite((restored.params, restored.opt_state)):
+                    for bad_step, bad_problem in unusable:
+                        self._set_aside(bad_step, bad_problem)
+                    return restored
+                problem = "its arrays hold NaN or inf"
+            unusable.append((step, problem))
+        if unusable:
+            listed = "; ".join(f"step {step}: {problem}" for step, problem in unusable)
+            raise TailorError(
+                f"no intact checkpoint in {self.directory} ({listed}); nothing was moved or deleted: restore the "
+                "directory from a copy, or move it away to train from the start"
+            )
         return None
 
     def _restore_step(self, step: int, target: TrainCheckpoint) -> TrainCheckpoint:
