@@ -244,6 +244,7 @@ def stage_hashes(cfg: RunConfig, legacy_mesh: dict[str, Any] | None = None) -> d
     sft["data"] = _without(sft["data"], "train_file", "eval_file")
     if not sft["position_gaps"]["prob"]:  # off (added 2026-12-05): hashes written before then still match
         sft = _without(sft, "position_gaps")
+    sft = _without_default_guard(sft)
     parts: dict[str, Any] = {
         "data": {"task": cfg.task, "task_options": cfg.task_options, "data": config_to_dict(cfg.data)},
         "warm_start": config_to_dict(cfg.warm_start),
@@ -269,8 +270,17 @@ def accepted_hashes(cfg: RunConfig, hashes: dict[str, str]) -> dict[str, set[str
     return {stage: {current, *(h[stage] for h in legacy)} for stage, current in hashes.items()}
 
 
+# The non-finite guard's options (added 2026-12-06) enter the hashes only when changed, so run
+# directories written before then still match.
+_GUARD_DEFAULTS = {"nonfinite": "stop", "max_consecutive_skips": 10}
+
+
+def _without_default_guard(part: dict) -> dict:
+    return {k: v for k, v in part.items() if k not in _GUARD_DEFAULTS or v != _GUARD_DEFAULTS[k]}
+
+
 def _grpo_hash_part(cfg: RunConfig) -> dict:
-    grpo = _without(config_to_dict(grpo_config(cfg)), "run_dir", "init")
+    grpo = _without_default_guard(_without(config_to_dict(grpo_config(cfg)), "run_dir", "init"))
     grpo["eval"] = _without(grpo["eval"], "exclude_file")
     return grpo
 

@@ -20,6 +20,7 @@ arrays alone; `train` is the stateful shell (sampler, checkpoints, metrics, sign
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -51,6 +52,7 @@ from tailor_jax.train.grpo import (
     KL_ESTIMATORS, LOSS_AGGREGATIONS, REWARD_SCALINGS, group_advantages, grpo_loss, logp_drift_metrics,
     token_logprobs, truncated_importance_weights,
 )
+from tailor_jax.train.guard import NonFiniteGuard, describe_last_checkpoint, finite_flag, keep_if_finite
 from tailor_jax.train.metrics import MetricsWriter, Progress
 from tailor_jax.train.optim import make_optimizer
 from tailor_jax.train.state import TrainState, create_train_state, data_parallel_size, merge_model, state_shardings_of
@@ -164,10 +166,13 @@ class GRPOConfig:
     steps: int = 100
     log_every: int = 1
     progress: bool = True
+    nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf gradient norm: stop, or skip that update (train/guard.py)
+    max_consecutive_skips: int = 10  # nonfinite=skip: stop after this many skipped steps in a row
 
     def __post_init__(self):
         require(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
         require(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
+        require(self.max_consecutive_skips >= 1, f"max_consecutive_skips must be >= 1, got {self.max_consecutive_skips}")
         require(bool(self.rewards), "rewards must name at least one reward function, e.g. {binary: 1.0}")
         for name in self.rewards:
             require(name in REWARD_FUNCTIONS, f"unknown reward {name!r}; use {', '.join(REWARD_FUNCTIONS)}")
@@ -380,11 +385,17 @@ def make_accumulate_fn(graphdef, loss_cfg: LossConfig, temperature: float, max_l
     return accumulate
 
 
-def make_apply_fn(tx: optax.GradientTransformation):
+def make_apply_fn(tx: optax.GradientTransformation, skip_nonfinite: bool = False):
+    """`apply(state, grads) -> (state, grad norm)`; with `skip_nonfinite` a NaN/inf gradient norm
+    leaves the parameters and optimizer state as they were (train/guard.py)."""
+
     def apply(state: TrainState, grads) -> tuple[TrainState, jax.Array]:
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), optax.tree.norm(grads)
+        norm = optax.tree.norm(grads)
+        if skip_nonfinite:
+            params, opt_state = keep_if_finite(finite_flag(norm), (params, opt_state), (state.params, state.opt_state))
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), norm
 
     return apply
 
@@ -537,7 +548,7 @@ def train(cfg: GRPOConfig) -> GRPOResult:
         logp_fn = jax.jit(make_logp_fn(graphdef, temperature))
         accumulate = jax.jit(make_accumulate_fn(graphdef, cfg.loss, temperature, cfg.rollout.max_new_tokens),
                              donate_argnums=0, out_shardings=(shardings.params, replicated))
-        apply = jax.jit(make_apply_fn(tx), donate_argnums=0, out_shardings=(shardings, replicated))
+        apply = jax.jit(make_apply_fn(tx, skip_nonfinite=cfg.nonfinite == "skip"), donate_argnums=0, out_shardings=(shardings, replicated))
 
     eval_task = get_task(cfg.task, **{**cfg.task_options, **cfg.eval.task_options})
     eval_records = eval_problems(cfg)
@@ -554,6 +565,7 @@ def train(cfg: GRPOConfig) -> GRPOResult:
     checkpoint_dir = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else run_dir / "checkpoints"
     metrics_log = MetricsWriter(run_dir, is_primary=jax.process_index() == 0)
     preemption = install_preemption_handler()
+    guard = NonFiniteGuard("grpo", cfg.nonfinite, cfg.max_consecutive_skips)
     history: list[dict] = []
     last: dict[str, float] = {}
     try:
@@ -597,7 +609,7 @@ def train(cfg: GRPOConfig) -> GRPOResult:
                         b["ref_logp"] = logp_fn(ref_params, state.rest, b)
                 t_ref = time.perf_counter()
                 step_metrics: dict[str, float] = {}
-                grad_norm = 0.0
+                grad_norm, finite = 0.0, True
                 for iteration in range(cfg.loss.num_iterations):
                     grads = jax.tree.map(jnp.zeros_like, state.params)
                     sums: dict[str, float] = {}
@@ -611,12 +623,15 @@ def train(cfg: GRPOConfig) -> GRPOResult:
                                 sums[k] = sums.get(k, 0.0) + float(v) * tokens_b
                         sums["num_tokens"] = sums.get("num_tokens", 0.0) + tokens_b
                     state, norm = apply(state, grads)
-                    grad_norm = float(norm)
+                    grad_norm = float(norm)  # read every step anyway: the guard costs no extra sync here
+                    finite = finite and math.isfinite(grad_norm)
                     if iteration == 0:
                         denom = max(sums["num_tokens"], 1.0)
                         step_metrics = {k: (v if k in ("num_tokens", "sampler_trainer/logp_diff_max") else v / denom)
                                         for k, v in sums.items()}
                 t_end = time.perf_counter()
+                guard.record(step, finite)
+                guard.check(describe_last_checkpoint(checkpointer))
                 n_rows = len(advantages)
                 gen_tokens = int(rollout.lengths.sum())
                 metrics = {
@@ -636,6 +651,7 @@ def train(cfg: GRPOConfig) -> GRPOResult:
                     "time/reference": t_ref - t_sample,
                     "time/update": t_end - t_ref,
                     "step_time": t_end - t0,
+                    **guard.metrics(),
                 }
                 if (cfg.eval.every and step % cfg.eval.every == 0) or step == cfg.steps:
                     eval_metrics = evaluate(step)

@@ -41,6 +41,7 @@ from tailor_jax.tasks import Task, get_task
 from tailor_jax.train.metrics import MetricsWriter, Progress
 from tailor_jax.train.optim import learning_rate_schedule, make_optimizer
 from tailor_jax.train.checkpoint import Checkpointer, TrainCheckpoint, install_preemption_handler
+from tailor_jax.train.guard import NonFiniteGuard, describe_last_checkpoint, finite_flag, keep_if_finite
 from tailor_jax.train.state import (
     TrainState, create_train_state, data_parallel_size, global_batch, merge_model, state_shardings_of,
 )
@@ -99,11 +100,14 @@ def make_train_step(
     accum_steps: int = 1,
     lr_schedule: Callable[[jax.Array], jax.Array] | None = None,
     position_gaps: PositionGapsConfig | None = None,
+    skip_nonfinite: bool = False,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
     """`step(state, batch) -> (state, metrics)`: the token-mean loss over the whole batch,
     its gradient accumulated over `accum_steps` equal micro-batches (so the update does not
     depend on `accum_steps`), one optimizer update. With `position_gaps` on, the batch's
-    position ids get gaps drawn from the state's RNG (so a resumed run draws the same ones)."""
+    position ids get gaps drawn from the state's RNG (so a resumed run draws the same ones).
+    `metrics["finite"]`: the loss and gradient norm are finite (train/guard.py); with
+    `skip_nonfinite` a step where they are not leaves the parameters and optimizer state as they were."""
     value_and_grad_fn = jax.value_and_grad(sft_loss, has_aux=True)
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
@@ -126,6 +130,10 @@ def make_train_step(
         grads = jax.tree.map(lambda g: g / denom, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        grad_norm = optax.tree.norm(grads)
+        finite = finite_flag(nll, grad_norm)
+        if skip_nonfinite:
+            params, opt_state = keep_if_finite(finite, (params, opt_state), (state.params, state.opt_state))
         new_state = state.replace(
             step=state.step + 1, params=params, opt_state=opt_state, rng=jax.random.key_data(rng)
         )
@@ -133,7 +141,8 @@ def make_train_step(
             "loss": nll / denom,
             "token_accuracy": correct / denom,
             "num_tokens": count,
-            "grad_norm": optax.tree.norm(grads),
+            "grad_norm": grad_norm,
+            "finite": finite,
         }
         if lr_schedule is not None:
             metrics["learning_rate"] = lr_schedule(state.step)
@@ -239,6 +248,8 @@ class SFTConfig:
     max_new_tokens: int = 256
     progress: bool = True
     record_batches: bool = False  # append a hash of every batch to run_dir/batches.txt (tests)
+    nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss or gradient norm: stop, or skip that update (train/guard.py)
+    max_consecutive_skips: int = 10  # nonfinite=skip: stop after this many skipped steps in a row
 
     def __post_init__(self):
         require(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
@@ -254,6 +265,7 @@ class SFTConfig:
         require(self.eval_batches >= 0 and self.eval_samples >= 0, "eval_batches and eval_samples must be >= 0")
         require(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         require(0 <= self.seed < 2**31, f"seed must be in [0, 2^31), got {self.seed}")
+        require(self.max_consecutive_skips >= 1, f"max_consecutive_skips must be >= 1, got {self.max_consecutive_skips}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -474,7 +486,8 @@ def train(cfg: SFTConfig) -> SFTResult:
         # The state keeps its layout (one compiled step, also after a resume); metrics are
         # replicated scalars, readable on every process.
         replicated = NamedSharding(mesh, PartitionSpec())
-        train_step = jax.jit(make_train_step(graphdef, tx, cfg.accum_steps, schedule, cfg.position_gaps), donate_argnums=0,
+        train_step = jax.jit(make_train_step(graphdef, tx, cfg.accum_steps, schedule, cfg.position_gaps,
+                                             skip_nonfinite=cfg.nonfinite == "skip"), donate_argnums=0,
                              out_shardings=(state_shardings_of(state), replicated))
         eval_step = jax.jit(make_eval_step(graphdef), out_shardings=replicated)
 
@@ -488,6 +501,7 @@ def train(cfg: SFTConfig) -> SFTResult:
     metrics_log = MetricsWriter(run_dir, is_primary=jax.process_index() == 0)
     batches_log = (run_dir / "batches.txt").open("a") if cfg.record_batches and jax.process_index() == 0 else None
     preemption = install_preemption_handler()
+    guard = NonFiniteGuard("sft", cfg.nonfinite, cfg.max_consecutive_skips)
     last: dict[str, float] = {}
     try:
         with Checkpointer(checkpoint_dir, cfg.checkpoint) as checkpointer:
@@ -514,9 +528,11 @@ def train(cfg: SFTConfig) -> SFTResult:
                     batches_log.write(f"{step} {_batch_digest(batch)}\n")
                     batches_log.flush()
                 state, metrics = train_step(state, global_batch(batch, mesh, rules))
+                guard.record(step, metrics.pop("finite"))  # read with the metrics, before an eval or a save
                 window_tokens += int((batch["segment_ids"] > 0).sum()) * jax.process_count()  # non-padding
                 if step % cfg.log_every == 0 or step == cfg.steps:
-                    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    guard.check(describe_last_checkpoint(checkpointer))
+                    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()} | guard.metrics()
                     elapsed = time.perf_counter() - window_start
                     metrics["train/tokens_per_s"] = window_tokens / max(elapsed, 1e-9)
                     metrics["step_time"] = elapsed / max(step - window_step, 1)
@@ -525,6 +541,7 @@ def train(cfg: SFTConfig) -> SFTResult:
                     last = metrics
                     window_tokens, window_start, window_step = 0, time.perf_counter(), step
                 if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
+                    guard.check(describe_last_checkpoint(checkpointer))
                     with use_sharding(mesh, rules):
                         eval_metrics = evaluate(cfg, state, graphdef, eval_step, eval_records, task, tokenizer, mesh, rules)
                     if eval_metrics:
@@ -534,6 +551,7 @@ def train(cfg: SFTConfig) -> SFTResult:
                             tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
                 stop = preemption.reached(step)
                 if checkpointer.should_save(step) or stop or step == cfg.steps:
+                    guard.check(describe_last_checkpoint(checkpointer))
                     checkpointer.save(
                         TrainCheckpoint(step, state.params, state.opt_state, state.rng, data_state_to_save(iterator),
                                         config_to_dict(cfg))
