@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 import sys
 import time
@@ -561,10 +562,92 @@ def check_problem_sets(cfg: RunConfig) -> None:
                 raise TailorError(f"{name}.levels: level {level}: {err}") from None
 
 
+def check_input_paths(cfg: RunConfig) -> None:
+    """Every file or directory a stage reads that the run does not write itself exists and holds
+    what the stage needs (the checkpoint's config.json, a tokenizer), before any stage runs."""
+    sft = sft_config(cfg)
+    model_key = "pretrained" if cfg.pretrained is not None else "sft.model.pretrained"
+    tokenizer_key = "pretrained" if cfg.pretrained is not None else "sft.tokenizer.path"
+    wanted = [(model_key, sft.model.pretrained, "config.json",
+               "a local Hugging Face checkpoint directory (nothing is downloaded at run time: fetch it first)"),
+              (tokenizer_key, sft.tokenizer.path, "tokenizer.json", "a directory with tokenizer.json (or null to train one)")]
+    grpo = grpo_config(cfg) if cfg.grpo is not None else None
+    if grpo is not None and grpo.train_file is not None:
+        wanted.append(("grpo.train_file", grpo.train_file, None, "a JSONL file of problems"))
+    for key, path, inside, what in wanted:
+        if path is None:
+            continue
+        where = Path(path)
+        if not where.exists():
+            raise TailorError(f"{key}: {path} does not exist; give {what}")
+        if inside is None and not where.is_file():
+            raise TailorError(f"{key}: {path} is not a file; give {what}")
+        if inside == "tokenizer.json" and not any((where / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+            raise TailorError(f"{key}: {path} has no tokenizer.json; give {what}")
+        if inside == "config.json" and not (where / inside).is_file():
+            raise TailorError(f"{key}: {path} has no config.json; give {what}")
+
+
+def _most_at_one_level(num: int, levels: int) -> int:
+    """About the most of `num` problems, each at a level drawn uniformly from `levels`, that one
+    level receives: the mean plus four standard deviations (exact when there is one level)."""
+    if levels == 1:
+        return num
+    p = 1.0 / levels
+    return math.ceil(num * p + 4.0 * math.sqrt(num * p * (1.0 - p)))
+
+
+def check_pool_sizes(cfg: RunConfig) -> None:
+    """Each pool the run generates fits the distinct problems its setting has, level by level
+    (tasks that can count them: `max_distinct`), so that generation cannot run dry mid-stage."""
+    from tailor_jax.tasks import get_task
+
+    pools = [("data.num_train", cfg.task_options | cfg.data.train_options, cfg.data.num_train, None),
+             ("data.num_sft_eval", cfg.task_options | cfg.data.train_options, 3 * cfg.data.num_sft_eval + 10, None)]
+    pools += [("eval.per_level", cfg.task_options | cfg.eval.task_options, 2 * cfg.eval.per_level, level)
+              for level in cfg.eval.levels]  # 2x: candidates, of which those in the SFT pool are left out
+    if cfg.grpo is not None:
+        grpo = grpo_config(cfg)
+        pools += [("grpo.eval.per_level", grpo.task_options | grpo.eval.task_options, 2 * grpo.eval.per_level, level)
+                  for level in grpo.eval.levels]
+    level_option = {"kk": "people", "igsm": "op", "gf": "steps"}[cfg.task]
+    for key, options, num, level in pools:
+        if level is not None:
+            options = {**options, level_option: int(level)}
+        task = get_task(cfg.task, **options)
+        if not hasattr(task, "max_distinct"):
+            continue
+        lo, hi = task.level_range()
+        for at in range(lo, hi + 1):
+            most = task.max_distinct(at)
+            wanted = _most_at_one_level(num, hi - lo + 1)
+            if most is None or wanted <= most:
+                continue
+            if level is not None:
+                spread = f"{key} {num // 2} draws {num} candidates"
+            elif hi > lo:
+                spread = f"{num} problems over {level_option} {lo}-{hi} put up to {wanted}"
+            else:
+                spread = f"the pool asks for {num}"
+            fits = max((n for n in range(num, 0, -1) if _most_at_one_level(n, hi - lo + 1) <= most), default=0) if hi > lo else most
+            fix = (f"lower {key} to {fits if key != 'data.num_sft_eval' else max((fits - 10) // 3, 0)} or leave "
+                   f"{level_option}={at} out") if hi > lo else f"lower {key} to {most // 2 if level is not None else most}"
+            raise TailorError(
+                f"{key}: {cfg.task} at {level_option}={at} ({_setting(task)}) has at most {most} distinct problems, "
+                f"but {spread} at that level; {fix}"
+            )
+
+
+def _setting(task) -> str:
+    return ", ".join(f"{name} {getattr(task, name)}" for name in ("depth", "width") if hasattr(task, name))
+
+
 def plan(cfg: RunConfig) -> list[PlannedStage]:
     check_batches(cfg)
     check_schedules(cfg)
+    check_input_paths(cfg)
     check_problem_sets(cfg)
+    check_pool_sizes(cfg)
     hashes = stage_hashes(cfg)
     accepted = accepted_hashes(cfg, hashes)
     stages = []

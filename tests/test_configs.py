@@ -24,12 +24,19 @@ def test_the_expected_configs_exist():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_config_resolves_and_dry_runs(path, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    args = argparse.Namespace(config=str(path), overrides=[f"run_dir={run_dir}"], dry_run=True)
+    overrides = [f"run_dir={run_dir}"]
+    if yaml.safe_load(path.read_text()).get("pretrained"):  # the plan checks the checkpoint is there
+        checkpoint = tmp_path / "checkpoint"
+        checkpoint.mkdir()
+        (checkpoint / "config.json").write_text("{}")
+        (checkpoint / "tokenizer.json").write_text("{}")
+        overrides.append(f"pretrained={checkpoint}")
+    args = argparse.Namespace(config=str(path), overrides=overrides, dry_run=True)
     assert run_lib.run(args) == 0
     out = capsys.readouterr().out
     assert not run_dir.exists(), "a dry run must not write anything"
     resolved = yaml.safe_load(out[: out.index("plan for")])
-    cfg = run_lib.load_run_config(path, [f"run_dir={run_dir}"])
+    cfg = run_lib.load_run_config(path, overrides)
     assert resolved["run"]["task"] == cfg.task
     assert resolved["sft (resolved)"]["data"]["train_file"] == str(run_dir / "warm_start" / "sft.jsonl")
     assert resolved["sft (resolved)"]["steps"] >= 1

@@ -26,6 +26,7 @@ shared `Task.answer()` / `is_correct()` work unchanged. `format_answer` needs th
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from functools import lru_cache
@@ -251,6 +252,63 @@ class StatementSampler:
         return tuple(self.statement(speaker, self.depth) for speaker in range(self.n_people))
 
 
+# --- how many distinct problems a setting has ---------------------------------------------
+def _statement_count(n_people: int, depth: int, width: int) -> int:
+    """Distinct statements one speaker can be given by `StatementSampler` (children ordered, distinct)."""
+    leaves = 2 * n_people - 1
+    count = leaves
+    for _ in range(depth - 1):
+        ordered = [math.perm(count, w) for w in range(2, width + 1)]
+        count = 2 * leaves + 2 * sum(ordered) + 2 * math.perm(count, 2)
+    return count
+
+
+def _statements(n_people: int, speaker: int, depth: int, width: int) -> list[tuple]:
+    """Every statement `StatementSampler.statement(speaker, depth)` can return."""
+    leaves = [(kind, t) for kind in LEAF_KINDS for t in range(n_people) if not (kind == "lying" and t == speaker)]
+    if depth == 1:
+        return leaves
+    children = _statements(n_people, speaker, depth - 1, width)
+    out = leaves + [("not", leaf) for leaf in leaves]
+    for w in range(2, width + 1):
+        out += [(op, *combo) for combo in itertools.permutations(children, w) for op in ("and", "or")]
+    out += [(op, *combo) for combo in itertools.permutations(children, 2) for op in ("->", "<=>")]
+    return out
+
+
+@lru_cache(maxsize=64)
+def distinct_problems(n_people: int, depth: int, width: int, max_statements: int = 5000) -> int | None:
+    """The exact number of distinct uniquely solvable problems `generate` can draw for `n_people`
+    people (statement tuples, one per speaker), or None when counting would take too long (more
+    than `max_statements` statements per speaker, or a large search); such settings (depth >= 2
+    and 4 or more people, or depth >= 3) have far more problems than any pool asks for. Counted over truth tables, one speaker at a time: the state is the set of
+    assignments still consistent, and a speaker's statement keeps those where its truth equals
+    the speaker being a knight."""
+    if depth == 1:
+        # Leaf statements only say "i is a knight/knave", i.e. k_speaker = k_i or = not k_i; flipping
+        # every role keeps all of them true, so a consistent assignment is never the only one.
+        return 0
+    if _statement_count(n_people, depth, width) > max_statements:
+        return None
+    masks, full = knight_masks(n_people)
+    states: dict[int, int] = {full: 1}
+    for speaker in range(n_people):
+        tables: dict[int, int] = {}
+        for statement in _statements(n_people, speaker, depth, width):
+            table = truth_table(statement, masks, full)
+            tables[table] = tables.get(table, 0) + 1
+        if len(states) * len(tables) > 300_000:
+            return None
+        following: dict[int, int] = {}
+        for state, ways in states.items():
+            for table, count in tables.items():
+                kept = state & ~(table ^ masks[speaker]) & full
+                if kept:
+                    following[kept] = following.get(kept, 0) + ways * count
+        states = following
+    return sum(ways for state, ways in states.items() if state.bit_count() == 1)
+
+
 # --- text ----------------------------------------------------------------------------------
 def _role(is_knight: bool) -> str:
     return "knight" if is_knight else "knave"
@@ -435,6 +493,14 @@ class KnightsAndKnaves(Task):
             )
 
     # --- data -------------------------------------------------------------------------
+    def level_range(self) -> tuple[int, int]:
+        """The people counts `generate` draws from, uniformly per problem."""
+        return self.people
+
+    def max_distinct(self, level: int) -> int | None:
+        """The most distinct problems `generate` can give at `level` people (None: too many to count)."""
+        return distinct_problems(int(level), self.depth, self.width)
+
     def generate(self, num: int, seed: int) -> Iterator[dict]:
         """Yield `num` uniquely solvable problems, never repeating a statement tuple."""
         uniform = _Uniform(seed)
