@@ -1,10 +1,12 @@
 """A tiny deterministic training run used by test_checkpoint.py in subprocesses.
 
-    python tests/ckpt_worker.py RUN_DIR --steps N --every K [--kill-at S] [--term-at S] [--sync] --out OUT.npz
+    python tests/ckpt_worker.py RUN_DIR --steps N --every K [--kill-at S] [--kill-sealing S] [--term-at S] [--sync] --out OUT.npz
 
 Toy NNX MLP + optax AdamW; each step draws its batch from the data position and its noise from
 the carried RNG key, so an exact resume must restore params, optimizer state, key and position.
 --kill-at S: SIGKILL itself right after step S (and after starting that step's save, if any).
+--kill-sealing S: SIGKILL itself in the middle of writing step S's checkpoint: Orbax has committed
+    the arrays, the manifest is half written, the older steps are not yet rotated away.
 --term-at S: send itself SIGTERM during step S; the preemption flag must make it save S and exit 0.
 """
 
@@ -48,6 +50,7 @@ def main() -> int:
     parser.add_argument("--every", type=int, required=True)
     parser.add_argument("--kill-at", type=int)
     parser.add_argument("--term-at", type=int)
+    parser.add_argument("--kill-sealing", type=int)
     parser.add_argument("--sync", action="store_true")
     parser.add_argument("--out")
     args = parser.parse_args()
@@ -70,6 +73,18 @@ def main() -> int:
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, rng, loss
 
+    if args.kill_sealing is not None:
+        from tailor_jax.train import checkpoint as checkpoint_lib
+
+        seal = checkpoint_lib.write_manifest
+
+        def seal_or_die(step_dir):
+            if step_dir.name == str(args.kill_sealing):
+                (step_dir / "tailor_manifest.json.tmp").write_text('{"format": 2, "fi')
+                os.kill(os.getpid(), signal.SIGKILL)
+            seal(step_dir)
+
+        checkpoint_lib.write_manifest = seal_or_die
     preemption = install_preemption_handler()
     cfg = CheckpointConfig(every_steps=args.every, keep=2, async_save=not args.sync)
     with Checkpointer(os.path.join(args.run_dir, "checkpoints"), cfg) as checkpointer:

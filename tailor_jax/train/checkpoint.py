@@ -217,11 +217,11 @@ class Checkpointer:
             self._failed = True
             try:
                 self._manager.reload()  # Orbax already dropped the steps it meant to delete from its list
-                kept = sorted(self._manager.all_steps())
+                kept = sorted(s for s in self._manager.all_steps() if (self.step_dir(s) / MANIFEST_NAME).exists())
             except Exception:  # noqa: BLE001
                 kept = []
             raise TailorError(
-                f"saving a checkpoint in {self.directory} failed ({_first_line(err)}); the older checkpoints "
+                f"saving a checkpoint in {self.directory} failed ({_first_line(err)}); the sealed checkpoints "
                 f"{kept or 'on disk'} were kept; free space or fix permissions, then rerun to resume from them"
             ) from None
 
