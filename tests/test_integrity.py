@@ -233,9 +233,13 @@ def test_sft_resumes_past_a_corrupted_shard_to_the_same_finite_weights(gf_sft):
             assert np.isfinite(b[key]).all() and np.array_equal(a[key], b[key]), key
 
 
+# The divergence: lr 1e6 with the quickstart's decoupled weight decay 0.01 (each step
+# scales the weights by 1 - lr * wd: they blow up within a few steps).
+DIVERGE = ("optimizer.lr=1e6", "optimizer.weight_decay=0.01", "optimizer.warmup_steps=0", "optimizer.schedule=constant")
+
+
 def test_sft_divergence_stops_and_leaves_a_finite_checkpoint_that_loads(gf_sft):
-    run = sft_cli(gf_sft, "diverged", "optimizer.lr=1e6", "optimizer.warmup_steps=0", "optimizer.schedule=constant",
-                  "checkpoint.every_steps=1", "log_every=100")
+    run = sft_cli(gf_sft, "diverged", *DIVERGE, "checkpoint.every_steps=1", "log_every=100")
     lines = [line for line in run.stderr.splitlines() if line.startswith("tailor-jax sft: error")]
     assert run.returncode == 2 and len(lines) == 1, run.stderr[-3000:]
     assert "NaN or inf" in lines[0] and "sft.nonfinite=skip" in lines[0]
@@ -244,13 +248,12 @@ def test_sft_divergence_stops_and_leaves_a_finite_checkpoint_that_loads(gf_sft):
         steps = checkpointer.all_steps()
         assert steps and max(steps) < bad_step and str(checkpointer.step_dir(max(steps))) in lines[0]
     # the newest checkpoint restores into the trainer's own state (checksums and finite values checked)
-    loaded = sft_cli(gf_sft, "diverged", f"steps={max(steps)}")
+    loaded = sft_cli(gf_sft, "diverged", *DIVERGE, f"steps={max(steps)}")
     assert loaded.returncode == 0 and "already trained" in loaded.stderr, loaded.stderr[-3000:]
 
 
 def test_sft_skip_policy_counts_skipped_steps_and_stops_after_too_many(gf_sft):
-    run = sft_cli(gf_sft, "skipping", "optimizer.lr=1e6", "optimizer.warmup_steps=0", "optimizer.schedule=constant",
-                  "nonfinite=skip", "max_consecutive_skips=3", "log_every=1")
+    run = sft_cli(gf_sft, "skipping", *DIVERGE, "nonfinite=skip", "max_consecutive_skips=3", "log_every=1")
     assert run.returncode == 2, run.stderr[-3000:]
     assert "3 steps in a row" in run.stderr and "skipped" in run.stderr
     logged = [json.loads(line) for line in (gf_sft / "skipping" / "metrics.jsonl").read_text().splitlines()]
