@@ -261,6 +261,29 @@ def test_sft_skip_policy_counts_skipped_steps_and_stops_after_too_many(gf_sft):
     assert skipped and skipped == sorted(skipped) and skipped[-1] >= 1
 
 
+def test_a_stopped_stage_starts_no_later_stage(tmp_path, monkeypatch):
+    """`tailor-jax run`: the guard's error leaves SFT `running` (a rerun resumes it) and GRPO,
+    evaluation and the report never start."""
+    from test_run import micro_config
+
+    calls = []
+
+    def stage(name):
+        def run(cfg, out):
+            calls.append(name)
+            if name == "sft":
+                raise NonFiniteError("sft step 3: the loss or gradient norm is NaN or inf; stopped")
+            return "ok"
+        return run
+
+    monkeypatch.setattr(run_lib, "STAGE_FUNCTIONS", {name: stage(name) for name in run_lib.STAGES})
+    with pytest.raises(NonFiniteError):
+        run_lib.execute(micro_config(tmp_path), log=lambda message: None)
+    assert calls == ["data", "warm_start", "sft"]
+    assert run_lib.read_stage(tmp_path / "sft")["status"] == "running"
+    assert not (tmp_path / "grpo").exists() and not (tmp_path / "report.md").exists()
+
+
 # ---------------------------------------------------------------------------------------
 # Inputs checked at plan time.
 def _dry_run(config: Path, *overrides: str) -> subprocess.CompletedProcess:
