@@ -77,6 +77,9 @@ def test_new_options_left_off_keep_the_hashes(tmp_path):
     assert (hashes["sft"], hashes["eval"]) == ("0788017e62e801f3", "2e43d30949633924")
     off = run_lib.load_run_config("configs/quickstart.yaml", [f"run_dir={tmp_path}", "sft.position_gaps={prob: 0, max_gap: 5}"])
     assert run_lib.stage_hashes(off) == hashes
+    logged = run_lib.load_run_config("configs/quickstart.yaml", [f"run_dir={tmp_path}", "sft.wandb={project: p}",
+                                                                 "grpo.wandb={project: p, mode: offline}"])
+    assert run_lib.stage_hashes(logged) == hashes  # where metrics go is not what a stage computes
     on = run_lib.load_run_config("configs/quickstart.yaml", [f"run_dir={tmp_path}", "sft.position_gaps.prob=0.3"])
     changed = run_lib.stage_hashes(on)
     assert [changed[s] == hashes[s] for s in ("data", "warm_start", "sft", "grpo")] == [True, True, False, False]

@@ -51,7 +51,7 @@ from tailor_jax.train.grpo import (
     KL_ESTIMATORS, LOSS_AGGREGATIONS, REWARD_SCALINGS, group_advantages, grpo_loss, logp_drift_metrics,
     token_logprobs, truncated_importance_weights,
 )
-from tailor_jax.train.metrics import MetricsWriter, Progress
+from tailor_jax.train.metrics import MetricsWriter, Progress, WandbConfig
 from tailor_jax.train.optim import make_optimizer
 from tailor_jax.train.state import TrainState, create_train_state, data_parallel_size, merge_model, state_shardings_of
 
@@ -164,6 +164,7 @@ class GRPOConfig:
     steps: int = 100
     log_every: int = 1
     progress: bool = True
+    wandb: WandbConfig | None = None  # log to Weights & Biases too (project, name, mode); see docs/training.md#metrics
 
     def __post_init__(self):
         require(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
@@ -552,7 +553,7 @@ def train(cfg: GRPOConfig) -> GRPOResult:
         )
 
     checkpoint_dir = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else run_dir / "checkpoints"
-    metrics_log = MetricsWriter(run_dir, is_primary=jax.process_index() == 0)
+    metrics_log = MetricsWriter(run_dir, is_primary=jax.process_index() == 0, wandb=cfg.wandb, config=config_to_dict(cfg))
     preemption = install_preemption_handler()
     history: list[dict] = []
     last: dict[str, float] = {}
