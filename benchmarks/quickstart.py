@@ -55,7 +55,8 @@ def main() -> None:
             path = run_dir / "eval" / f"{model}.json"
             if path.is_file():
                 result = json.loads(path.read_text())
-                results.append({"system": f"tailor_jax {model}", "acc": result["acc"],
+                results.append({"system": f"tailor_jax {model}", "version": "tailor-jax at the commit recorded",
+                                "acc": result["acc"],
                                 "acc_by_level": result.get("acc_by_level"), "num_problems": result["num_problems"]})
         if args.keep:
             shutil.copytree(run_dir, args.keep, dirs_exist_ok=True)
