@@ -9,6 +9,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -51,7 +52,7 @@ def write_result_file(workload: str, results: list[dict], *, matmul_peak_gflops:
     now = datetime.datetime.now(datetime.timezone.utc)
     record = {
         "workload": workload, "date": now.isoformat(timespec="seconds"), "commit": git_commit(),
-        "command": " ".join([Path(sys.argv[0]).name if sys.argv[0] else "python", *sys.argv[1:]]),
+        "command": shlex.join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]]),
         "machine": machine(), "matmul_peak_gflops": matmul_peak_gflops,
         "versions": {r["system"]: r.get("version") for r in results if "system" in r},
         **extra, "results": results,
