@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from bench_tiny import BENCH_TINY, matmul_peak_flops
+from result_file import write_result_file
 from tailor_jax.parallel.cpu import configure_cpu_devices
 
 HERE = Path(__file__).resolve().parent
@@ -265,7 +266,7 @@ def main() -> None:
     parser.add_argument("--peers", default="trl", help="comma list: trl (empty: ours only)")
     parser.add_argument("--micro-batch", type=int, default=32,
                         help="our rows per micro-batch (0: all 128 at once; on CPU 32-row micro-batches stay in cache: "
-                             "the update ran 2.2x faster than all 128 at once)")
+                             "the update ran 2.66x faster than all 128 at once, benchmarks/README.md)")
     parser.add_argument("--prompt-slots", type=int, default=None,
                         help="prompt slots per micro-batch (default: the trainer's rule, 4 for 32 rows; "
                              "16 = min(micro-batch, prompts), the rule before 2026-12-03)")
@@ -275,6 +276,8 @@ def main() -> None:
                              "1 reproduces the figures from before 2026-12-05)")
     parser.add_argument("--mesh", choices=["auto", "fsdp"], default="auto",
                         help="ours: auto (on CPU every device on data, as `tailor-jax run`) or fsdp (every device on fsdp)")
+    parser.add_argument("--out", default=None,
+                        help="result JSON (default benchmarks/results/grpo_step_<UTC date_time>.json; '' writes none)")
     args = parser.parse_args()
     configure_cpu_devices(args.cpu_devices)
     peers = [p for p in args.peers.split(",") if p]
@@ -313,9 +316,12 @@ def main() -> None:
     for result in results:
         print(json.dumps(result))
     roofline_s = sum(flops.values()) / peak
-    print(json.dumps({"matmul_peak_gflops": peak / 1e9, "matmul_peak_gflops_after": peak_after / 1e9,
-                      "step_gflop": {k: v / 1e9 for k, v in flops.items()}, "roofline_step_s": roofline_s,
-                      "parameters": info["parameters"]}))
+    context = {"matmul_peak_gflops_after": peak_after / 1e9, "step_gflop": {k: v / 1e9 for k, v in flops.items()},
+               "roofline_step_s": roofline_s, "parameters": info["parameters"],
+               "settings": {"micro_batch": args.micro_batch, "prompt_slots": args.prompt_slots,
+                            "trl_micro_batch": args.trl_micro_batch, "cpu_devices": args.cpu_devices, "mesh": args.mesh}}
+    print(json.dumps({"matmul_peak_gflops": peak / 1e9, **context}))
+    write_result_file("grpo_step", results, matmul_peak_gflops=peak / 1e9, out=args.out, **context)
     print(f"\ngrpo_step workload, bench-tiny, {os.cpu_count()} cores; matmul peak {peak / 1e9:.0f} GFLOP/s "
           f"({peak_after / 1e9:.0f} after) -> roofline {roofline_s:.2f} s/step")
     print(f"{'system':<12}{'median s':>10}{'min':>8}{'max':>8}{'sampling':>10}{'reference':>11}{'update':>8}"

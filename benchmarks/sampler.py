@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from bench_tiny import BENCH_TINY, matmul_peak_flops
+from result_file import write_result_file
 from tailor_jax.parallel.cpu import configure_cpu_devices
 
 HERE = Path(__file__).resolve().parent
@@ -147,6 +148,8 @@ def main() -> None:
     parser.add_argument("--cpu-devices", type=int, default=None,
                         help="JAX CPU devices for ours (default: one per core, as the tailor-jax CLI does; "
                              "1 reproduces the figures from before 2026-12-05)")
+    parser.add_argument("--out", default=None,
+                        help="result JSON (default benchmarks/results/sample_<UTC date_time>.json; '' writes none)")
     args = parser.parse_args()
     configure_cpu_devices(args.cpu_devices)
     peers = [p for p in args.peers.split(",") if p]
@@ -196,9 +199,12 @@ def main() -> None:
         ours = ours or result
         result["ours_over_this_per_round"] = [o / t for o, t in zip(result["seconds"], ours["seconds"])]
         print(json.dumps(result))
-    print(json.dumps({"matmul_peak_gflops": peak / 1e9, "matmul_peak_gflops_after": peak_after / 1e9,
-                      "workload_gflop": flops / 1e9, "roofline_tok_per_s": roofline,
-                      "parameters": info["parameters"]}))
+    context = {"matmul_peak_gflops_after": peak_after / 1e9, "workload_gflop": flops / 1e9,
+               "roofline_tok_per_s": roofline, "parameters": info["parameters"], "workload_shape": WORKLOAD}
+    print(json.dumps({"matmul_peak_gflops": peak / 1e9, **context}))
+    for result in results:
+        result.setdefault("version", f"tailor-jax (this commit), jax {__import__('jax').__version__}")
+    write_result_file("sample", results, matmul_peak_gflops=peak / 1e9, out=args.out, **context)
     print(f"\nsample workload, bench-tiny, {os.cpu_count()} cores; matmul peak {peak / 1e9:.0f} GFLOP/s "
           f"({peak_after / 1e9:.0f} after) -> roofline {roofline:,.0f} tok/s")
     width = 5 * args.runs + 2

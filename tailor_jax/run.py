@@ -241,7 +241,7 @@ def stage_hashes(cfg: RunConfig, legacy_mesh: dict[str, Any] | None = None) -> d
             return _without(part, "mesh")
         return part if "mesh" in (section or {}) else {**part, "mesh": config_to_dict(MeshConfig(**legacy_mesh))}
 
-    sft = config_to_dict(sft_config(cfg))
+    sft = _without(config_to_dict(sft_config(cfg)), "wandb")  # where metrics go is not what a stage computes
     sft["data"] = _without(sft["data"], "train_file", "eval_file")
     if not sft["position_gaps"]["prob"]:  # off (added 2026-12-05): hashes written before then still match
         sft = _without(sft, "position_gaps")
@@ -281,7 +281,7 @@ def _without_default_guard(part: dict) -> dict:
 
 
 def _grpo_hash_part(cfg: RunConfig) -> dict:
-    grpo = _without_default_guard(_without(config_to_dict(grpo_config(cfg)), "run_dir", "init"))
+    grpo = _without_default_guard(_without(config_to_dict(grpo_config(cfg)), "run_dir", "init", "wandb"))
     grpo["eval"] = _without(grpo["eval"], "exclude_file")
     return grpo
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
-import time
-from itertools import islice
 from pathlib import Path
 
 import jax
@@ -18,14 +17,13 @@ import numpy as np
 import pytest
 
 from tailor_jax.config import load_config
-from tailor_jax.data import tokenizer as tok_lib
 from tailor_jax.errors import TailorError
-from tailor_jax.model import create_model, get_preset, save_pretrained
-from tailor_jax.tasks import get_task
 from tailor_jax.train import grpo_trainer as gt
 from tailor_jax.train.grpo import grpo_loss, token_logprobs
 from tailor_jax.train.optim import make_optimizer
 from tailor_jax.train.state import create_train_state
+
+from grpo_toy import make_tiny_init
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,20 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def init_dir(tmp_path_factory) -> Path:
     """A tiny random Qwen2-shaped model + a BPE tokenizer trained on GF text, in HF format."""
-    path = tmp_path_factory.mktemp("init")
-    task = get_task("gf", steps="1-3")
-    records = list(islice(task.generate(300, 0), 300))
-    texts = [task.prompt(r).text + task.target(r) for r in records]
-    symbols = sorted(set(records[0]["symbols"].values()))
-    tokenizer = tok_lib.train_bpe_tokenizer(texts, 320, symbols)
-    tok_lib.save_tokenizer(tokenizer, path)
-    config = get_preset("tiny").replace(
-        vocab_size=-(-len(tokenizer) // 8) * 8, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
-        num_kv_heads=1, head_dim=16, bos_token_id=tokenizer.bos_token_id, eos_token_ids=(tokenizer.eos_token_id,),
-        pad_token_id=tok_lib.pad_id(tokenizer),
-    )
-    save_pretrained(create_model(config, seed=0), path)
-    return path
+    return make_tiny_init(tmp_path_factory.mktemp("init"))
 
 
 def base_overrides(init_dir: Path, run_dir: Path) -> list[str]:
@@ -136,7 +121,10 @@ def test_curriculum_and_prompts_are_pure_in_step(init_dir, tmp_path):
     assert gt.task_options_at(cfg, 2)["steps"] == "1-2" and gt.task_options_at(cfg, 3)["steps"] == "4-5"
     assert gt.step_records(cfg, 3, 0, None) == gt.step_records(cfg, 3, 0, None)
     assert gt.step_records(cfg, 3, 0, None) != gt.step_records(cfg, 4, 0, None)
-    assert all(2 + 2 < r["k"] + 2 <= 5 + 2 for r in gt.step_records(cfg, 3, 0, None))
+    # the chain length k of every prompt follows the curriculum: 1-2 before step 3, 4-5 from it
+    assert {r["k"] for r in gt.step_records(cfg, 3, 0, None) + gt.step_records(cfg, 4, 0, None)} <= {4, 5}
+    assert {r["k"] for r in gt.step_records(cfg, 2, 0, None) + gt.step_records(cfg, 1, 0, None)} <= {1, 2}
+    assert len(gt.step_records(cfg, 3, 0, None)) == 4
 
 
 # --- accumulation equals plain GRPO ---------------------------------------------------------
@@ -220,6 +208,8 @@ def test_run_logs_metrics_filters_and_evaluates(init_dir, tmp_path):
 
 
 CONFIG = ROOT / "tests" / "data" / "grpo_tiny.yaml"
+WORKER = ROOT / "tests" / "grpo_worker.py"
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
 
 
 def _command(args) -> list[str]:
@@ -227,8 +217,15 @@ def _command(args) -> list[str]:
 
 
 def _run_cli(args):
-    return subprocess.run(_command(args), capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""})
+    return subprocess.run(_command(args), capture_output=True, text=True, cwd=ROOT, env=ENV)
+
+
+def _run_worker(args, kill_after_step: int | None = None):
+    """`tailor-jax grpo` with the digit reward (tests/grpo_toy.py: rewards vary within a group, so
+    the gradients are not zero), killed by SIGKILL right after `kill_after_step` is logged."""
+    kill = ["--kill-after-step", str(kill_after_step)] if kill_after_step is not None else []
+    return subprocess.run([sys.executable, str(WORKER), *kill, "grpo", str(CONFIG), *args], capture_output=True,
+                          text=True, cwd=ROOT, env=ENV, timeout=600)
 
 
 def _params(run_dir: Path, init_dir: Path):
@@ -244,28 +241,48 @@ def _params(run_dir: Path, init_dir: Path):
     return restored.step, jax.tree.leaves(restored.params)
 
 
+def _logged(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
 def test_exact_resume_after_sigkill(init_dir, tmp_path):
-    overrides = base_overrides(init_dir, tmp_path / "full")
-    done = _run_cli([*overrides])
+    steps = 4
+    kill_after = random.Random(24).randint(2, steps - 1)  # seeded: a failure can be replayed
+    full_dir, killed_dir = tmp_path / "full", tmp_path / "killed"
+    overrides = lambda run_dir: [*base_overrides(init_dir, run_dir), f"steps={steps}"]  # noqa: E731
+    done = _run_worker(overrides(full_dir))
     assert done.returncode == 0, done.stderr[-2000:]
+    assert all(r["grad_norm"] > 0 for r in _logged(full_dir)), "the run trained on zero gradients"
 
-    killed_dir = tmp_path / "killed"
-    proc = subprocess.Popen(_command(base_overrides(init_dir, killed_dir)),
-                            cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and not (killed_dir / "checkpoints" / "1").exists():
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    resumed = _run_cli(base_overrides(init_dir, killed_dir))
+    killed = _run_worker(overrides(killed_dir), kill_after_step=kill_after)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    # the kill landed mid-run: step `kill_after` was logged, its checkpoint not yet saved
+    from tailor_jax.config import CheckpointConfig
+    from tailor_jax.train.checkpoint import Checkpointer
+
+    with Checkpointer(killed_dir / "checkpoints", CheckpointConfig(async_save=False)) as checkpointer:
+        saved = checkpointer.latest_step()
+    assert saved == kill_after - 1 >= 1
+    before = _logged(killed_dir)
+    assert [r["step"] for r in before] == list(range(1, kill_after + 1)) and kill_after < steps
+
+    resumed = _run_worker(overrides(killed_dir))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    rerun = _logged(killed_dir)[len(before):]
+    assert [r["step"] for r in rerun] == list(range(saved + 1, steps + 1)), "the rerun did not start after the checkpoint"
+    assert all(r["grad_norm"] > 0 for r in rerun)
 
-    step_a, full = _params(tmp_path / "full", init_dir)
+    step_a, full = _params(full_dir, init_dir)
     step_b, again = _params(killed_dir, init_dir)
-    assert step_a == step_b == 3
+    assert step_a == step_b == steps
     for a, b in zip(full, again):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    from flax import nnx
+
+    from tailor_jax.model import load_pretrained
+
+    initial = jax.tree.leaves(nnx.state(load_pretrained(init_dir, dtype="float32"), nnx.Param))
+    assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(initial, full)), "training changed nothing"
 
 
 def test_bad_config_is_one_line(init_dir, tmp_path):

@@ -1,15 +1,18 @@
-"""MetricsWriter: JSONL content and TensorBoard event files read back by an independent decoder."""
+"""MetricsWriter: JSONL content, TensorBoard event files (framing and CRCs checked here, records
+parsed with tensorboardX's protobuf) and an offline Weights & Biases run, each read back."""
 
 from __future__ import annotations
 
 import json
 import struct
+import sys
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tailor_jax.train.metrics import MetricsWriter, Progress, crc32c, read_metrics
+from tailor_jax.errors import TailorError
+from tailor_jax.train.metrics import MetricsWriter, Progress, WandbConfig, read_metrics
 
 
 # --- an independent TFRecord + protobuf decoder ----------------------------------------------
@@ -43,68 +46,43 @@ def read_records(blob: bytes) -> list[bytes]:
     return records
 
 
-def parse_proto(data: bytes) -> list[tuple[int, int, object]]:
-    """(field number, wire type, raw value) triples of one message."""
-    fields, pos = [], 0
-
-    def varint():
-        nonlocal pos
-        result = shift = 0
-        while True:
-            byte = data[pos]
-            pos += 1
-            result |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                return result
-
-    while pos < len(data):
-        key = varint()
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            value = varint()
-        elif wire == 1:
-            value, pos = data[pos : pos + 8], pos + 8
-        elif wire == 2:
-            length = varint()
-            value, pos = data[pos : pos + length], pos + length
-        elif wire == 5:
-            value, pos = data[pos : pos + 4], pos + 4
-        else:
-            raise AssertionError(f"unexpected wire type {wire}")
-        fields.append((field, wire, value))
-    return fields
-
-
 def decode_event(data: bytes) -> dict:
-    event = {"scalars": {}}
-    for field, wire, value in parse_proto(data):
-        if field == 1:
-            assert wire == 1
-            event["wall_time"] = struct.unpack("<d", value)[0]
-        elif field == 2:
-            assert wire == 0
-            event["step"] = value - (1 << 64) if value >= 1 << 63 else value
-        elif field == 3:
-            event["file_version"] = value.decode()
-        elif field == 5:
-            for sfield, swire, svalue in parse_proto(value):
-                assert (sfield, swire) == (1, 2)
-                parts = {f: v for f, _, v in parse_proto(svalue)}
-                event["scalars"][parts[1].decode()] = struct.unpack("<f", parts[2])[0]
-        else:
-            raise AssertionError(f"unexpected Event field {field}")
-    return event
+    """One event record, parsed with tensorboardX's `Event` protobuf."""
+    from tensorboardX.proto import event_pb2
+
+    event = event_pb2.Event.FromString(data)
+    scalars = {}
+    for value in event.summary.value:
+        assert value.WhichOneof("value") == "simple_value", value
+        scalars[value.tag] = value.simple_value
+    out = {"wall_time": event.wall_time, "step": event.step, "scalars": scalars}
+    if event.file_version:
+        out["file_version"] = event.file_version
+    return out
+
+
+def read_wandb_records(path) -> list:
+    """The protobuf records of a W&B transaction log (`run-<id>.wandb`: a 7-byte header, then
+    LevelDB-style log blocks of 32 KiB, each chunk `crc32 | length u16 | type u8 | data`)."""
+    from wandb.proto import wandb_internal_pb2
+
+    blob, pos, records, pending = path.read_bytes(), 7, [], b""
+    assert blob[:4] == b":W&B"
+    while pos + 7 <= len(blob):
+        left = 32768 - pos % 32768
+        if left < 7:  # block trailer
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", blob[pos : pos + 7])
+        pending += blob[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a full record, or the last chunk of one
+            records.append(wandb_internal_pb2.Record.FromString(pending))
+            pending = b""
+    return records
 
 
 # --- tests -----------------------------------------------------------------------------------
-def test_crc32c_known_vectors():
-    assert crc32c(b"123456789") == 0xE3069283 == bitwise_crc32c(b"123456789")
-    assert crc32c(b"") == 0
-    blob = bytes(range(256)) * 3
-    assert crc32c(blob) == bitwise_crc32c(blob)
-
-
 def test_event_file_and_jsonl(tmp_path):
     with MetricsWriter(tmp_path) as writer:
         writer.write(1, {"loss": 2.5, "lr": jnp.float32(1e-4), "acc": np.array(0.25)})
@@ -114,9 +92,12 @@ def test_event_file_and_jsonl(tmp_path):
     assert len(events) == 1
     decoded = [decode_event(r) for r in read_records(events[0].read_bytes())]
     assert decoded[0]["file_version"] == "brain.Event:2" and decoded[0]["scalars"] == {}
-    assert [e["step"] for e in decoded[1:]] == [1, 2, 2**40]
-    assert decoded[1]["scalars"] == {"loss": 2.5, "lr": pytest.approx(1e-4, rel=1e-6), "acc": 0.25}
-    assert np.isnan(decoded[2]["scalars"]["loss"]) and decoded[2]["scalars"]["kl/mean"] == 0.125
+    by_step: dict[int, dict] = {}  # tensorboardX writes one event per scalar
+    for event in decoded[1:]:
+        by_step.setdefault(event["step"], {}).update(event["scalars"])
+    assert list(by_step) == [1, 2, 2**40]
+    assert by_step[1] == {"loss": 2.5, "lr": pytest.approx(1e-4, rel=1e-6), "acc": 0.25}
+    assert np.isnan(by_step[2]["loss"]) and by_step[2]["kl/mean"] == 0.125 and by_step[2**40] == {"loss": -1.0}
     assert all(abs(e["wall_time"] - decoded[0]["wall_time"]) < 60 for e in decoded)
 
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -145,6 +126,54 @@ def test_non_scalar_metric_is_rejected(tmp_path):
     with MetricsWriter(tmp_path) as writer:
         with pytest.raises(TypeError, match="'loss'"):
             writer.write(1, {"loss": np.ones(3)})
+
+
+def test_wandb_offline_run_holds_the_same_scalars(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-home"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = WandbConfig(project="tailor-test", name="micro", mode="offline", tags=("ci",))
+    run_dir = tmp_path / "run"
+    with MetricsWriter(run_dir, wandb=cfg, config={"optimizer": {"lr": 0.001}}) as writer:
+        writer.write(1, {"loss": 2.5, "eval/acc": np.float32(0.25)})
+        writer.write(2, {"loss": 1.5, "kl": 0.125})
+    run_id = (run_dir / "wandb_id.txt").read_text().strip()
+    (log,) = (run_dir / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
+    records = read_wandb_records(log)
+    (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    assert (run.project, run.display_name, list(run.tags)) == ("tailor-test", "micro", ["ci"])
+    assert any(item.key == "optimizer" and json.loads(item.value_json) == {"lr": 0.001} for item in run.config.update)
+    history = []
+    for record in records:
+        if record.WhichOneof("record_type") == "history":
+            row = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            history.append({k: v for k, v in row.items() if not k.startswith("_") or k == "_step"})
+    assert history == [{"_step": 1, "loss": 2.5, "eval/acc": 0.25}, {"_step": 2, "loss": 1.5, "kl": 0.125}]
+    # the same names and values as metrics.jsonl and TensorBoard
+    lines = [{k: v for k, v in r.items() if k not in ("step", "time")} for r in read_metrics(run_dir / "metrics.jsonl")]
+    assert lines == [{k: v for k, v in h.items() if k != "_step"} for h in history]
+
+
+def test_wandb_section_without_the_package_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError
+    with pytest.raises(TailorError, match=r"pip install 'tailor-jax\[wandb\]'"):
+        MetricsWriter(tmp_path / "run", wandb=WandbConfig(project="p"))
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_wandb_section_in_the_trainer_configs(tmp_path):
+    from tailor_jax.config import load_config
+    from tailor_jax.train.grpo_trainer import GRPOConfig
+    from tailor_jax.train.sft import SFTConfig
+
+    base = [f"run_dir={tmp_path}", "data.train_file=train.jsonl"]
+    sft = load_config(SFTConfig, None, [*base, "wandb={project: p, name: n, mode: offline}"])
+    assert sft.wandb == WandbConfig(project="p", name="n", mode="offline")
+    grpo = load_config(GRPOConfig, None, [f"run_dir={tmp_path}", "init=x", "wandb={project: p}"])
+    assert grpo.wandb.mode == "online" and load_config(SFTConfig, None, base).wandb is None
+    with pytest.raises(TailorError, match="wandb.mode"):
+        load_config(SFTConfig, None, [*base, "wandb={project: p, mode: sometimes}"])
 
 
 def test_progress_shows_loss_and_tokens_per_second(capsys):

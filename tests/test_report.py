@@ -104,6 +104,27 @@ def test_write_report_makes_plots_and_tables(tmp_path):
     assert "GRPO vs SFT: 60.0% -> 100.0% (+40.0 points)" in text
     assert "sft (evaluation)" in text and "pass@" in text
     assert "step 0: 30.0%, step 20: 70.0%" in text
+    # 20 logged reward steps: the report compares 5-step means, not two single noisy steps
+    rewards = [r["reward"] for r in report_lib.load_run(run)["grpo_metrics"] if "reward" in r]
+    assert len(rewards) == 20
+    assert (f"Mean rollout reward, averaged over 5 logged steps (one step's reward is noisy): "
+            f"steps 1-5: {np.mean(rewards[:5]):.3f} -> steps 16-20: {np.mean(rewards[-5:]):.3f}.") in text
+
+
+def test_moving_average_and_window():
+    values = [1.0, 3.0, 2.0, 6.0, 4.0]
+    np.testing.assert_allclose(report_lib.moving_average(values, 2), [1.0, 2.0, 2.5, 4.0, 5.0])
+    np.testing.assert_allclose(report_lib.moving_average(values, 3), [1.0, 2.0, 2.0, 11 / 3, 4.0])
+    np.testing.assert_allclose(report_lib.moving_average(values, 1), values)
+    assert [report_lib.smoothing_window(n) for n in (1, 3, 4, 20, 40, 300)] == [1, 1, 1, 5, 10, 10]
+
+
+def test_few_reward_steps_are_reported_as_single_steps(tmp_path):
+    run = _fake_run(tmp_path, "short", improve=0.4, seed=0)
+    (run / "grpo" / "metrics.jsonl").write_text(
+        '{"step": 1, "time": 0, "reward": 0.25}\n{"step": 2, "time": 0, "reward": 0.5}\n')
+    text = report_lib.write_report(run).read_text()
+    assert "Mean rollout reward (single steps, too few to average): step 1: 0.250 -> step 2: 0.500." in text
 
 
 def test_report_of_an_unfinished_run_skips_missing_plots(tmp_path):

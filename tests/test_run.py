@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -76,6 +77,9 @@ def test_new_options_left_off_keep_the_hashes(tmp_path):
     assert (hashes["sft"], hashes["eval"]) == ("0788017e62e801f3", "2e43d30949633924")
     off = run_lib.load_run_config("configs/quickstart.yaml", [f"run_dir={tmp_path}", "sft.position_gaps={prob: 0, max_gap: 5}"])
     assert run_lib.stage_hashes(off) == hashes
+    logged = run_lib.load_run_config("configs/quickstart.yaml", [f"run_dir={tmp_path}", "sft.wandb={project: p}",
+                                                                 "grpo.wandb={project: p, mode: offline}"])
+    assert run_lib.stage_hashes(logged) == hashes  # where metrics go is not what a stage computes
     on = run_lib.load_run_config("configs/quickstart.yaml", [f"run_dir={tmp_path}", "sft.position_gaps.prob=0.3"])
     changed = run_lib.stage_hashes(on)
     assert [changed[s] == hashes[s] for s in ("data", "warm_start", "sft", "grpo")] == [True, True, False, False]
@@ -357,3 +361,51 @@ def test_micro_run_survives_sigkill_and_sigint(tmp_path):
     assert proc.wait(timeout=300) == 0
     last = log.read_text()[len(text):]
     assert all(f"] {s}: skipped" in last for s in ("data", "warm_start", "sft", "grpo", "eval")), last
+
+
+# ---------------------------------------------------------------------------------------
+# The quickstart's own path (the `tailor` warm start), shrunk to about a minute, in process.
+QUICKSTART_MICRO = [
+    "mesh_preset=single-device", "data.num_train=40", "data.num_sft_eval=8",
+    "sft.steps=8", "sft.optimizer.warmup_steps=2", "sft.batch_size=4", "sft.log_every=1", "sft.eval_batches=1",
+    "sft.model.overrides={hidden_size: 32, intermediate_size: 64, num_layers: 1, num_heads: 2, num_kv_heads: 1, head_dim: 16}",
+    "sft.checkpoint={every_steps: 4, keep: 1, async_save: false}",
+    "grpo.steps=2", "grpo.rollout={prompts_per_step: 2, num_generations: 2, max_new_tokens: 16, temperature: 1.0}",
+    "grpo.eval={levels: [3], per_level: 2, every: 0}", "grpo.checkpoint={every_steps: 1, keep: 1, async_save: false}",
+    "eval.levels=[3]", "eval.per_level=4", "eval.max_new_tokens=16",
+]
+
+
+def test_quickstart_micro_run_with_the_tailor_warm_start(tmp_path):
+    cfg = run_lib.load_run_config("configs/quickstart.yaml", [f"run_dir={tmp_path}", *QUICKSTART_MICRO])
+    assert cfg.warm_start.method == "tailor"
+    lines: list[str] = []
+    run_lib.execute(cfg, log=lines.append)
+    for stage in ("data", "warm_start", "sft", "grpo", "eval"):
+        assert run_lib.read_stage(tmp_path / stage)["status"] == "done", "\n".join(lines)
+
+    # the warm start is the Tailor pipeline's: its stages ran, its demonstrations are verified answers
+    task = get_task("gf", p=11)
+    demos = list(read_jsonl(tmp_path / "warm_start" / "sft.jsonl"))
+    assert len(demos) == 40 and (tmp_path / "warm_start" / "tailor" / "curate" / "report.json").is_file()
+    assert len({d["primitive"] for d in demos}) >= 2  # a mix of primitives, not one trace style
+    assert all(task.reward("binary", d, d["completion"]) == 1.0 for d in demos)
+    pool = {run_lib.problem_key(d) for d in demos}
+    assert pool == {run_lib.problem_key(r) for r in read_jsonl(tmp_path / "data" / "train.jsonl")}
+
+    # no held-out problem is in the SFT pool: the SFT eval set, the final eval, GRPO's eval
+    held_out = [*read_jsonl(tmp_path / "data" / "sft_eval.jsonl"), *read_jsonl(tmp_path / "eval" / "records.jsonl"),
+                *grpo_trainer.eval_problems(run_lib.grpo_config(cfg))]
+    assert len(held_out) == 8 + 4 + 2 and not pool & {run_lib.problem_key(r) for r in held_out}
+
+    # the report holds numbers: each model's held-out accuracy as evaluated
+    report = (tmp_path / "report.md").read_text()
+    held_out_table = report.split("## Held-out evaluation")[1].split("##")[0]
+    for model in ("sft", "grpo"):
+        result = json.loads((tmp_path / "eval" / f"{model}.json").read_text())
+        assert result["num_problems"] == 4
+        percent = f"{100 * result['acc']:.1f}"
+        assert f"| {model} | {percent} | {percent} |" in held_out_table, held_out_table
+        assert f"{model} acc {result['acc']:.3f}" in report  # the eval stage's summary line
+    assert "| warm_start | done |" in report and "40 demonstrations (tailor:" in report
+    assert re.search(r"\| sft \| done \| [0-9.]+ \| 8 steps, loss [0-9.]+", report), report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import signal
@@ -202,8 +203,9 @@ def gf_run(tmp_path_factory):
     return root
 
 
-def _worker(root: Path, name: str, *overrides: str, wait: bool = False) -> subprocess.Popen:
-    cmd = [sys.executable, str(WORKER), str(root / "config.yaml"), str(root / f"{name}.npz"),
+def _worker(root: Path, name: str, *overrides: str, wait: bool = False, kill_after_step: int | None = None) -> subprocess.Popen:
+    kill = ["--kill-after-step", str(kill_after_step)] if kill_after_step is not None else []
+    cmd = [sys.executable, str(WORKER), *kill, str(root / "config.yaml"), str(root / f"{name}.npz"),
            f"run_dir={root / name}", *overrides]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if wait:
@@ -238,15 +240,27 @@ def _assert_same_params(root: Path, a: str, b: str) -> None:
             assert np.array_equal(x[key], y[key]), f"{key} differs"  # bitwise
 
 
+def _logged_steps(root: Path, name: str) -> list[dict]:
+    return [json.loads(line) for line in (root / name / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+
+
 def test_sigkill_and_resume_is_exact(gf_run):
-    kill_after = random.Random().randint(4, STEPS - 1)  # past the first checkpoint (step 3)
-    proc = _worker(gf_run, "B")
-    _wait_for_step(gf_run, "B", proc, kill_after)
-    proc.kill()
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    # Seeded (a failure can be replayed): a step past the first checkpoint (step 3), before the last.
+    kill_after = random.Random(24).randint(4, STEPS - 1)
+    killed = _worker(gf_run, "B", wait=True, kill_after_step=kill_after)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.read()
+    # the kill landed mid-run: step `kill_after` was logged and its checkpoint not saved
+    with Checkpointer(gf_run / "B" / "checkpoints", CheckpointConfig(async_save=False)) as checkpointer:
+        saved = checkpointer.latest_step()
+    assert saved == 3 * ((kill_after - 1) // 3) >= 3
+    before = _logged_steps(gf_run, "B")
+    assert [r["step"] for r in before] == list(range(1, kill_after + 1)) and kill_after < STEPS
+
     resumed = _worker(gf_run, "B", wait=True)
     assert resumed.returncode == 0, resumed.stderr.read()
+    rerun = _logged_steps(gf_run, "B")[len(before):]
+    assert [r["step"] for r in rerun] == list(range(saved + 1, STEPS + 1)), "the rerun did not start after the checkpoint"
+    assert all(r["grad_norm"] > 0 for r in before + rerun)
     _assert_same_params(gf_run, "A", "B")
     assert _batches(gf_run, "B") == _batches(gf_run, "A"), f"killed after step {kill_after}"
     assert len(_batches(gf_run, "A")) == STEPS

@@ -216,9 +216,21 @@ def test_student_and_teacher_path_end_to_end(tiny_dir, tmp_path):
     result = P.run_pipeline(cfg)
     run = Path(cfg.run_dir)
     summary = json.loads((run / "analyse" / "summary.json").read_text())
-    assert summary["skipped"] is None and 0.0 <= summary["accuracy"] <= 1.0
-    assert set(summary["accuracy_by_level"]) <= {"2", "3", "4"} and summary["metrics"]["embedding"] == "model"
-    assert len((run / "analyse" / "samples.jsonl").read_text().splitlines()) == 6
+    assert summary["skipped"] is None and summary["metrics"]["embedding"] == "model"
+    # the summary's accuracy is the stage's samples verified again here, overall and per level
+    samples = [json.loads(line) for line in (run / "analyse" / "samples.jsonl").read_text().splitlines()]
+    task = get_task("gf", **GF_OPTIONS)
+    questions = P.load_questions(cfg, task)[:3]
+    assert [(s["id"], s["sample"]) for s in samples] == [(q["id"], k) for q in questions for k in range(2)]
+    verified = [task.reward("binary", q, s["completion"], finished=s["finished"]) == 1.0
+                for q, s in zip([q for q in questions for _ in range(2)], samples)]
+    assert [s["correct"] for s in samples] == verified
+    assert summary["accuracy"] == pytest.approx(np.mean(verified))
+    by_level = {}
+    for q, ok in zip([q for q in questions for _ in range(2)], verified):
+        by_level.setdefault(str(task.difficulty(q)), []).append(ok)
+    assert summary["accuracy_by_level"] == pytest.approx({k: np.mean(v) for k, v in by_level.items()})
+    assert len(summary["failures"]) == min(verified.count(False), cfg.analyse.max_failures)
     candidates = json.loads((run / "discover" / "candidates.json").read_text())
     teachers = [c for c in candidates if c["source"] == "teacher"]
     assert teachers[0]["description"] == z  # the random model's own proposals are junk
@@ -240,8 +252,30 @@ def test_student_and_teacher_path_end_to_end(tiny_dir, tmp_path):
 def test_redistill_keeps_correct_samples_one_per_question_first(tiny_dir, monkeypatch):
     task = get_task("gf", **GF_OPTIONS)
     records = list(task.generate(6, 9))
+    # The real model path, with the first sample of question 1 replaced by its target: the random
+    # model (almost surely) solves nothing itself, and the one planted answer must come back.
+    real_sample = teacher.LocalModel.sample
+    drawn = []
+
+    def sample_and_plant(self, prompts, **kwargs):
+        texts, finished = real_sample(self, prompts, **kwargs)
+        assert len(texts) == len(prompts) * kwargs["num_samples"] == len(finished)
+        texts, finished = list(texts), list(finished)
+        texts[1 * kwargs["num_samples"]] = task.target(records[1])[len(prompts[1].prefill):]
+        finished[1 * kwargs["num_samples"]] = True
+        drawn.extend(zip(prompts, texts, finished))
+        return texts, finished
+
+    monkeypatch.setattr(teacher.LocalModel, "sample", sample_and_plant)
     real = baselines.redistill(task, records, 3, tiny_dir, samples_per_question=2, max_new_tokens=8)
-    assert all(task.reward("binary", e.record, e.completion) == 1.0 for e in real)  # plumbing: only verified kept
+    verified = [(records[i // 2], prompt.prefill + text) for i, (prompt, text, done) in enumerate(drawn)
+                if done and task.reward("binary", records[i // 2], prompt.prefill + text) == 1.0]
+    assert (records[1], task.target(records[1])) in verified
+    per_question = [[c for r, c in verified if r is record] for record in records]
+    expected = [(record, correct[rank]) for rank in range(2) for record, correct in zip(records, per_question)
+                if rank < len(correct)][:3]  # one per question first, only verified samples
+    assert [(e.record, e.completion) for e in real] == expected
+    monkeypatch.undo()
 
     class FakePolicy:  # solves questions 0, 2, 4 in both samples (distinct texts), fails the rest
         def sample(self, prompts, *, num_samples, **_):

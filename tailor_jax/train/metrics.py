@@ -1,106 +1,48 @@
-"""Metrics: JSON lines plus TensorBoard scalars (pure Python, no TensorFlow), and a progress bar.
+"""Metrics: JSON lines, TensorBoard scalars (tensorboardX) and, optionally, Weights & Biases; and
+a progress bar.
 
 `<run_dir>/metrics.jsonl` gets one line per `write`: {"step": int, "time": unix seconds,
-name: value, ...}; non-finite values are written as null (TensorBoard gets the raw value).
-`<run_dir>/tensorboard/events.out.tfevents.<time>.<host>.<pid>` holds the same scalars.
-
-TensorBoard event files are TFRecord files: each record is
-    uint64 length | uint32 masked_crc32c(length bytes) | data | uint32 masked_crc32c(data)
-(little endian; masked = ((crc >> 15) | (crc << 17)) + 0xa282ead8), and each data is a
-serialized `Event` protobuf, encoded here by hand:
-    Event   { double wall_time = 1; int64 step = 2; string file_version = 3; Summary summary = 5; }
-    Summary { repeated Value value = 1; }   Value { string tag = 1; float simple_value = 2; }
+name: value, ...}; non-finite values are written as null (TensorBoard and W&B get the raw value).
+`<run_dir>/tensorboard/events.out.tfevents.*` holds the same scalars under the same names
+(tensorboardX's writer: no TensorFlow needed). With a `wandb:` config section the same scalars at
+the same steps go to a W&B run too (the `wandb` package is an optional extra, imported only then;
+`mode: offline` writes under `<run_dir>/wandb/` for a later `wandb sync`). The W&B run id is kept
+in `<run_dir>/wandb_id.txt`, so a resumed training run continues the same W&B run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
-import socket
-import struct
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from tqdm import tqdm
 
-# --------------------------------------------------------------------------------------------
-# CRC32C (Castagnoli), table driven.
-_CRC32C_POLY = 0x82F63B78  # reversed 0x1EDC6F41
+from tailor_jax.config import require
+from tailor_jax.errors import TailorError
 
 
-def _make_crc_table() -> list[int]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ _CRC32C_POLY if crc & 1 else crc >> 1
-        table.append(crc)
-    return table
+@dataclasses.dataclass(frozen=True)
+class WandbConfig:
+    """The `wandb:` section of the SFT / GRPO configs."""
+
+    project: str
+    name: str | None = None  # the W&B run name (default: W&B's own)
+    mode: Literal["online", "offline", "disabled"] = "online"
+    entity: str | None = None  # team or user (default: the logged-in user's)
+    tags: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        require(bool(self.project.strip()), "wandb.project must be a non-empty name")
 
 
-_CRC_TABLE = _make_crc_table()
-
-
-def crc32c(data: bytes) -> int:
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc = _CRC_TABLE[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
-
-
-def masked_crc32c(data: bytes) -> int:
-    crc = crc32c(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def tfrecord_frame(data: bytes) -> bytes:
-    length = struct.pack("<Q", len(data))
-    return length + struct.pack("<I", masked_crc32c(length)) + data + struct.pack("<I", masked_crc32c(data))
-
-
-# --------------------------------------------------------------------------------------------
-# Protobuf wire format (only what Event/Summary need).
-def _varint(value: int) -> bytes:
-    value &= (1 << 64) - 1  # int64 negatives are 10-byte two's complement
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _key(field: int, wire_type: int) -> bytes:
-    return _varint((field << 3) | wire_type)
-
-
-def _bytes_field(field: int, payload: bytes) -> bytes:
-    return _key(field, 2) + _varint(len(payload)) + payload
-
-
-def encode_event(wall_time: float, step: int = 0, *, file_version: str | None = None,
-                 scalars: Mapping[str, float] | None = None) -> bytes:
-    """Serialize an Event with either a file_version or a Summary of simple_value scalars."""
-    out = _key(1, 1) + struct.pack("<d", wall_time) + _key(2, 0) + _varint(int(step))
-    if file_version is not None:
-        out += _bytes_field(3, file_version.encode())
-    if scalars:
-        summary = b"".join(
-            _bytes_field(1, _bytes_field(1, tag.encode()) + _key(2, 5) + struct.pack("<f", value))
-            for tag, value in scalars.items()
-        )
-        out += _bytes_field(5, summary)
-    return out
-
-
-# --------------------------------------------------------------------------------------------
 def _to_float(name: str, value: Any) -> float:
     try:
         return float(np.asarray(value).item())
@@ -108,26 +50,38 @@ def _to_float(name: str, value: Any) -> float:
         raise TypeError(f"metric {name!r} must be a scalar number, got {type(value).__name__}") from None
 
 
-class MetricsWriter:
-    """Append scalars to metrics.jsonl and a TensorBoard event file; a no-op unless `is_primary`."""
+def _start_wandb(run_dir: Path, cfg: WandbConfig, config: Mapping[str, Any] | None):
+    try:
+        import wandb
+    except ImportError:
+        raise TailorError("the config has a wandb section but the wandb package is not installed; "
+                          "pip install 'tailor-jax[wandb]' or remove the wandb section") from None
+    id_file = run_dir / "wandb_id.txt"
+    run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:16]
+    id_file.write_text(run_id + "\n")
+    return wandb.init(project=cfg.project, name=cfg.name, mode=cfg.mode, entity=cfg.entity, tags=list(cfg.tags),
+                      id=run_id, resume="allow", dir=str(run_dir), config=dict(config or {}))
 
-    def __init__(self, run_dir: str | os.PathLike, *, is_primary: bool = True, tensorboard: bool = True):
+
+class MetricsWriter:
+    """Append scalars to metrics.jsonl, a TensorBoard event file and (with `wandb`) a W&B run;
+    a no-op unless `is_primary`. `config` (a plain dict) is stored with the W&B run."""
+
+    def __init__(self, run_dir: str | os.PathLike, *, is_primary: bool = True, tensorboard: bool = True,
+                 wandb: WandbConfig | None = None, config: Mapping[str, Any] | None = None):
         self.run_dir = Path(run_dir)
         self.is_primary = is_primary
-        self._jsonl = None
-        self._events = None
+        self._jsonl = self._tensorboard = self._wandb = None
         if not is_primary:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if wandb is not None:  # first: a missing package fails before any file is opened
+            self._wandb = _start_wandb(self.run_dir, wandb, config)
         self._jsonl = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
         if tensorboard:
-            tb_dir = self.run_dir / "tensorboard"
-            tb_dir.mkdir(exist_ok=True)
-            now = time.time()
-            name = f"events.out.tfevents.{int(now)}.{socket.gethostname()}.{os.getpid()}"
-            self._events = open(tb_dir / name, "ab")
-            self._events.write(tfrecord_frame(encode_event(now, 0, file_version="brain.Event:2")))
-            self._events.flush()
+            from tensorboardX import SummaryWriter
+
+            self._tensorboard = SummaryWriter(logdir=str(self.run_dir / "tensorboard"))
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Record scalar `metrics` (numbers or 0-d arrays) at `step`."""
@@ -139,15 +93,21 @@ class MetricsWriter:
         record.update({name: value if math.isfinite(value) else None for name, value in values.items()})
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
-        if self._events is not None:
-            self._events.write(tfrecord_frame(encode_event(now, step, scalars=values)))
-            self._events.flush()
+        if self._tensorboard is not None:
+            for name, value in values.items():
+                self._tensorboard.add_scalar(name, value, global_step=int(step), walltime=now)
+            self._tensorboard.flush()  # on disk now: a preempted run keeps what it logged
+        if self._wandb is not None:
+            self._wandb.log(values, step=int(step))
 
     def close(self) -> None:
-        for handle in (self._jsonl, self._events):
-            if handle is not None:
-                handle.close()
-        self._jsonl = self._events = None
+        if self._jsonl is not None:
+            self._jsonl.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+        self._jsonl = self._tensorboard = self._wandb = None
 
     def __enter__(self) -> MetricsWriter:
         return self

@@ -38,7 +38,7 @@ from tailor_jax.model.transformer import create_model
 from tailor_jax.parallel.mesh import MeshConfig, create_mesh
 from tailor_jax.parallel.sharding import use_sharding
 from tailor_jax.tasks import Task, get_task
-from tailor_jax.train.metrics import MetricsWriter, Progress
+from tailor_jax.train.metrics import MetricsWriter, Progress, WandbConfig
 from tailor_jax.train.optim import learning_rate_schedule, make_optimizer
 from tailor_jax.train.checkpoint import Checkpointer, TrainCheckpoint, install_preemption_handler
 from tailor_jax.train.guard import NonFiniteGuard, describe_last_checkpoint, finite_flag, keep_if_finite
@@ -250,6 +250,7 @@ class SFTConfig:
     record_batches: bool = False  # append a hash of every batch to run_dir/batches.txt (tests)
     nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss or gradient norm: stop, or skip that update (train/guard.py)
     max_consecutive_skips: int = 10  # nonfinite=skip: stop after this many skipped steps in a row
+    wandb: WandbConfig | None = None  # log to Weights & Biases too (project, name, mode); see docs/training.md#metrics
 
     def __post_init__(self):
         require(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
@@ -498,7 +499,7 @@ def train(cfg: SFTConfig) -> SFTResult:
     iterator = iter(data)
 
     checkpoint_dir = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else run_dir / "checkpoints"
-    metrics_log = MetricsWriter(run_dir, is_primary=jax.process_index() == 0)
+    metrics_log = MetricsWriter(run_dir, is_primary=jax.process_index() == 0, wandb=cfg.wandb, config=config_to_dict(cfg))
     batches_log = (run_dir / "batches.txt").open("a") if cfg.record_batches and jax.process_index() == 0 else None
     preemption = install_preemption_handler()
     guard = NonFiniteGuard("sft", cfg.nonfinite, cfg.max_consecutive_skips)
