@@ -36,6 +36,14 @@ from tailor_jax.errors import TailorError
 from tailor_jax.model.config import ATTENTION_IMPLEMENTATIONS as IMPLEMENTATIONS
 _MASKED = float(np.finfo(np.float32).min)
 
+# XLA's CPU compiler removes optimization barriers (pass "cse_barrier_expander") before CSE and
+# scheduling. `jax.checkpoint` relies on them to keep its recomputation from being merged back
+# into the forward pass, and the chunked attention relies on them to run its chunks one after the
+# other, so on CPU neither shows in the compiled memory unless the pass is off. Compile with these
+# options (`lowered.compile(compiler_options=CPU_KEEP_BARRIERS)`, or the same flag in XLA_FLAGS)
+# wherever the CPU compile stands in for a device's memory (benchmarks, memory plans).
+CPU_KEEP_BARRIERS = {"xla_disable_hlo_passes": "cse_barrier_expander"}
+
 
 @struct.dataclass
 class AttentionMask:
@@ -126,29 +134,104 @@ def _block_attention(q, k, v, mask: AttentionMask, start: int, end: int, keys: i
     return jnp.einsum("bkgts,bksd->bkgtd", probs, v[:, :, :keys])
 
 
+def _chunks(length: int, keys: int, mask: AttentionMask, query_chunk: int) -> tuple[tuple[int, int, int], ...]:
+    """(start, end, keys seen) per query chunk: with a static offset chunk i reads only the keys
+    up to its last row, which skips the causal upper triangle (about half the score matrix)."""
+    step = query_chunk if 0 < query_chunk < length else length
+    return tuple(
+        (start, min(start + step, length), min(keys, mask.static_offset + min(start + step, length)) if mask.is_static else keys)
+        for start in range(0, length, step)
+    )
+
+
 def chunked_attention(q, k, v, mask: AttentionMask, query_chunk: int, *, recompute: bool) -> jax.Array:
-    """Queries in chunks of `query_chunk` rows (0: one chunk); with a static offset chunk i reads
-    only the keys up to its last row (the causal upper triangle is skipped, about half the score
-    matrix). With `recompute`, each chunk runs under `jax.checkpoint` and receives the whole
-    q/k/v (sliced inside), so the backward pass keeps no per-chunk scores, probabilities or key
-    slices: temporaries are one chunk's scores, linear in the length.
+    """Queries in chunks of `query_chunk` rows (0: one chunk), each chunk over only the keys it can see.
+
+    `recompute=False` is the reference ("dense") path: plain autodiff, whose backward pass keeps
+    every chunk's probabilities (quadratic in the length). `recompute=True` ("chunked") is
+    `_flash_chunks`: the same forward, but the backward pass recomputes each chunk's scores from
+    q, k and the chunk's softmax statistics, one chunk at a time, so its temporaries are one
+    chunk's scores (linear in the length).
     """
     length, keys = q.shape[1], k.shape[1]
     q = jnp.transpose(q, (0, 2, 3, 1, 4))  # [B, Hkv, G, T, D]: batched matmuls need no further transposes
     k, v = jnp.transpose(k, (0, 2, 1, 3)), jnp.transpose(v, (0, 2, 1, 3))  # [B, Hkv, S, D]
-    step = query_chunk if 0 < query_chunk < length else length
-    if not (mask.is_static or recompute):
-        step = length  # the reference path decodes against a cache in one block, as it always has
-    outs = []
-    for start in range(0, length, step):
-        end = min(start + step, length)
-        seen = min(keys, mask.static_offset + end) if mask.is_static else keys
-        block = functools.partial(_block_attention, start=start, end=end, keys=seen)
-        if recompute:
-            block = jax.checkpoint(block)
-        outs.append(block(q, k, v, mask))
-    out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
+    if recompute:
+        out = _flash_chunks(q, k, v, mask, _chunks(length, keys, mask, query_chunk))
+    else:
+        chunk = query_chunk if mask.is_static else 0  # the reference decodes against a cache in one block
+        outs = [_block_attention(q, k, v, mask, start, end, seen)
+                for start, end, seen in _chunks(length, keys, mask, chunk)]
+        out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
     return jnp.transpose(out, (0, 3, 1, 2, 4))  # [B, T, Hkv, G, D]
+
+
+def _chunk_forward(q, k, v, mask: AttentionMask, start: int, end: int, seen: int):
+    """One chunk: output [B, Hkv, G, rows, D] and its softmax max and sum (float32, keepdims)."""
+    scale = q.shape[-1] ** -0.5
+    scores = jnp.einsum("bkgtd,bksd->bkgts", q[:, :, :, start:end], k[:, :, :seen],
+                        preferred_element_type=jnp.float32) * scale
+    allowed = mask.block(start, end, seen)[:, None, None]
+    scores = jnp.where(allowed, scores, _MASKED)
+    top = jnp.max(scores, axis=-1, keepdims=True)
+    weights = jnp.exp(scores - top)
+    total = jnp.sum(weights, axis=-1, keepdims=True)
+    out = jnp.einsum("bkgts,bksd->bkgtd", (weights / total).astype(q.dtype), v[:, :, :seen])
+    return out, top, total
+
+
+def _serialised(values, after):
+    """`values` unchanged, but not available before `after` is computed: XLA's CPU scheduler
+    otherwise runs the independent chunks side by side and keeps all their scores alive."""
+    return jax.lax.optimization_barrier((values, after))[0] if after is not None else values
+
+
+def _flash_forward(q, k, v, mask, chunks):
+    outs, stats, previous = [], [], None
+    for start, end, seen in chunks:
+        q, k, v = _serialised((q, k, v), previous)
+        out, top, total = _chunk_forward(q, k, v, mask, start, end, seen)
+        outs.append(out)
+        stats.append((top, total))
+        previous = out
+    out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
+    return out, (q, k, v, mask, out, tuple(stats))
+
+
+def _flash_backward(chunks, residuals, d_out):
+    """The flash-attention backward pass, chunk by chunk (last chunk first), each chunk's scores
+    recomputed from q, k and its softmax statistics; dK and dV accumulate in float32."""
+    q, k, v, mask, out, stats = residuals
+    dt, scale = q.dtype, q.shape[-1] ** -0.5
+    dk, dv = jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32)
+    dq_parts, previous = [], None
+    for (start, end, seen), (top, total) in reversed(list(zip(chunks, stats))):
+        q, k, v, d_out, out = _serialised((q, k, v, d_out, out), previous)
+        q_c, d_c, o_c = q[:, :, :, start:end], d_out[:, :, :, start:end], out[:, :, :, start:end]
+        scores = jnp.einsum("bkgtd,bksd->bkgts", q_c, k[:, :, :seen], preferred_element_type=jnp.float32) * scale
+        allowed = mask.block(start, end, seen)[:, None, None]
+        probs = jnp.exp(jnp.where(allowed, scores, _MASKED) - top) / total
+        dv = dv.at[:, :, :seen].add(jnp.einsum("bkgts,bkgtd->bksd", probs.astype(dt), d_c,
+                                               preferred_element_type=jnp.float32))
+        d_probs = jnp.einsum("bkgtd,bksd->bkgts", d_c, v[:, :, :seen], preferred_element_type=jnp.float32)
+        delta = jnp.sum(d_c.astype(jnp.float32) * o_c.astype(jnp.float32), axis=-1, keepdims=True)
+        d_scores = (jnp.where(allowed, probs * (d_probs - delta), 0.0) * scale).astype(dt)
+        dq_parts.append(jnp.einsum("bkgts,bksd->bkgtd", d_scores, k[:, :, :seen], preferred_element_type=jnp.float32))
+        dk = dk.at[:, :, :seen].add(jnp.einsum("bkgts,bkgtd->bksd", d_scores, q_c,
+                                               preferred_element_type=jnp.float32))
+        previous = (dk, dv)
+    dq = dq_parts[0] if len(dq_parts) == 1 else jnp.concatenate(dq_parts[::-1], axis=3)
+    no_mask_cotangent = jax.tree.map(lambda _: None, mask)
+    return dq.astype(dt), dk.astype(k.dtype), dv.astype(v.dtype), no_mask_cotangent
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _flash_chunks(q, k, v, mask: AttentionMask, chunks):
+    """Chunked attention whose backward pass keeps no scores (see `_flash_backward`)."""
+    return _flash_forward(q, k, v, mask, chunks)[0]
+
+
+_flash_chunks.defvjp(lambda q, k, v, mask, chunks: _flash_forward(q, k, v, mask, chunks), _flash_backward)
 
 
 def dot_product_attention(q, k, v, mask: AttentionMask, implementation: str) -> jax.Array:
