@@ -96,6 +96,8 @@ def main() -> None:
     parser.add_argument("--attention", default="dense,chunked,xla" if HAS_OPTIONS else "dense")
     parser.add_argument("--remat", default="none,full,dots,dots_no_batch" if HAS_OPTIONS else "none,full")
     parser.add_argument("--out", default=str(HERE / "results" / "attention_memory.json"))
+    parser.add_argument("--keep-barrier-expander", action="store_true",
+                        help="compile with XLA's default CPU passes, which drop remat's barriers (the pre-#22 measure)")
     parser.add_argument("--label", default=None, help="a note stored with the results (e.g. 'before')")
     args = parser.parse_args()
 
@@ -111,7 +113,7 @@ def main() -> None:
                       flush=True)
     record = dict(
         benchmark="attention_memory", commit=git_commit(), date=datetime.datetime.now(datetime.UTC).isoformat(),
-        label=args.label, jax=jax.__version__, backend=jax.default_backend(),
+        label=args.label, xla_flags=os.environ.get("XLA_FLAGS", ""), jax=jax.__version__, backend=jax.default_backend(),
         loss="float32 sum of final-norm hidden states (no LM head)", results=results,
     )
     out = Path(args.out)

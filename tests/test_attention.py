@@ -278,6 +278,16 @@ def test_remat_config_values():
         CONFIG.replace(attention="flash")
 
 
+def test_pretrained_takes_runtime_options_only(tmp_path):
+    from tailor_jax.model.hf_io import load_pretrained, save_pretrained
+
+    save_pretrained(create_model(CONFIG, seed=0), tmp_path)
+    model = load_pretrained(tmp_path, options={"remat": "dots", "attention": "xla"})
+    assert (model.config.remat, model.config.attention) == ("dots", "xla")
+    with pytest.raises(TailorError, match="hidden_size cannot change a pretrained checkpoint"):
+        load_pretrained(tmp_path, options={"hidden_size": 16})
+
+
 def _compiled_temp_bytes(config: ModelConfig, rows: int, length: int) -> int:
     graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))
     ints = jax.ShapeDtypeStruct((rows, length), jnp.int32)
