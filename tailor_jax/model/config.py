@@ -11,6 +11,10 @@ import jax.numpy as jnp
 from tailor_jax.errors import TailorError
 
 ARCHITECTURES = ("qwen2", "llama")
+ATTENTION_IMPLEMENTATIONS = ("auto", "dense", "chunked", "xla", "cudnn", "splash")  # see model/attention.py
+# Per-decoder-layer rematerialisation: what the forward pass keeps for the backward pass
+# (the rest is recomputed). Names map to jax.checkpoint_policies in model/transformer.py.
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -47,8 +51,9 @@ class ModelConfig:
     attention_out_bias: bool = False  # bias on the output projection (Llama with attention_bias=True)
     param_dtype: str = "float32"
     dtype: str = "float32"
-    remat: bool = False
-    attention_query_chunk: int = 64  # causal query chunk of the cache-free forward (0: one block)
+    remat: str = "none"  # one of REMAT_POLICIES; true/false are accepted as "full"/"none"
+    attention: str = "auto"  # one of ATTENTION_IMPLEMENTATIONS
+    attention_query_chunk: int = 64  # query rows per chunk of the dense/chunked attention (0: one block)
     architecture: str = "qwen2"
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
@@ -63,6 +68,16 @@ class ModelConfig:
         if self.architecture not in ARCHITECTURES:
             raise TailorError(
                 f"unknown architecture {self.architecture!r}: use one of {', '.join(ARCHITECTURES)}"
+            )
+        if isinstance(self.remat, bool):
+            object.__setattr__(self, "remat", "full" if self.remat else "none")
+        if self.remat not in REMAT_POLICIES:
+            raise TailorError(
+                f"model config: remat must be one of {', '.join(REMAT_POLICIES)} (or true/false), got {self.remat!r}"
+            )
+        if self.attention not in ATTENTION_IMPLEMENTATIONS:
+            raise TailorError(
+                f"model config: attention must be one of {', '.join(ATTENTION_IMPLEMENTATIONS)}, got {self.attention!r}"
             )
         if self.attention_query_chunk < 0:
             raise TailorError(f"model config: attention_query_chunk must be >= 0, got {self.attention_query_chunk}")

@@ -267,20 +267,32 @@ def abstract_model(config: ModelConfig) -> Transformer:
     return nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
 
 
+RUNTIME_OPTIONS = ("remat", "attention", "attention_query_chunk")
+
+
 def load_pretrained(
     path: str | Path, *, dtype: Any = None, mesh: Mesh | None = None, rules: Rules | None = None,
-    compute_dtype: Any = None,
+    compute_dtype: Any = None, options: dict[str, Any] | None = None,
 ) -> Transformer:
     """Load a local HF directory (config.json + safetensors) into a `Transformer`.
 
     `dtype` sets the parameter dtype (default: the checkpoint's); the compute dtype follows it unless
-    `compute_dtype` is given. With `mesh`, each parameter is created directly in its sharding from the
+    `compute_dtype` is given. `options` sets how the model runs, never its shape: any of
+    `RUNTIME_OPTIONS` (remat, attention, attention_query_chunk). With `mesh`, each parameter is created directly in its sharding from the
     logical-axis `rules` (default `DEFAULT_RULES`); without, on the default device.
     """
     path = Path(path)
     config = read_config(path, dtype=dtype)
     if compute_dtype is not None:
         config = config.replace(dtype=compute_dtype)
+    if options:
+        shape_keys = sorted(set(options) - set(RUNTIME_OPTIONS))
+        if shape_keys:
+            raise TailorError(
+                f"model overrides {', '.join(shape_keys)} cannot change a pretrained checkpoint; "
+                f"with `pretrained` only {', '.join(RUNTIME_OPTIONS)} may be set"
+            )
+        config = config.replace(**options)
     graphdef, state = nnx.split(abstract_model(config))
     shardings = state_shardings(state, mesh, rules) if mesh is not None else None
     mapping = param_map(config)

@@ -16,12 +16,12 @@ import numpy as np
 from flax import nnx, struct
 
 from tailor_jax.errors import TailorError
+from tailor_jax.model.attention import AttentionMask, attention
 from tailor_jax.model.config import ModelConfig
 from jax.sharding import Mesh
 
 from tailor_jax.parallel.sharding import Rules, constrain, shard_state, state_shardings
 
-_MASKED = float(np.finfo(np.float32).min)
 
 
 @struct.dataclass
@@ -77,37 +77,6 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     x1, x2 = jnp.split(x, 2, axis=-1)
     cos, sin = cos[:, :, None, :].astype(x.dtype), sin[:, :, None, :].astype(x.dtype)
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-
-
-def grouped_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, causal_chunk: int = 0, key_offset: int = 0
-) -> jax.Array:
-    """Softmax attention of q [B, T, Hkv, G, D] over k/v [B, S, Hkv, D] where mask [B, T, S] allows.
-
-    With `causal_chunk` > 0 the mask must be causal past the first `key_offset` keys (query t never
-    sees key s > key_offset + t, as in every forward pass without a cache): queries are processed in
-    chunks of that many rows and chunk i reads only the keys up to its last row. That skips the masked upper triangle, about half the
-    score matrix, and keeps each chunk's scores small; on CPU, where attention over a few hundred
-    tokens is bound by memory traffic, it roughly halves the time of a training step's attention.
-    Scores, softmax and its statistics are float32.
-    """
-    length, keys = q.shape[1], k.shape[1]
-    dt = q.dtype
-    scale = q.shape[-1] ** -0.5
-    q = jnp.transpose(q, (0, 2, 3, 1, 4))  # [B, Hkv, G, T, D]: batched matmuls need no further transposes
-    k, v = jnp.transpose(k, (0, 2, 1, 3)), jnp.transpose(v, (0, 2, 1, 3))  # [B, Hkv, S, D]
-    step = causal_chunk if 0 < causal_chunk < length else length
-    outs = []
-    for start in range(0, length, step):
-        end = min(start + step, length)
-        seen = key_offset + end if step < length else keys  # causal: chunk [start, end) needs keys [0, offset + end)
-        scores = jnp.einsum("bkgtd,bksd->bkgts", q[:, :, :, start:end], k[:, :, :seen],
-                            preferred_element_type=jnp.float32) * scale
-        scores = jnp.where(mask[:, None, None, start:end, :seen], scores, _MASKED)
-        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-        outs.append(jnp.einsum("bkgts,bksd->bkgtd", probs, v[:, :, :seen]))
-    out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)
-    return jnp.transpose(out, (0, 3, 1, 2, 4))  # [B, T, Hkv, G, D]
 
 
 def project(x: jax.Array, kernel: jax.Array, in_dims: int = 1, *, transposed: bool = False,
@@ -179,7 +148,7 @@ class Attention(nnx.Module):
         x: jax.Array,  # [B, T, H] compute dtype
         cos: jax.Array,
         sin: jax.Array,
-        mask: jax.Array,  # bool [B, T, S]: query t may attend key slot s
+        mask: AttentionMask,  # which key slots query t may attend
         cache: tuple[jax.Array, jax.Array, int, jax.Array] | None,  # (k_all, v_all, layer, index)
         prefix: tuple[jax.Array, jax.Array] | None = None,  # keys/values [B, P, Hkv, D] before this call's
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
@@ -202,9 +171,7 @@ class Attention(nnx.Module):
         # Grouped-query attention without repeating K/V: queries become [B, T, Hkv, G, D].
         groups = cfg.num_heads // cfg.num_kv_heads
         q = q.reshape(batch, length, cfg.num_kv_heads, groups, cfg.head_dim)
-        chunk = cfg.attention_query_chunk if cache is None else 0
-        offset = 0 if prefix is None else prefix[0].shape[1]
-        out = grouped_attention(q, k, v, mask, causal_chunk=chunk, key_offset=offset)
+        out = attention(q, k, v, mask, implementation=cfg.attention, query_chunk=cfg.attention_query_chunk)
         out = out.reshape(batch, length, cfg.num_heads, cfg.head_dim)
         y = project(out, self.o_kernel[...].astype(x.dtype), in_dims=2)
         if cfg.attention_out_bias:
@@ -240,6 +207,24 @@ class DecoderLayer(nnx.Module):
         x = constrain(x + attn_out, ("batch", "length", "act_embed"))
         x = constrain(x + self.mlp(self.post_attn_norm(x)), ("batch", "length", "act_embed"))
         return x, new_cache
+
+
+REMAT_POLICIES = {
+    "full": None,  # jax.checkpoint's default: keep nothing but the layer's inputs
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def remat_layer(fn, policy: str):
+    """`fn` (a decoder-layer call taking the layer first) rematerialised under `policy`: "none"
+    returns it unchanged; otherwise the forward pass keeps only the layer's inputs and what the
+    policy saves (`dots`: every matmul output; `dots_no_batch`: matmuls without batch dimensions,
+    i.e. the projections but not the attention scores), and the backward pass recomputes the rest
+    one layer at a time."""
+    if policy == "none":
+        return fn
+    return nnx.remat(fn, policy=REMAT_POLICIES[policy])
 
 
 def _layer_no_cache(layer: DecoderLayer, x, cos, sin, mask):
@@ -289,20 +274,14 @@ class Transformer(nnx.Module):
             positions = jnp.broadcast_to(start + jnp.arange(length, dtype=jnp.int32), (batch, length))
 
         if cache is None:
-            causal = jnp.tril(jnp.ones((length, length), jnp.bool_))
-            mask = causal[None] & valid[:, None, :]
-            if segment_ids is not None:
-                same = segment_ids[:, :, None] == segment_ids[:, None, :]
-                mask = mask & same & (segment_ids[:, None, :] != 0)
+            key_valid = None if attention_mask is None else valid
+            mask = AttentionMask(key_valid=key_valid, q_segments=segment_ids, k_segments=segment_ids)
             slot_mask = None
         else:
             if segment_ids is not None:
                 raise TailorError("segment_ids (packed sequences) cannot be combined with a KV cache")
-            max_len = cache.mask.shape[1]
             slot_mask = jax.lax.dynamic_update_slice(cache.mask, valid, (0, start))
-            slots = jnp.arange(max_len, dtype=jnp.int32)
-            causal = slots[None, :] <= start + jnp.arange(length, dtype=jnp.int32)[:, None]
-            mask = causal[None] & slot_mask[:, None, :]
+            mask = AttentionMask(key_valid=slot_mask, cache_index=start)
 
         cos, sin = _rope(cfg, positions)
         x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
@@ -313,10 +292,8 @@ class Transformer(nnx.Module):
         for i, layer in enumerate(self.layers):
             if cache is not None:
                 x, (k_all, v_all) = layer(x, cos, sin, mask, (k_all, v_all, i, start))
-            elif cfg.remat:
-                x = nnx.remat(_layer_no_cache)(layer, x, cos, sin, mask)
             else:
-                x = _layer_no_cache(layer, x, cos, sin, mask)
+                x = remat_layer(_layer_no_cache, cfg.remat)(layer, x, cos, sin, mask)
         hidden = self.final_norm(x)
         new_cache = None
         if cache is not None:
@@ -347,15 +324,15 @@ class Transformer(nnx.Module):
         u, p = prefix_tokens.shape
         rows, length = tokens.shape
         prefix_mask, mask = prefix_mask.astype(jnp.bool_), mask.astype(jnp.bool_)
-        causal_p = jnp.tril(jnp.ones((p, p), jnp.bool_))[None] & prefix_mask[:, None, :]
-        causal = jnp.tril(jnp.ones((length, length), jnp.bool_))[None] & mask[:, None, :]
-        row_mask = jnp.concatenate([jnp.broadcast_to(prefix_mask[row_prefix][:, None, :], (rows, length, p)), causal], axis=2)
+        causal_p = AttentionMask(key_valid=prefix_mask)
+        # A continuation's query t is key slot p + t after its prompt's p slots: causal with offset p.
+        row_mask = AttentionMask(key_valid=jnp.concatenate([prefix_mask[row_prefix], mask], axis=1), static_offset=p)
         cos_p, sin_p = _rope(cfg, prefix_positions)
         cos, sin = _rope(cfg, positions)
         embed = self.embed[...]
         xp = constrain(jnp.take(embed, prefix_tokens.astype(jnp.int32), axis=0).astype(dt), ("batch", "length", "act_embed"))
         x = constrain(jnp.take(embed, tokens.astype(jnp.int32), axis=0).astype(dt), ("batch", "length", "act_embed"))
-        run = nnx.remat(_layer_with_prefix) if cfg.remat else _layer_with_prefix
+        run = remat_layer(_layer_with_prefix, cfg.remat)
         for layer in self.layers:
             xp, (k, v) = run(layer, xp, cos_p, sin_p, causal_p, None)
             x, _ = run(layer, x, cos, sin, row_mask, (k[row_prefix], v[row_prefix]))

@@ -222,7 +222,7 @@ class TokenizerConfig:
 @dataclasses.dataclass(frozen=True)
 class ModelSection:
     preset: str = "tiny"  # a from-scratch preset (vocab_size follows the tokenizer)
-    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. {hidden_size: 64}
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. {hidden_size: 64}; with pretrained: remat/attention only
     pretrained: str | None = None  # a local Hugging Face checkpoint directory instead of a preset
 
 
@@ -319,7 +319,7 @@ def build_model(cfg: SFTConfig, tokenizer, mesh, rules) -> nnx.Module:
     if cfg.model.pretrained is not None:
         from tailor_jax.model.hf_io import load_pretrained
 
-        model = load_pretrained(cfg.model.pretrained, mesh=mesh, rules=rules)
+        model = load_pretrained(cfg.model.pretrained, mesh=mesh, rules=rules, options=cfg.model.overrides)
         if model.config.vocab_size < len(tokenizer):
             raise TailorError(
                 f"the tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size}; "
