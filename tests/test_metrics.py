@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import struct
 import sys
+import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -74,6 +75,8 @@ def read_wandb_records(path) -> list:
             pos += left
             continue
         _, length, kind = struct.unpack("<IHB", blob[pos : pos + 7])
+        if pos + 7 + length > len(blob):  # still being written
+            break
         pending += blob[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):  # a full record, or the last chunk of one
@@ -139,8 +142,14 @@ def test_wandb_offline_run_holds_the_same_scalars(tmp_path, monkeypatch):
         writer.write(1, {"loss": 2.5, "eval/acc": np.float32(0.25)})
         writer.write(2, {"loss": 1.5, "kl": 0.125})
     run_id = (run_dir / "wandb_id.txt").read_text().strip()
-    (log,) = (run_dir / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
-    records = read_wandb_records(log)
+    deadline = time.time() + 120  # W&B's service process writes the log asynchronously
+    while True:
+        logs = list((run_dir / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
+        records = read_wandb_records(logs[0]) if len(logs) == 1 else []
+        if records and records[-1].WhichOneof("record_type") == "exit":
+            break
+        assert time.time() < deadline, (logs, [r.WhichOneof("record_type") for r in records])
+        time.sleep(0.2)
     (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
     assert (run.project, run.display_name, list(run.tags)) == ("tailor-test", "micro", ["ci"])
     assert any(item.key == "optimizer" and json.loads(item.value_json) == {"lr": 0.001} for item in run.config.update)
