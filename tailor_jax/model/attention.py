@@ -182,8 +182,10 @@ def _chunk_forward(q, k, v, mask: AttentionMask, start: int, end: int, seen: int
 
 def _serialised(values, after):
     """`values` unchanged, but not available before `after` is computed: XLA's CPU scheduler
-    otherwise runs the independent chunks side by side and keeps all their scores alive."""
-    return jax.lax.optimization_barrier((values, after))[0] if after is not None else values
+    otherwise runs the independent chunks side by side and keeps all their scores alive. The
+    barrier also keeps XLA from merging the backward pass's recomputation with the forward pass
+    (it would then keep e.g. each chunk's softmax max broadcast to the chunk's full score shape)."""
+    return jax.lax.optimization_barrier((values, after))[0]
 
 
 def _flash_forward(q, k, v, mask, chunks):
@@ -206,7 +208,7 @@ def _flash_backward(chunks, residuals, d_out):
     dk, dv = jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32)
     dq_parts, previous = [], None
     for (start, end, seen), (top, total) in reversed(list(zip(chunks, stats))):
-        q, k, v, d_out, out = _serialised((q, k, v, d_out, out), previous)
+        q, k, v, d_out, out, top, total = _serialised((q, k, v, d_out, out, top, total), previous)
         q_c, d_c, o_c = q[:, :, :, start:end], d_out[:, :, :, start:end], out[:, :, :, start:end]
         scores = jnp.einsum("bkgtd,bksd->bkgts", q_c, k[:, :, :seen], preferred_element_type=jnp.float32) * scale
         allowed = mask.block(start, end, seen)[:, None, None]
@@ -219,7 +221,7 @@ def _flash_backward(chunks, residuals, d_out):
         dq_parts.append(jnp.einsum("bkgts,bksd->bkgtd", d_scores, k[:, :, :seen], preferred_element_type=jnp.float32))
         dk = dk.at[:, :, :seen].add(jnp.einsum("bkgts,bkgtd->bksd", d_scores, q_c,
                                                preferred_element_type=jnp.float32))
-        previous = (dk, dv)
+        previous = (dk, dv, dq_parts[-1])  # every result of this chunk, so that none waits to the end
     dq = dq_parts[0] if len(dq_parts) == 1 else jnp.concatenate(dq_parts[::-1], axis=3)
     no_mask_cotangent = jax.tree.map(lambda _: None, mask)
     return dq.astype(dt), dk.astype(k.dtype), dv.astype(v.dtype), no_mask_cotangent
