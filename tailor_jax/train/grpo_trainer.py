@@ -52,6 +52,7 @@ from tailor_jax.train.grpo import (
     KL_ESTIMATORS, LOSS_AGGREGATIONS, REWARD_SCALINGS, group_advantages, grpo_loss, logp_drift_metrics,
     truncated_importance_weights,
 )
+from tailor_jax.train.memory_plan import MemoryConfig, check_trainer
 from tailor_jax.train.metrics import MetricsWriter, Progress
 from tailor_jax.train.optim import make_optimizer
 from tailor_jax.train.state import TrainState, create_train_state, data_parallel_size, merge_model, state_shardings_of
@@ -161,6 +162,7 @@ class GRPOConfig:
     optimizer: OptimizerConfig = dataclasses.field(default_factory=lambda: OptimizerConfig(lr=1e-5, warmup_steps=0))
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig.auto)
+    memory: MemoryConfig = dataclasses.field(default_factory=MemoryConfig)
     seed: int = 0
     steps: int = 100
     log_every: int = 1
@@ -526,6 +528,10 @@ def train(cfg: GRPOConfig) -> GRPOResult:
     shards = data_parallel_size(mesh, rules)
     if micro % shards:
         raise TailorError(f"dash.micro_batch_size ({micro}) must be a multiple of the {shards}-way data parallelism")
+    if (Path(cfg.init) / "config.json").is_file():  # stops here, before the weights load, if a stage cannot fit
+        from tailor_jax.model.hf_io import read_config
+
+        check_trainer("grpo", cfg, read_config(cfg.init), _log)
     model, tokenizer = load_policy(cfg, mesh, rules)
     run_dir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
@@ -541,8 +547,9 @@ def train(cfg: GRPOConfig) -> GRPOResult:
     # also after a resume); metrics are replicated scalars, readable on every process.
     shardings, replicated = state_shardings_of(state), NamedSharding(mesh, PartitionSpec())
     with use_sharding(mesh, rules):
-        logp_fn = jax.jit(make_logp_fn(graphdef, temperature))
-        accumulate = jax.jit(make_accumulate_fn(graphdef, cfg.loss, temperature, cfg.rollout.max_new_tokens),
+        chunk = cfg.memory.logprob_chunk
+        logp_fn = jax.jit(make_logp_fn(graphdef, temperature, chunk))
+        accumulate = jax.jit(make_accumulate_fn(graphdef, cfg.loss, temperature, cfg.rollout.max_new_tokens, chunk),
                              donate_argnums=0, out_shardings=(shardings.params, replicated))
         apply = jax.jit(make_apply_fn(tx), donate_argnums=0, out_shardings=(shardings, replicated))
 

@@ -40,6 +40,7 @@ from tailor_jax.model.transformer import create_model
 from tailor_jax.parallel.mesh import MeshConfig, create_mesh
 from tailor_jax.parallel.sharding import use_sharding
 from tailor_jax.tasks import Task, get_task
+from tailor_jax.train.memory_plan import MemoryConfig, check_trainer, sft_model_config
 from tailor_jax.train.metrics import MetricsWriter, Progress
 from tailor_jax.train.optim import learning_rate_schedule, make_optimizer
 from tailor_jax.train.checkpoint import Checkpointer, TrainCheckpoint, install_preemption_handler
@@ -227,6 +228,7 @@ class SFTConfig:
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig.auto)
     position_gaps: PositionGapsConfig = dataclasses.field(default_factory=PositionGapsConfig)
+    memory: MemoryConfig = dataclasses.field(default_factory=MemoryConfig)
     seed: int = 0
     steps: int = 1000
     batch_size: int = 16  # global rows per optimizer step (all hosts, all micro-batches)
@@ -466,6 +468,9 @@ def train(cfg: SFTConfig) -> SFTResult:
     if jax.process_index() == 0:
         dump_config(cfg, run_dir / "config.yaml")
 
+    planned, _ = sft_model_config(cfg)
+    if planned is not None:  # stops here, before the weights load, if a stage cannot fit the device
+        check_trainer("sft", cfg, planned.replace(vocab_size=max(planned.vocab_size, -(-len(tokenizer) // 8) * 8)), _log)
     model = build_model(cfg, tokenizer, mesh, rules)
     tx, schedule = make_optimizer(cfg.optimizer, cfg.steps), learning_rate_schedule(cfg.optimizer, cfg.steps)
     graphdef, state = create_train_state(model, tx, cfg.seed, mesh, rules)
@@ -474,9 +479,10 @@ def train(cfg: SFTConfig) -> SFTResult:
         # The state keeps its layout (one compiled step, also after a resume); metrics are
         # replicated scalars, readable on every process.
         replicated = NamedSharding(mesh, PartitionSpec())
-        train_step = jax.jit(make_train_step(graphdef, tx, cfg.accum_steps, schedule, cfg.position_gaps), donate_argnums=0,
+        train_step = jax.jit(make_train_step(graphdef, tx, cfg.accum_steps, schedule, cfg.position_gaps,
+                                             cfg.memory.logprob_chunk), donate_argnums=0,
                              out_shardings=(state_shardings_of(state), replicated))
-        eval_step = jax.jit(make_eval_step(graphdef), out_shardings=replicated)
+        eval_step = jax.jit(make_eval_step(graphdef, cfg.memory.logprob_chunk), out_shardings=replicated)
 
     # Each host reads its share of the global batch: batch_size / processes rows per step, as
     # accum_steps micro-batches stacked along the batch axis.
