@@ -672,7 +672,7 @@ def run(args) -> int:
     if args.dry_run:
         print(format_resolved(cfg), end="")
         print(format_plan(cfg, plan(cfg)))
-        memory_plan(cfg, print)
+        memory_plan(cfg, lambda line: print(line, file=sys.stderr))  # stdout stays the YAML and the plan
         return 0
     execute(cfg)
     return 0

@@ -29,12 +29,12 @@ def test_too_large_for_the_stated_device_fails_at_dry_run_with_one_line(tmp_path
     # 2 KiB: the SFT step alone needs more
     assert main(["run", str(config), "--dry-run", "device_memory_gib=0.000002"]) == 2
     captured = capsys.readouterr()
-    error = [line for line in captured.err.splitlines() if line]
-    assert len(error) == 1, error
+    error = [line for line in captured.err.splitlines() if "error" in line]
+    assert len(error) == 1 and captured.err.endswith(error[0] + "\n"), error
     assert error[0].startswith("tailor-jax run: error: sft: sft step (2x128) needs about")
     assert "more than the 0.0 GiB available; lower sft.batch_size / sft.accum_steps" in error[0]
     assert "logprob_chunk" in error[0] and "remat" in error[0]
-    assert "memory plan (XLA compiled memory analysis" in captured.out
+    assert "memory plan (XLA compiled memory analysis" in captured.err
     assert not (tmp_path / "run").exists(), "nothing ran"
 
 
@@ -43,7 +43,7 @@ def test_dry_run_with_room_prints_every_stage(tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({**CONFIG, "run_dir": str(tmp_path / "run")}))
     assert main(["run", str(config), "--dry-run", "device_memory_gib=64"]) == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     for stage in ("sft: sft step", "grpo: sampler", "grpo: grpo update micro-batch"):
         assert stage in out
     assert not (tmp_path / "run").exists()
@@ -60,3 +60,14 @@ def test_estimates_grow_with_the_batch_and_shrink_with_the_logprob_chunk():
     # one [2, 256, 4096] float32 logits array is 8 MiB; chunks of 64 tokens are 1 MiB
     assert small.temporaries < large_chunk.temporaries
     assert large_chunk.temporaries - small.temporaries > 3 * 2**20
+
+
+def test_memory_keys_leave_the_stage_hashes(tmp_path):
+    from tailor_jax import run as run_lib
+
+    base = run_lib.load_run_config("configs/quickstart.yaml", [f"run_dir={tmp_path}"])
+    tuned = run_lib.load_run_config("configs/quickstart.yaml", [
+        f"run_dir={tmp_path}", "device_memory_gib=40", "sft.memory.logprob_chunk=256", "grpo.memory.logprob_chunk=128"])
+    assert run_lib.grpo_config(tuned).memory.device_memory_gib == 40
+    assert run_lib.sft_config(tuned).memory.logprob_chunk == 256
+    assert run_lib.stage_hashes(tuned) == run_lib.stage_hashes(base)

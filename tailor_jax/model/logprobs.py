@@ -155,7 +155,7 @@ def _tiled_bwd(temperature, transposed, step, want_entropy, want_correct, residu
     use_ent = want_entropy and not isinstance(g_ent, SymbolicZero)
     if isinstance(g_logp, SymbolicZero):
         g_logp = jnp.zeros(targets.shape, jnp.float32)
-    rows, length = targets.shape
+    length = targets.shape[1]
     n = -(-length // step)
     total = n * step
     hidden_p, targets_p, lse_p = _padded(hidden, total), _padded(targets, total), _padded(lse, total)
