@@ -97,6 +97,7 @@ def preset_rows(name: str, rows: int, length: int, stages: list[str], args) -> l
             e = mp.sampler_program(model, max(1, rows // 8), PROMPT, length)
         out.append({"workload": name, "mesh": "1 device", **e.as_dict(), "compile_s": round(time.perf_counter() - t0, 1)})
         print_row(out[-1])
+        save(args, PARTIAL + out)
     return out
 
 
@@ -135,7 +136,23 @@ def config_rows(path: Path, stages: list[str]) -> list[dict]:
             out.append({"workload": path.stem, "model": source, "mesh": dict(mesh.shape), **e.as_dict(),
                         "compile_s": round(time.perf_counter() - t0, 1)})
             print_row(out[-1])
+            save(ARGS, PARTIAL + out)
     return out
+
+
+PARTIAL: list[dict] = []  # rows of the workloads finished so far (the JSON is rewritten after every row)
+
+
+def save(args, rows: list[dict]) -> None:
+    result = {"benchmark": "memory", "commit": commit(),
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "jax": jax.__version__, "platform": jax.devices()[0].platform, "devices": len(jax.devices()),
+              "method": "jit(...).lower(abstract inputs).compile().memory_analysis(), per device; "
+                        "peak = arguments + outputs - aliased + temporaries + resident",
+              "rows": rows}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
 
 
 def print_row(r: dict) -> None:
@@ -152,22 +169,17 @@ def main() -> None:
     if args.targets or not (args.presets or args.configs):
         for name, r, length in TARGETS:
             rows += preset_rows(name, r, length, [s for s in stages if s in ("sft", "grpo")], args)
+            PARTIAL[:] = rows
     for name in [p for p in args.presets.split(",") if p]:
         for length in [int(x) for x in args.lengths.split(",")]:
             rows += preset_rows(name, args.rows, length, stages, args)
+            PARTIAL[:] = rows
     if args.configs:
         for path in sorted((ROOT / "configs").glob("*.yaml")):
             rows += config_rows(path, stages)
-    result = {"benchmark": "memory", "commit": commit(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "jax": jax.__version__, "platform": jax.devices()[0].platform, "devices": len(jax.devices()),
-              "method": "jit(...).lower(abstract inputs).compile().memory_analysis(), per device; "
-                        "peak = arguments + outputs - aliased + temporaries + resident",
-              "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {out}")
-
+            PARTIAL[:] = rows
+    save(args, rows)
+    print(f"wrote {args.out}")
 
 if __name__ == "__main__":
     main()
