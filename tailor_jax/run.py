@@ -111,6 +111,7 @@ class RunConfig:
     grpo: dict[str, Any] | None = dataclasses.field(default_factory=dict)  # GRPOConfig keys; null: no RL stage
     eval: EvalSection = dataclasses.field(default_factory=EvalSection)
     report: bool = True
+    device_memory_gib: float | None = None  # per-device memory for the memory plan (null: detected; CPU: unchecked)
 
     def __post_init__(self):
         require(bool(self.eval.levels), "eval.levels must list at least one difficulty level, e.g. [6, 7, 8, 9]")
@@ -159,6 +160,7 @@ def sft_config(cfg: RunConfig):
     }
     section.update(run_dir=str(stage_dir(cfg, "sft")), data=data)
     section.setdefault("mesh", mesh_dict(cfg))
+    _with_device_memory(cfg, section)
     if cfg.pretrained is not None:
         section["model"] = {**section.get("model", {}), "pretrained": cfg.pretrained}
         section["tokenizer"] = {**section.get("tokenizer", {}), "path": cfg.pretrained}
@@ -177,7 +179,28 @@ def grpo_config(cfg: RunConfig):
         eval={"exclude_file": str(stage_dir(cfg, "data") / "train.jsonl"), **section.get("eval", {})},
     )
     section.setdefault("mesh", mesh_dict(cfg))
+    _with_device_memory(cfg, section)
     return _section_config(GRPOConfig, section, "grpo")
+
+
+def _with_device_memory(cfg: RunConfig, section: dict) -> None:
+    if cfg.device_memory_gib is not None:
+        section["memory"] = {"device_memory_gib": cfg.device_memory_gib, **section.get("memory", {})}
+
+
+def memory_plan(cfg: RunConfig, say: Callable[[str], None]) -> None:
+    """Each training stage's per-device memory estimate (train.memory_plan); one TailorError line
+    (exit 2) when one exceeds the device's memory. The GRPO stage trains the SFT stage's model."""
+    from tailor_jax.train import memory_plan as mp
+
+    sft = sft_config(cfg)
+    limit_gib, limit_from = mp.device_limit_gib(cfg.device_memory_gib or sft.memory.device_memory_gib)
+    if limit_gib is None:  # compiling every stage takes a while on CPU: only against a known limit
+        say(f"memory plan: not estimated: device memory {limit_from}; benchmarks/memory.py prints estimates")
+        return
+    model_cfg, why = mp.sft_model_config(sft)
+    stages = [("sft", sft)] + ([("grpo", grpo_config(cfg))] if cfg.grpo is not None else [])
+    mp.run_memory_plan(stages, model_cfg, why, limit_gib, limit_from, say)
 
 
 def _section_config(cls, section: dict, name: str):
@@ -241,7 +264,7 @@ def stage_hashes(cfg: RunConfig, legacy_mesh: dict[str, Any] | None = None) -> d
             return _without(part, "mesh")
         return part if "mesh" in (section or {}) else {**part, "mesh": config_to_dict(MeshConfig(**legacy_mesh))}
 
-    sft = _without(config_to_dict(sft_config(cfg)), "wandb")  # where metrics go is not what a stage computes
+    sft = _without(config_to_dict(sft_config(cfg)), "wandb", "memory")  # where metrics go and memory knobs are not what a stage computes
     sft["data"] = _without(sft["data"], "train_file", "eval_file")
     if not sft["position_gaps"]["prob"]:  # off (added 2026-12-05): hashes written before then still match
         sft = _without(sft, "position_gaps")
@@ -281,7 +304,7 @@ def _without_default_guard(part: dict) -> dict:
 
 
 def _grpo_hash_part(cfg: RunConfig) -> dict:
-    grpo = _without_default_guard(_without(config_to_dict(grpo_config(cfg)), "run_dir", "init", "wandb"))
+    grpo = _without_default_guard(_without(config_to_dict(grpo_config(cfg)), "run_dir", "init", "wandb", "memory"))
     grpo["eval"] = _without(grpo["eval"], "exclude_file")
     return grpo
 
@@ -690,6 +713,10 @@ def execute(cfg: RunConfig, *, log: Callable[[str], None] = _say) -> dict[str, s
     if run_dir.exists() and not run_dir.is_dir():
         raise TailorError(f"run_dir {run_dir} is a file; give a directory")
     stages = plan(cfg)  # validates the whole config before any work
+    from tailor_jax.train.memory_plan import device_limit_gib
+
+    if device_limit_gib(cfg.device_memory_gib or sft_config(cfg).memory.device_memory_gib)[0] is not None:
+        memory_plan(cfg, log)  # a known device: stop before any stage if one cannot fit
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, run_dir / "config.yaml")
     summaries: dict[str, str] = {}
@@ -738,6 +765,7 @@ def run(args) -> int:
     if args.dry_run:
         print(format_resolved(cfg), end="")
         print(format_plan(cfg, plan(cfg)))
+        memory_plan(cfg, lambda line: print(line, file=sys.stderr))  # stdout stays the YAML and the plan
         return 0
     execute(cfg)
     return 0

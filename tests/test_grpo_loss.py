@@ -14,9 +14,9 @@ from tailor_jax.train.grpo import (
     group_advantages,
     grpo_loss,
     logp_drift_metrics,
-    token_logprobs,
     truncated_importance_weights,
 )
+from tailor_jax.model.logprobs import logprobs_from_logits as token_logprobs
 
 B, T = 6, 7
 

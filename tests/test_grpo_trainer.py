@@ -15,11 +15,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from tailor_jax.config import load_config
 from tailor_jax.errors import TailorError
 from tailor_jax.train import grpo_trainer as gt
-from tailor_jax.train.grpo import grpo_loss, token_logprobs
+from tailor_jax.model.logprobs import logprobs_from_logits as token_logprobs
+from tailor_jax.train.grpo import grpo_loss
 from tailor_jax.train.optim import make_optimizer
 from tailor_jax.train.state import create_train_state
 
@@ -172,8 +174,10 @@ def test_micro_batch_accumulation_equals_one_batch(init_dir, loss_agg):
 
     # and the accumulated gradient is the gradient of grpo_loss on the whole batch
     def direct(params):
-        logp = token_logprobs(gt._completion_logits(graphdef, params, state.rest, {k: jnp.asarray(v) for k, v in rows.items()}),
-                              jnp.asarray(rows["tokens"]))
+        # untiled: the full [N, C, V] logits and a plain log-softmax
+        model = nnx.merge(graphdef, params, state.rest)
+        hidden = gt._completion_hidden(model, {k: jnp.asarray(v) for k, v in rows.items()})
+        logp = token_logprobs(model.logits(hidden), jnp.asarray(rows["tokens"]))
         return grpo_loss(logp, rows["old_logp"], None, rows["advantages"], rows["completion_mask"],
                          epsilon_low=0.1, epsilon_high=0.3, loss_agg=loss_agg, max_len=c)[0]
 

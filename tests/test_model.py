@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from tailor_jax.model.logprobs import logprobs_from_logits as token_logprobs
 from tailor_jax.errors import TailorError
 from tailor_jax.model import (
-    PRESETS, ModelConfig, Transformer, create_model, get_preset, init_cache, token_logprobs,
+    PRESETS, ModelConfig, Transformer, create_model, get_preset, init_cache,
 )
 
 CONFIG = ModelConfig(

@@ -181,7 +181,8 @@ def test_stop_sequence_array_right_aligns():
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from tailor_jax.model import load_pretrained, token_logprobs  # noqa: E402
+from tailor_jax.model import load_pretrained  # noqa: E402
+from tailor_jax.model.logprobs import logprobs_from_logits as token_logprobs  # noqa: E402
 from tailor_jax.sampling import Sampler, generate  # noqa: E402
 
 HF_EOS = 3

@@ -48,16 +48,22 @@ def tiny_model(vocab_size: int, seed: int = 0) -> Transformer:
     return Transformer(config, rngs=nnx.Rngs(seed))
 
 
-def test_masked_nll_matches_numpy():
+def test_sft_loss_matches_numpy():
+    """The chunked SFT loss (chunks of 3 tokens over 2 x 5) against a NumPy log-softmax of the full logits."""
     rng = np.random.default_rng(0)
-    logits = rng.normal(size=(2, 5, 7)).astype(np.float32)
-    targets = rng.integers(0, 7, size=(2, 5))
-    mask = rng.integers(0, 2, size=(2, 5))
-    total, count = sft.masked_nll(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(mask))
+    model = tiny_model(7)
+    batch = {"inputs": rng.integers(0, 7, size=(2, 5)), "targets": rng.integers(0, 7, size=(2, 5)),
+             "loss_mask": rng.integers(0, 2, size=(2, 5)), "positions": np.tile(np.arange(5), (2, 1)),
+             "segment_ids": np.ones((2, 5), np.int32)}
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    total, (count, correct) = sft.sft_loss(params, graphdef, rest, batch, chunk_tokens=3)
+    logits = np.asarray(model(batch["inputs"], batch["positions"])[0], np.float64)
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-    picked = np.take_along_axis(logp, targets[..., None], -1)[..., 0]
+    picked = np.take_along_axis(logp, batch["targets"][..., None], -1)[..., 0]
+    mask = batch["loss_mask"]
     np.testing.assert_allclose(float(total), -(picked * mask).sum(), rtol=1e-5)
     assert float(count) == mask.sum()
+    assert float(correct) == ((logits.argmax(-1) == batch["targets"]) * mask).sum()
 
 
 def test_packed_batch_equals_examples_one_by_one(tokenizer):

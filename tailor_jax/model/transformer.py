@@ -338,6 +338,18 @@ class Transformer(nnx.Module):
             x, _ = run(layer, x, cos, sin, row_mask, (k[row_prefix], v[row_prefix]))
         return self.final_norm(xp), self.final_norm(x)
 
+    def hidden_states(self, tokens: jax.Array, positions: jax.Array | None = None, **kwargs) -> jax.Array:
+        """Final-norm hidden states [B, T, H] (no LM head; see `model.logprobs` for log-probs)."""
+        return self(tokens, positions, return_hidden=True, **kwargs)[0]
+
+    def head_weight(self, dtype=None) -> tuple[jax.Array, bool]:
+        """The LM head as (weight, transposed), cast to `dtype` (default: the compute dtype):
+        the input embedding [V, H] with transposed=True when tied, else lm_head [H, V]."""
+        dtype = self.config.compute_dtype if dtype is None else dtype
+        if self.config.tie_word_embeddings:
+            return self.embed[...].astype(dtype), True
+        return self.lm_head[...].astype(dtype), False
+
     def logits(self, hidden: jax.Array) -> jax.Array:
         """float32 logits [B, T, V] from final-norm hidden states [B, T, H]."""
         if self.config.tie_word_embeddings:
@@ -347,12 +359,6 @@ class Transformer(nnx.Module):
             weight = self.lm_head[...].astype(hidden.dtype)
             out = project(hidden, weight, preferred_element_type=jnp.float32)
         return constrain(out, ("batch", "length", "act_vocab"))
-
-
-def token_logprobs(logits: jax.Array, targets: jax.Array, temperature: float = 1.0) -> jax.Array:
-    """log p(targets) under softmax(logits / temperature): logits [..., V] float, targets int [...]."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
-    return jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
 
 
 def create_model(

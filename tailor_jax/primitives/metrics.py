@@ -247,17 +247,18 @@ class ModelScorer:
             import jax.numpy as jnp
             from flax import nnx
 
+            from tailor_jax.model.logprobs import model_token_logprobs
+
             graphdef = self.graphdef
 
             def score(state, tokens, valid, completion):
                 model = nnx.merge(graphdef, state)
                 positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
-                hidden, _ = model(tokens, positions, attention_mask=valid, return_hidden=True)
+                hidden = model.hidden_states(tokens, positions, attention_mask=valid)
                 weights = completion.astype(jnp.float32)
                 count = jnp.maximum(weights.sum(1), 1.0)
                 pooled = (hidden.astype(jnp.float32) * weights[..., None]).sum(1) / count[:, None]
-                logp = jax.nn.log_softmax(model.logits(hidden)[:, :-1], axis=-1)
-                target_logp = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+                target_logp = model_token_logprobs(model, hidden[:, :-1], tokens[:, 1:]).logp
                 target_weights = weights[:, 1:]
                 mean_logp = (target_logp * target_weights).sum(1) / jnp.maximum(target_weights.sum(1), 1.0)
                 return pooled, mean_logp

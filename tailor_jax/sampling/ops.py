@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from tailor_jax.errors import TailorError
+from tailor_jax.model.logprobs import logprobs_from_logits
 
 _BLOCK = 128  # vocabulary block for the two-level inverse CDF
 
@@ -52,12 +53,6 @@ def greedy_tokens(logits: jax.Array) -> jax.Array:
     best = jnp.max(logits, axis=-1, keepdims=True)
     index = jnp.arange(vocab, dtype=jnp.int32)
     return jnp.min(jnp.where(logits >= best, index, vocab), axis=-1).astype(jnp.int32)
-
-
-def token_logprobs(logits: jax.Array, tokens: jax.Array) -> jax.Array:
-    """log softmax(logits)[token] per row."""
-    picked = jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0]
-    return picked - jax.nn.logsumexp(logits, axis=-1)
 
 
 def _first_and_last_positive(weights: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -138,7 +133,7 @@ def sample_tokens(
     logits = logits.astype(jnp.float32)
     if params.greedy:
         tokens = greedy_tokens(logits)
-        return tokens, token_logprobs(logits, tokens)
+        return tokens, logprobs_from_logits(logits, tokens)
     temperature = params.temperature if temperature is None else temperature
     top_p = params.top_p if top_p is None else top_p
     _, top_k, use_top_p = params.program_key(logits.shape[-1])

@@ -47,13 +47,6 @@ def _float(x: jax.Array) -> jax.Array:
     return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
-def token_logprobs(logits: jax.Array, targets: jax.Array, temperature: float = 1.0) -> jax.Array:
-    """log softmax(logits / temperature) at `targets`: [..., V] x [...] -> [...] float32."""
-    scaled = logits.astype(jnp.float32) / temperature
-    picked = jnp.take_along_axis(scaled, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    return picked - jax.nn.logsumexp(scaled, axis=-1)
-
-
 def group_advantages(
     rewards: jax.Array,
     group_size: int,

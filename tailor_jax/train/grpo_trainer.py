@@ -41,6 +41,7 @@ from tailor_jax.data import tokenizer as tok_lib
 from tailor_jax.data.jsonl import read_jsonl
 from tailor_jax.errors import TailorError
 from tailor_jax.eval.accuracy import LEVEL_OPTION, answer_accuracy, level_records
+from tailor_jax.model.logprobs import DEFAULT_CHUNK_TOKENS, TokenStats, model_token_logprobs
 from tailor_jax.parallel.mesh import MeshConfig, create_mesh
 from tailor_jax.parallel.sharding import logical_sharding, use_sharding
 from tailor_jax.sampling import Sampler
@@ -50,9 +51,10 @@ from tailor_jax.tasks.rewards import REWARD_FUNCTIONS
 from tailor_jax.train.checkpoint import Checkpointer, TrainCheckpoint, install_preemption_handler
 from tailor_jax.train.grpo import (
     KL_ESTIMATORS, LOSS_AGGREGATIONS, REWARD_SCALINGS, group_advantages, grpo_loss, logp_drift_metrics,
-    token_logprobs, truncated_importance_weights,
+    truncated_importance_weights,
 )
 from tailor_jax.train.guard import NonFiniteGuard, describe_last_checkpoint, finite_flag, keep_if_finite
+from tailor_jax.train.memory_plan import MemoryConfig, check_trainer
 from tailor_jax.train.metrics import MetricsWriter, Progress, WandbConfig
 from tailor_jax.train.optim import make_optimizer
 from tailor_jax.train.state import TrainState, create_train_state, data_parallel_size, merge_model, state_shardings_of
@@ -162,6 +164,7 @@ class GRPOConfig:
     optimizer: OptimizerConfig = dataclasses.field(default_factory=lambda: OptimizerConfig(lr=1e-5, warmup_steps=0))
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig.auto)
+    memory: MemoryConfig = dataclasses.field(default_factory=MemoryConfig)
     seed: int = 0
     steps: int = 100
     log_every: int = 1
@@ -332,35 +335,42 @@ def place_rows(rows: Rows, mesh, rules) -> dict[str, jax.Array]:
 
 # ---------------------------------------------------------------------------------------
 # Jitted pieces.
-def _completion_logits(graphdef, params, rest, batch) -> jax.Array:
-    """float32 logits [N, C, V] predicting each completion token: the first from its prompt's last
-    position, the others from the completion itself (no vocabulary projection at prompt positions)."""
-    model = nnx.merge(graphdef, params, rest)
+def _completion_hidden(model, batch) -> jax.Array:
+    """Final-norm hidden states [N, C, H] predicting each completion token: the first from its
+    prompt's last position, the others from the completion itself (prompt positions predict nothing)."""
     prompt_hidden, hidden = model.shared_prefix_forward(
         batch["prompt_tokens"], batch["prompt_positions"], batch["prompt_mask"], batch["row_prompt"],
         batch["tokens"], batch["positions"], batch["completion_mask"] > 0,
     )
     first = prompt_hidden[batch["row_prompt"], -1][:, None]
-    return model.logits(jnp.concatenate([first, hidden[:, :-1]], axis=1))
+    return jnp.concatenate([first, hidden[:, :-1]], axis=1)
 
 
-def make_logp_fn(graphdef, temperature: float):
-    """`logp(params, rest, batch) -> [n, C]` log-probs of the completion tokens."""
+def completion_stats(graphdef, params, rest, batch, temperature: float, chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+                     entropy: bool = False) -> TokenStats:
+    """Log-probs [N, C] (and entropy) of the completion tokens, a chunk of tokens at a time."""
+    model = nnx.merge(graphdef, params, rest)
+    return model_token_logprobs(model, _completion_hidden(model, batch), batch["tokens"], temperature=temperature,
+                                chunk_tokens=chunk_tokens, entropy=entropy)
+
+
+def make_logp_fn(graphdef, temperature: float, chunk_tokens: int = DEFAULT_CHUNK_TOKENS):
+    """`logp(params, rest, batch) -> [n, C]` log-probs of the completion tokens (old / reference log-probs)."""
 
     def logp_fn(params, rest, batch):
-        return token_logprobs(_completion_logits(graphdef, params, rest, batch), batch["tokens"], temperature)
+        return completion_stats(graphdef, params, rest, batch, temperature, chunk_tokens).logp
 
     return logp_fn
 
 
-def make_accumulate_fn(graphdef, loss_cfg: LossConfig, temperature: float, max_len: int):
+def make_accumulate_fn(graphdef, loss_cfg: LossConfig, temperature: float, max_len: int,
+                       chunk_tokens: int = DEFAULT_CHUNK_TOKENS):
     """`acc(grads, params, rest, batch, weight) -> (grads + weight * dloss, metrics)` for one micro-batch."""
 
     def loss_fn(params, rest, batch, weight):
-        logits = _completion_logits(graphdef, params, rest, batch)
-        # One log-softmax over the vocabulary serves the log-probs and the entropy.
-        all_logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
-        logp = jnp.take_along_axis(all_logp, batch["tokens"][..., None].astype(jnp.int32), axis=-1)[..., 0]
+        # One chunked pass over the vocabulary serves the log-probs and the entropy.
+        stats = completion_stats(graphdef, params, rest, batch, temperature, chunk_tokens, entropy=True)
+        logp = stats.logp
         mask = batch["completion_mask"]
         weights = None
         if loss_cfg.tis_cap is not None:
@@ -371,8 +381,7 @@ def make_accumulate_fn(graphdef, loss_cfg: LossConfig, temperature: float, max_l
             kl=loss_cfg.kl, loss_agg=loss_cfg.loss_agg, max_len=max_len,
             policy_gradient=loss_cfg.policy_gradient, importance_weights=weights,
         )
-        scaled = jax.lax.stop_gradient(all_logp)
-        entropy = -(jnp.exp(scaled) * scaled).sum(-1)
+        entropy = jax.lax.stop_gradient(stats.entropy)
         metrics["entropy"] = (entropy * mask).sum() / jnp.maximum(mask.sum(), 1.0)
         metrics.update(logp_drift_metrics(jax.lax.stop_gradient(logp), batch["sampler_logp"], mask))
         return loss * weight, metrics
@@ -531,6 +540,10 @@ def train(cfg: GRPOConfig) -> GRPOResult:
     shards = data_parallel_size(mesh, rules)
     if micro % shards:
         raise TailorError(f"dash.micro_batch_size ({micro}) must be a multiple of the {shards}-way data parallelism")
+    if (Path(cfg.init) / "config.json").is_file():  # stops here, before the weights load, if a stage cannot fit
+        from tailor_jax.model.hf_io import read_config
+
+        check_trainer("grpo", cfg, read_config(cfg.init), _log)
     model, tokenizer = load_policy(cfg, mesh, rules)
     run_dir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
@@ -546,8 +559,9 @@ def train(cfg: GRPOConfig) -> GRPOResult:
     # also after a resume); metrics are replicated scalars, readable on every process.
     shardings, replicated = state_shardings_of(state), NamedSharding(mesh, PartitionSpec())
     with use_sharding(mesh, rules):
-        logp_fn = jax.jit(make_logp_fn(graphdef, temperature))
-        accumulate = jax.jit(make_accumulate_fn(graphdef, cfg.loss, temperature, cfg.rollout.max_new_tokens),
+        chunk = cfg.memory.logprob_chunk
+        logp_fn = jax.jit(make_logp_fn(graphdef, temperature, chunk))
+        accumulate = jax.jit(make_accumulate_fn(graphdef, cfg.loss, temperature, cfg.rollout.max_new_tokens, chunk),
                              donate_argnums=0, out_shardings=(shardings.params, replicated))
         apply = jax.jit(make_apply_fn(tx, skip_nonfinite=cfg.nonfinite == "skip"), donate_argnums=0, out_shardings=(shardings, replicated))
 

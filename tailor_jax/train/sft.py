@@ -1,6 +1,6 @@
 """Supervised fine-tuning: masked next-token cross-entropy on completion tokens.
 
-Pure core (testable with arrays alone): `masked_nll`, `sft_loss`, `make_train_step`,
+Pure core (testable with arrays alone): `sft_loss`, `make_train_step`,
 `make_eval_step`. The stateful shell (`train`, the `tailor-jax sft` command) adds data,
 checkpoints, metrics, evaluation and signal handling around it.
 """
@@ -8,6 +8,7 @@ checkpoints, metrics, evaluation and signal handling around it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -34,10 +35,12 @@ from tailor_jax.data.jsonl import read_jsonl
 from tailor_jax.data.tokenizer import MIN_VOCAB_SIZE
 from tailor_jax.errors import TailorError
 from tailor_jax.model import get_preset
+from tailor_jax.model.logprobs import DEFAULT_CHUNK_TOKENS, model_token_logprobs
 from tailor_jax.model.transformer import create_model
 from tailor_jax.parallel.mesh import MeshConfig, create_mesh
 from tailor_jax.parallel.sharding import use_sharding
 from tailor_jax.tasks import Task, get_task
+from tailor_jax.train.memory_plan import MemoryConfig, check_trainer, sft_model_config
 from tailor_jax.train.metrics import MetricsWriter, Progress, WandbConfig
 from tailor_jax.train.optim import learning_rate_schedule, make_optimizer
 from tailor_jax.train.checkpoint import Checkpointer, TrainCheckpoint, install_preemption_handler
@@ -51,21 +54,18 @@ Batch = dict[str, jax.Array]
 
 # ---------------------------------------------------------------------------------------
 # Pure core.
-def masked_nll(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(sum of -log p(target) over masked positions, number of masked positions)."""
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
-    mask = loss_mask.astype(jnp.bool_)
-    return jnp.where(mask, nll, 0.0).sum(), mask.sum().astype(jnp.float32)
-
-
-def sft_loss(params: nnx.State, graphdef: nnx.GraphDef, rest: nnx.State, batch: Batch):
+def sft_loss(params: nnx.State, graphdef: nnx.GraphDef, rest: nnx.State, batch: Batch,
+             chunk_tokens: int = DEFAULT_CHUNK_TOKENS):
     """Summed masked NLL of a batch (the caller divides by the token count), with
-    (token count, number of correct argmax predictions) as aux."""
+    (token count, number of correct argmax predictions) as aux. The vocabulary projection runs
+    `chunk_tokens` tokens at a time (`model.logprobs`): no [rows, T, V] logits."""
     model = nnx.merge(graphdef, params, rest)
-    logits, _ = model(batch["inputs"], batch["positions"], segment_ids=batch["segment_ids"])
-    nll_sum, count = masked_nll(logits, batch["targets"], batch["loss_mask"])
-    correct = jnp.where(batch["loss_mask"] > 0, logits.argmax(-1) == batch["targets"], False).sum()
-    return nll_sum, (count, correct.astype(jnp.float32))
+    hidden = model.hidden_states(batch["inputs"], batch["positions"], segment_ids=batch["segment_ids"])
+    stats = model_token_logprobs(model, hidden, batch["targets"], chunk_tokens=chunk_tokens, correct=True)
+    mask = batch["loss_mask"] > 0
+    nll_sum = -jnp.where(mask, stats.logp, 0.0).sum()
+    correct = jnp.where(mask, stats.correct, 0.0).sum()
+    return nll_sum, (mask.sum().astype(jnp.float32), correct)
 
 
 def gapped_positions(positions: jax.Array, segment_ids: jax.Array, key: jax.Array, gaps: PositionGapsConfig) -> jax.Array:
@@ -101,6 +101,7 @@ def make_train_step(
     lr_schedule: Callable[[jax.Array], jax.Array] | None = None,
     position_gaps: PositionGapsConfig | None = None,
     skip_nonfinite: bool = False,
+    logprob_chunk: int = DEFAULT_CHUNK_TOKENS,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
     """`step(state, batch) -> (state, metrics)`: the token-mean loss over the whole batch,
     its gradient accumulated over `accum_steps` equal micro-batches (so the update does not
@@ -108,7 +109,7 @@ def make_train_step(
     position ids get gaps drawn from the state's RNG (so a resumed run draws the same ones).
     `metrics["finite"]`: the loss and gradient norm are finite (train/guard.py); with
     `skip_nonfinite` a step where they are not leaves the parameters and optimizer state as they were."""
-    value_and_grad_fn = jax.value_and_grad(sft_loss, has_aux=True)
+    value_and_grad_fn = jax.value_and_grad(functools.partial(sft_loss, chunk_tokens=logprob_chunk), has_aux=True)
 
     def step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
         rng, step_key = jax.random.split(jax.random.wrap_key_data(state.rng))
@@ -151,12 +152,12 @@ def make_train_step(
     return step
 
 
-def make_eval_step(graphdef: nnx.GraphDef) -> Callable[[TrainState, Batch], dict]:
+def make_eval_step(graphdef: nnx.GraphDef, logprob_chunk: int = DEFAULT_CHUNK_TOKENS) -> Callable[[TrainState, Batch], dict]:
     """`eval_step(state, batch) -> {"nll_sum", "num_tokens", "correct"}` (sums; the caller
     divides after summing over the eval set)."""
 
     def eval_step(state: TrainState, batch: Batch) -> dict:
-        nll, (count, correct) = sft_loss(state.params, graphdef, state.rest, batch)
+        nll, (count, correct) = sft_loss(state.params, graphdef, state.rest, batch, logprob_chunk)
         return {"nll_sum": nll, "num_tokens": count, "correct": correct}
 
     return eval_step
@@ -236,6 +237,7 @@ class SFTConfig:
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig.auto)
     position_gaps: PositionGapsConfig = dataclasses.field(default_factory=PositionGapsConfig)
+    memory: MemoryConfig = dataclasses.field(default_factory=MemoryConfig)
     seed: int = 0
     steps: int = 1000
     batch_size: int = 16  # global rows per optimizer step (all hosts, all micro-batches)
@@ -479,6 +481,9 @@ def train(cfg: SFTConfig) -> SFTResult:
     if jax.process_index() == 0:
         dump_config(cfg, run_dir / "config.yaml")
 
+    planned, _ = sft_model_config(cfg)
+    if planned is not None:  # stops here, before the weights load, if a stage cannot fit the device
+        check_trainer("sft", cfg, planned.replace(vocab_size=max(planned.vocab_size, -(-len(tokenizer) // 8) * 8)), _log)
     model = build_model(cfg, tokenizer, mesh, rules)
     tx, schedule = make_optimizer(cfg.optimizer, cfg.steps), learning_rate_schedule(cfg.optimizer, cfg.steps)
     graphdef, state = create_train_state(model, tx, cfg.seed, mesh, rules)
@@ -488,9 +493,9 @@ def train(cfg: SFTConfig) -> SFTResult:
         # replicated scalars, readable on every process.
         replicated = NamedSharding(mesh, PartitionSpec())
         train_step = jax.jit(make_train_step(graphdef, tx, cfg.accum_steps, schedule, cfg.position_gaps,
-                                             skip_nonfinite=cfg.nonfinite == "skip"), donate_argnums=0,
-                             out_shardings=(state_shardings_of(state), replicated))
-        eval_step = jax.jit(make_eval_step(graphdef), out_shardings=replicated)
+                                             skip_nonfinite=cfg.nonfinite == "skip", logprob_chunk=cfg.memory.logprob_chunk),
+                             donate_argnums=0, out_shardings=(state_shardings_of(state), replicated))
+        eval_step = jax.jit(make_eval_step(graphdef, cfg.memory.logprob_chunk), out_shardings=replicated)
 
     # Each host reads its share of the global batch: batch_size / processes rows per step, as
     # accum_steps micro-batches stacked along the batch axis.

@@ -1,0 +1,396 @@
+"""Per-device memory of each training stage, from XLA's compiled memory analysis, before anything runs.
+
+Each stage's jitted program is lowered and compiled with abstract inputs (`jax.ShapeDtypeStruct`
+with their shardings; parameters from `nnx.eval_shape`), never run, and
+`compiled.memory_analysis()` gives per device: arguments, outputs, the part of the outputs
+aliased to donated arguments, and temporaries. A stage's peak estimate is
+    arguments + outputs - aliased + temporaries + what stays resident outside the program
+(the optimizer state during a GRPO update micro-batch, the reference weights when beta > 0).
+
+Used by `benchmarks/memory.py` (presets x lengths x stages) and by `tailor-jax run --dry-run` and
+the start of `tailor-jax sft` / `grpo` (`check_plan`): a stage over the device's memory stops the
+run with one line naming the stage, the estimate, the limit and the knobs to turn.
+On CPU the analysis is of XLA:CPU's program; GPU/TPU programs differ in fusion, so treat the
+figures as estimates (docs/gpu.md compares them with a measured peak where one was measured).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from tailor_jax.config import OptimizerConfig, require
+from tailor_jax.errors import TailorError
+from tailor_jax.model.config import ModelConfig
+from tailor_jax.model.logprobs import DEFAULT_CHUNK_TOKENS
+from tailor_jax.parallel.sharding import Rules, logical_sharding, state_shardings, use_sharding
+
+GIB = 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryConfig:
+    """Memory knobs of a trainer config (`memory:` in the SFT / GRPO sections)."""
+
+    logprob_chunk: int = DEFAULT_CHUNK_TOKENS  # tokens per chunk of the vocabulary projection (model.logprobs)
+    device_memory_gib: float | None = None  # per-device memory; null: detected (GPU/TPU), unchecked on CPU
+
+    def __post_init__(self):
+        require(self.logprob_chunk >= 1, f"memory.logprob_chunk must be >= 1, got {self.logprob_chunk}")
+        require(self.device_memory_gib is None or self.device_memory_gib > 0,
+                f"memory.device_memory_gib must be > 0 or null, got {self.device_memory_gib}")
+
+
+@dataclasses.dataclass(frozen=True)
+class StageEstimate:
+    """One compiled program's per-device memory (bytes)."""
+
+    stage: str  # e.g. "sft step", "grpo update micro-batch"
+    shape: str  # rows x tokens, for the reader
+    params: int  # the model's parameters on one device
+    optimizer: int  # the optimizer state on one device
+    arguments: int
+    outputs: int
+    aliased: int
+    temporaries: int
+    resident: int = 0  # held outside this program while it runs (see the module docstring)
+    knobs: str = ""  # what to turn when it does not fit
+
+    @property
+    def peak(self) -> int:
+        return self.arguments + self.outputs - self.aliased + self.temporaries + self.resident
+
+    def as_dict(self) -> dict[str, Any]:
+        gib = {k: round(getattr(self, k) / GIB, 3) for k in
+               ("params", "optimizer", "arguments", "outputs", "aliased", "temporaries", "resident", "peak")}
+        return {"stage": self.stage, "shape": self.shape, **{f"{k}_gib": v for k, v in gib.items()}}
+
+
+def _nbytes_per_device(tree) -> int:
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        shape = leaf.shape
+        sharding = getattr(leaf, "sharding", None)
+        if sharding is not None:
+            shape = sharding.shard_shape(shape)
+        total += int(np.prod(shape)) * jnp.dtype(leaf.dtype).itemsize
+    return total
+
+
+def _analysis(compiled) -> tuple[int, int, int, int]:
+    m = compiled.memory_analysis()
+    return (int(m.argument_size_in_bytes), int(m.output_size_in_bytes), int(m.alias_size_in_bytes),
+            int(m.temp_size_in_bytes))
+
+
+def _abstract(shape, dtype, sharding) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype), sharding=sharding)
+
+
+@dataclasses.dataclass
+class AbstractModel:
+    """A model's structure and abstract, sharded parameters (nothing allocated)."""
+
+    config: ModelConfig
+    mesh: Mesh
+    rules: Rules | None
+    graphdef: Any  # of nnx.split(model, nnx.Param, ...)
+    params: Any
+    rest: Any
+    sampler_graphdef: Any  # of nnx.split(model): the sampler's layout
+
+    @classmethod
+    def build(cls, config: ModelConfig, mesh: Mesh, rules: Rules | None = None) -> "AbstractModel":
+        from tailor_jax.model.transformer import Transformer
+
+        abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
+        graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+        shardings = state_shardings(params, mesh, rules)
+
+        def place(var, sharding_var):
+            value = var.get_value()
+            return var.replace(_abstract(value.shape, value.dtype, sharding_var.get_value()))
+
+        params = jax.tree.map(place, params, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))
+        replicated = NamedSharding(mesh, PartitionSpec())
+        rest = jax.tree.map(lambda x: _abstract(x.shape, x.dtype, replicated), rest)
+        return cls(config, mesh, rules, graphdef, params, rest, nnx.split(abstract)[0])
+
+    def sampler_state(self):
+        """The abstract `nnx.split(model)[1]` (one State with every variable), as the sampler holds it."""
+        state = nnx.split(nnx.merge(self.graphdef, self.params, self.rest))[1]
+        return state
+
+    def batch(self, shape, dtype=jnp.int32) -> jax.ShapeDtypeStruct:
+        axes = ("batch",) + (None,) * (len(shape) - 1)
+        return _abstract(shape, dtype, logical_sharding(axes, self.mesh, self.rules, shape))
+
+    def scalar(self, dtype=jnp.float32) -> jax.ShapeDtypeStruct:
+        return _abstract((), dtype, NamedSharding(self.mesh, PartitionSpec()))
+
+    def opt_state(self, tx: optax.GradientTransformation):
+        """Abstract optimizer state, laid out as `train.state.create_train_state` lays it out."""
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+        shapes = jax.eval_shape(tx.init, self.params)
+        shardings = optax.tree_map_params(
+            tx, lambda _, p: p.sharding, shapes, self.params, transform_non_params=lambda _: replicated)
+        return jax.tree.map(lambda s, sh: _abstract(s.shape, s.dtype, sh), shapes, shardings)
+
+    def compile(self, fn, *args, **jit_kwargs):
+        with use_sharding(self.mesh, self.rules):
+            return jax.jit(fn, **jit_kwargs).lower(*args).compile()
+
+
+def _supports(fn, name: str) -> bool:
+    # benchmarks/memory.py also measures commits from before `logprob_chunk` existed
+    return name in inspect.signature(fn).parameters
+
+
+def sft_step(model: AbstractModel, rows: int, length: int, *, accum_steps: int = 1,
+             optimizer: OptimizerConfig | None = None, logprob_chunk: int = DEFAULT_CHUNK_TOKENS) -> StageEstimate:
+    """The SFT train step as `train.sft.train` jits it: `rows` per micro-batch, `accum_steps` micro-batches."""
+    from tailor_jax.train import sft
+    from tailor_jax.train.optim import make_optimizer
+    from tailor_jax.train.state import TrainState
+
+    tx = make_optimizer(optimizer or OptimizerConfig(), 1000)
+    opt_state = model.opt_state(tx)
+    state = TrainState(step=model.scalar(jnp.int32), params=model.params, rest=model.rest, opt_state=opt_state,
+                       rng=_abstract((2,), jnp.uint32, NamedSharding(model.mesh, PartitionSpec())))
+    total = rows * accum_steps
+    batch = {k: model.batch((total, length)) for k in ("inputs", "targets", "loss_mask", "positions", "segment_ids")}
+    kwargs = {"logprob_chunk": logprob_chunk} if _supports(sft.make_train_step, "logprob_chunk") else {}
+    step = sft.make_train_step(model.graphdef, tx, accum_steps, **kwargs)
+    compiled = model.compile(step, state, batch, donate_argnums=0)
+    return StageEstimate("sft step", f"{rows}x{length}" + (f" x{accum_steps} accum" if accum_steps > 1 else ""),
+                         _nbytes_per_device(model.params), _nbytes_per_device(opt_state), *_analysis(compiled),
+                         knobs="sft.batch_size / sft.accum_steps (rows per micro-batch), sft.data.seq_len, "
+                               "model remat, sft.memory.logprob_chunk")
+
+
+def _grpo_batch(model: AbstractModel, rows: int, prompts: int, prompt_len: int, completion_len: int, ref: bool):
+    batch = {
+        "prompt_tokens": model.batch((prompts, prompt_len)),
+        "prompt_positions": model.batch((prompts, prompt_len)),
+        "prompt_mask": model.batch((prompts, prompt_len), jnp.bool_),
+        "row_prompt": model.batch((rows,)),
+        "tokens": model.batch((rows, completion_len)),
+        "positions": model.batch((rows, completion_len)),
+        "completion_mask": model.batch((rows, completion_len), jnp.float32),
+        "advantages": model.batch((rows,), jnp.float32),
+        "sampler_logp": model.batch((rows, completion_len), jnp.float32),
+        "old_logp": model.batch((rows, completion_len), jnp.float32),
+    }
+    if ref:
+        batch["ref_logp"] = model.batch((rows, completion_len), jnp.float32)
+    return batch
+
+
+def _prompt_slots(rows: int, group: int) -> int:
+    return max(1, -(-rows // group))
+
+
+def grpo_update(model: AbstractModel, rows: int, prompt_len: int, completion_len: int, *, group: int = 8,
+                beta: float = 0.0, optimizer: OptimizerConfig | None = None,
+                logprob_chunk: int = DEFAULT_CHUNK_TOKENS) -> StageEstimate:
+    """One GRPO update micro-batch (`make_accumulate_fn`, jitted as the trainer does) of `rows`
+    completions from ceil(rows / group) prompts; resident: the optimizer state (and the reference
+    weights when beta > 0)."""
+    from tailor_jax.train import grpo_trainer as gt
+    from tailor_jax.train.optim import make_optimizer
+
+    tx = make_optimizer(optimizer or OptimizerConfig(), 1000)
+    opt_bytes = _nbytes_per_device(model.opt_state(tx))
+    params_bytes = _nbytes_per_device(model.params)
+    loss_cfg = gt.LossConfig(beta=beta)
+    kwargs = {"chunk_tokens": logprob_chunk} if _supports(gt.make_accumulate_fn, "chunk_tokens") else {}
+    fn = gt.make_accumulate_fn(model.graphdef, loss_cfg, 1.0, completion_len, **kwargs)
+    grads = jax.tree.map(lambda p: p, model.params)
+    batch = _grpo_batch(model, rows, _prompt_slots(rows, group), prompt_len, completion_len, beta > 0)
+    compiled = model.compile(fn, grads, model.params, model.rest, batch, model.scalar(), donate_argnums=0)
+    resident = opt_bytes + (params_bytes if beta > 0 else 0)
+    return StageEstimate("grpo update micro-batch", f"{rows}x({prompt_len}+{completion_len})", params_bytes, opt_bytes,
+                         *_analysis(compiled), resident=resident,
+                         knobs="grpo.dash.micro_batch_size, grpo.rollout.max_new_tokens, model remat, "
+                               "grpo.memory.logprob_chunk")
+
+
+def logprob_pass(model: AbstractModel, rows: int, prompt_len: int, completion_len: int, *, group: int = 8,
+                 resident: int = 0, logprob_chunk: int = DEFAULT_CHUNK_TOKENS) -> StageEstimate:
+    """The old / reference log-prob pass (`make_logp_fn`) over one micro-batch."""
+    from tailor_jax.train import grpo_trainer as gt
+
+    kwargs = {"chunk_tokens": logprob_chunk} if _supports(gt.make_logp_fn, "chunk_tokens") else {}
+    fn = gt.make_logp_fn(model.graphdef, 1.0, **kwargs)
+    batch = _grpo_batch(model, rows, _prompt_slots(rows, group), prompt_len, completion_len, False)
+    compiled = model.compile(fn, model.params, model.rest, batch)
+    return StageEstimate("grpo old/ref log-probs", f"{rows}x({prompt_len}+{completion_len})",
+                         _nbytes_per_device(model.params), 0, *_analysis(compiled), resident=resident,
+                         knobs="grpo.dash.micro_batch_size, grpo.memory.logprob_chunk")
+
+
+def sampler_program(model: AbstractModel, prompts: int, prompt_len: int, new_tokens: int, *, group: int = 8,
+                    resident: int = 0) -> StageEstimate:
+    """The sampler's whole program (prefill + decode, KV cache included) for `prompts` x `group` rows."""
+    from tailor_jax.sampling.engine import _sample_program, _segment_ends
+    from tailor_jax.sampling.ops import SamplingParams
+
+    fn = functools.partial(
+        _sample_program, model.sampler_graphdef, num_samples=group, new_token_bucket=new_tokens,
+        segment_ends=_segment_ends(new_tokens, 4), params=SamplingParams(temperature=1.0), pad_id=0,
+        share_prompt_cache=True)
+    state = model.sampler_state()
+    replicated = NamedSharding(model.mesh, PartitionSpec())
+    key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
+    args = (state, model.batch((prompts, prompt_len)), model.batch((prompts, prompt_len)),
+            model.batch((prompts, prompt_len), jnp.bool_), model.batch((prompts,)), key,
+            model.scalar(), model.scalar(), model.scalar(jnp.int32),
+            _abstract((4,), jnp.int32, replicated), _abstract((1, 1), jnp.int32, replicated))
+    compiled = model.compile(fn, *args)
+    return StageEstimate("sampler", f"{prompts}x{group} rows, {prompt_len}+{new_tokens}",
+                         _nbytes_per_device(model.params), 0, *_analysis(compiled), resident=resident,
+                         knobs="grpo.rollout.prompts_per_step / num_generations / max_new_tokens")
+
+
+# ---------------------------------------------------------------------------------------
+# The plan of a trainer config and the check against the device's memory.
+def device_limit_gib(configured: float | None) -> tuple[float | None, str]:
+    """(per-device memory GiB, where it came from): the config's value, else the device's
+    `memory_stats()["bytes_limit"]` where the platform reports one, else (None, why not)."""
+    if configured is not None:
+        return float(configured), "memory.device_memory_gib"
+    device = jax.devices()[0]
+    try:
+        stats = device.memory_stats() or {}
+    except Exception:  # noqa: BLE001 - platforms without memory stats raise various errors
+        stats = {}
+    if stats.get("bytes_limit"):
+        return stats["bytes_limit"] / GIB, f"{device.platform} memory_stats"
+    return None, f"not known on {device.platform} (set memory.device_memory_gib to check)"
+
+
+def format_table(estimates: list[StageEstimate]) -> str:
+    lines = [f"  {'stage':<32} {'shape':<26} {'params':>7} {'optim':>7} {'temp':>8} {'peak':>8}  (GiB per device)"]
+    for e in estimates:
+        lines.append(f"  {e.stage:<32} {e.shape:<26} {e.params / GIB:7.2f} {e.optimizer / GIB:7.2f} "
+                     f"{e.temporaries / GIB:8.2f} {e.peak / GIB:8.2f}")
+    return "\n".join(lines)
+
+
+def check(estimates: list[StageEstimate], limit_gib: float | None, where: str = "") -> None:
+    """Raise one TailorError line for the first stage whose peak exceeds `limit_gib`."""
+    if limit_gib is None:
+        return
+    for e in estimates:
+        if e.peak > limit_gib * GIB:
+            raise TailorError(
+                f"{where}{e.stage} ({e.shape}) needs about {e.peak / GIB:.1f} GiB per device, more than the "
+                f"{limit_gib:.1f} GiB available; lower {e.knobs}")
+
+
+def sft_plan(cfg, model_cfg: ModelConfig, mesh: Mesh, rules: Rules | None) -> list[StageEstimate]:
+    """The SFT config's train step at its micro-batch and longest sequence."""
+    rows = cfg.batch_size // cfg.accum_steps
+    length = max(cfg.data.buckets or (cfg.data.seq_len,))
+    model = AbstractModel.build(model_cfg, mesh, rules)
+    return [sft_step(model, rows, length, accum_steps=cfg.accum_steps, optimizer=cfg.optimizer,
+                     logprob_chunk=cfg.memory.logprob_chunk)]
+
+
+def grpo_plan(cfg, model_cfg: ModelConfig, mesh: Mesh, rules: Rules | None, prompt_len: int = 256) -> list[StageEstimate]:
+    """The GRPO config's sampler, reference pass (beta > 0) and update micro-batch at its widest."""
+    from tailor_jax.sampling.buckets import bucket
+
+    model = AbstractModel.build(model_cfg, mesh, rules)
+    g = cfg.rollout.num_generations
+    rows = cfg.rollout.prompts_per_step * g
+    micro = cfg.dash.micro_batch_size or rows
+    completion = bucket(cfg.rollout.max_new_tokens, minimum=16)
+    chunk = cfg.memory.logprob_chunk
+    update = grpo_update(model, micro, prompt_len, completion, group=g, beta=cfg.loss.beta, optimizer=cfg.optimizer,
+                         logprob_chunk=chunk)
+    out = [sampler_program(model, cfg.rollout.prompts_per_step, prompt_len, completion, group=g,
+                           resident=update.optimizer)]
+    if cfg.loss.beta > 0:
+        out.append(logprob_pass(model, micro, prompt_len, completion, group=g, resident=update.optimizer,
+                                logprob_chunk=chunk))
+    out.append(update)
+    return out
+
+
+def sft_model_config(cfg) -> tuple[ModelConfig | None, str]:
+    """The model an SFT config trains, as `train.sft.build_model` will build it (the vocabulary
+    from the tokenizer's configured size when it is trained by the run), or (None, why not)."""
+    from pathlib import Path
+
+    from tailor_jax.model import get_preset
+    from tailor_jax.model.hf_io import read_config
+
+    if cfg.model.pretrained is not None:
+        if not (Path(cfg.model.pretrained) / "config.json").is_file():
+            return None, f"{cfg.model.pretrained} has no config.json here, so its shape is unknown"
+        return read_config(cfg.model.pretrained), cfg.model.pretrained
+    if cfg.tokenizer.path is not None:
+        from tailor_jax.data.tokenizer import load_tokenizer
+
+        vocab = len(load_tokenizer(cfg.tokenizer.path))
+    else:
+        vocab = cfg.tokenizer.vocab_size
+    try:
+        model_cfg = get_preset(cfg.model.preset).replace(**cfg.model.overrides)
+    except TypeError as err:
+        raise TailorError(f"model.overrides: {err}; use ModelConfig field names such as hidden_size") from None
+    return model_cfg.replace(vocab_size=-(-vocab // 8) * 8), f"preset {cfg.model.preset}"
+
+
+def plan_mesh(mesh_cfg) -> tuple[Mesh | None, str]:
+    """The config's mesh on this process's devices, or (None, why it cannot be built here)."""
+    from tailor_jax.parallel.mesh import create_mesh
+
+    try:
+        return create_mesh(mesh_cfg), ""
+    except (TailorError, ValueError) as err:
+        return None, f"its mesh does not fit this process's {len(jax.devices())} device(s) ({err})"
+
+
+def run_memory_plan(stages: list[tuple[str, Any]], model_cfg: ModelConfig | None, why: str,
+                    limit_gib: float | None, limit_from: str, say) -> list[StageEstimate]:
+    """Estimate each (name, trainer config) stage, `say` a table, and raise one line (TailorError)
+    for the first stage over `limit_gib`. Returns the estimates (empty when skipped)."""
+    if model_cfg is None:
+        say(f"memory plan: skipped: {why}")
+        return []
+    limit = f"{limit_gib:.1f} GiB per device ({limit_from})" if limit_gib is not None else f"device memory {limit_from}"
+    say(f"memory plan (XLA compiled memory analysis on {jax.devices()[0].platform}; {limit}):")
+    estimates = []
+    for name, cfg in stages:
+        mesh, why_not = plan_mesh(cfg.mesh)
+        if mesh is None:
+            say(f"  {name}: skipped: {why_not}")
+            continue
+        rules = cfg.mesh.axis_rules()
+        part = sft_plan(cfg, model_cfg, mesh, rules) if name == "sft" else grpo_plan(cfg, model_cfg, mesh, rules)
+        part = [dataclasses.replace(e, stage=f"{name}: {e.stage}") for e in part]
+        say(format_table(part))
+        check(part, limit_gib)  # before the next stage's compile
+        estimates += part
+    return estimates
+
+
+def check_trainer(name: str, cfg, model_cfg: ModelConfig, say) -> None:
+    """At the start of `tailor-jax sft` / `grpo`: where the device's memory is known (configured
+    or reported by the platform), estimate this trainer's stages and stop if one does not fit.
+    Skipped on CPU without `memory.device_memory_gib` (the check compiles the step once more)."""
+    limit_gib, limit_from = device_limit_gib(cfg.memory.device_memory_gib)
+    if limit_gib is None:
+        return
+    run_memory_plan([(name, cfg)], model_cfg, "", limit_gib, limit_from, say)

@@ -1,0 +1,73 @@
+"""The memory plan (train.memory_plan): compiled estimates before anything runs, and
+`tailor-jax run --dry-run` stopping with one line when a stage cannot fit the stated device memory."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from tailor_jax.cli import main
+from tailor_jax.model import get_preset
+from tailor_jax.parallel.mesh import MeshConfig, create_mesh
+from tailor_jax.train import memory_plan as mp
+
+# A one-layer model; SFT at 2 x 128 tokens, GRPO 4 rows x (16 + 16).
+CONFIG = {
+    "task": "gf", "task_options": {"p": 11}, "mesh_preset": "single-device",
+    "data": {"num_train": 8, "num_sft_eval": 2},
+    "sft": {"steps": 2, "batch_size": 2, "tokenizer": {"vocab_size": 300}, "data": {"seq_len": 128},
+            "model": {"preset": "tiny", "overrides": {"hidden_size": 32, "intermediate_size": 64, "num_layers": 1,
+                                                      "num_heads": 2, "num_kv_heads": 1, "head_dim": 16}}},
+    "grpo": {"steps": 1, "rollout": {"prompts_per_step": 2, "num_generations": 2, "max_new_tokens": 16}},
+    "eval": {"levels": [3], "per_level": 2, "max_new_tokens": 16},
+}
+
+
+def test_too_large_for_the_stated_device_fails_at_dry_run_with_one_line(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({**CONFIG, "run_dir": str(tmp_path / "run")}))
+    # 2 KiB: the SFT step alone needs more
+    assert main(["run", str(config), "--dry-run", "device_memory_gib=0.000002"]) == 2
+    captured = capsys.readouterr()
+    error = [line for line in captured.err.splitlines() if "error" in line]
+    assert len(error) == 1 and captured.err.endswith(error[0] + "\n"), error
+    assert error[0].startswith("tailor-jax run: error: sft: sft step (2x128) needs about")
+    assert "more than the 0.0 GiB available; lower sft.batch_size / sft.accum_steps" in error[0]
+    assert "logprob_chunk" in error[0] and "remat" in error[0]
+    assert "memory plan (XLA compiled memory analysis" in captured.err
+    assert not (tmp_path / "run").exists(), "nothing ran"
+
+
+@pytest.mark.slow
+def test_dry_run_with_room_prints_every_stage(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({**CONFIG, "run_dir": str(tmp_path / "run")}))
+    assert main(["run", str(config), "--dry-run", "device_memory_gib=64"]) == 0
+    out = capsys.readouterr().err
+    for stage in ("sft: sft step", "grpo: sampler", "grpo: grpo update micro-batch"):
+        assert stage in out
+    assert not (tmp_path / "run").exists()
+
+
+def test_estimates_grow_with_the_batch_and_shrink_with_the_logprob_chunk():
+    config = get_preset("tiny").replace(vocab_size=4096, num_layers=1)
+    mesh = create_mesh(MeshConfig(data=1, fsdp=1, tensor=1))
+    model = mp.AbstractModel.build(config, mesh)
+    small = mp.sft_step(model, 2, 256, logprob_chunk=64)
+    large_chunk = mp.sft_step(model, 2, 256, logprob_chunk=512)
+    params = config.num_params() * 4  # float32
+    assert small.params == params and small.optimizer >= 2 * params  # AdamW: two moments
+    # one [2, 256, 4096] float32 logits array is 8 MiB; chunks of 64 tokens are 1 MiB
+    assert small.temporaries < large_chunk.temporaries
+    assert large_chunk.temporaries - small.temporaries > 3 * 2**20
+
+
+def test_memory_keys_leave_the_stage_hashes(tmp_path):
+    from tailor_jax import run as run_lib
+
+    base = run_lib.load_run_config("configs/quickstart.yaml", [f"run_dir={tmp_path}"])
+    tuned = run_lib.load_run_config("configs/quickstart.yaml", [
+        f"run_dir={tmp_path}", "device_memory_gib=40", "sft.memory.logprob_chunk=256", "grpo.memory.logprob_chunk=128"])
+    assert run_lib.grpo_config(tuned).memory.device_memory_gib == 40
+    assert run_lib.sft_config(tuned).memory.logprob_chunk == 256
+    assert run_lib.stage_hashes(tuned) == run_lib.stage_hashes(base)
