@@ -1,7 +1,8 @@
 """The GRPO loop, with DASH preemptive sampling + gradient filtering and DAPO dynamic sampling.
 
 One step: choose prompts (a pure function of seed, step and curriculum) -> sample G completions
-per prompt with the current weights -> rewards -> group advantages -> drop rows with
+per prompt with the current weights (in calls of `rollout.generation_batch_size` rows: one call
+per update micro-batch is standard GRPO, one call per step DASH's preemptive sampling) -> rewards -> group advantages -> drop rows with
 |A| <= tau (DASH) BEFORE any trainer forward pass -> pack survivors into micro-batches ->
 reference log-probs (beta > 0 only) -> `num_iterations` optimizer updates, each accumulating
 gradients over the micro-batches. Weights change only after the whole rollout batch, so the
