@@ -186,10 +186,10 @@ def main() -> int:
     base = next(iter(summary))
     print(f"\n{rows} rows per step ({args.prompts} prompts x G {args.group}) in {args.micro}-row micro-batches, "
           f"{args.steps} optimizer steps, lr {args.lr:g}, seeds {args.seeds}; mean+-std over seeds; seconds exclude step 1")
-    print(f"{'variant':24} {'train s':>11} {'vs ' + base[:8]:>11} {'sampling':>11} {'reference':>10} {'update':>11} "
+    print(f"{'variant':28} {'train s':>11} {'vs ' + base[:8]:>11} {'sampling':>11} {'reference':>10} {'update':>11} "
           f"{'rows filt':>10} {'tok filt':>12} {'final acc %':>11} {'d acc pts':>10} {'s to target':>11} {'reached':>7} {'len':>9}")
     for name, s in summary.items():
-        print(f"{name:24} {fmt(s['train_seconds']):>11} {fmt(s['time_vs_' + base], digits=2):>11} "
+        print(f"{name:28} {fmt(s['train_seconds']):>11} {fmt(s['time_vs_' + base], digits=2):>11} "
               f"{fmt(s['sampling_seconds']):>11} {fmt(s['reference_seconds']):>10} {fmt(s['update_seconds']):>11} "
               f"{fmt(s['rows_filtered'], digits=0):>10} {fmt(s['tokens_filtered'], digits=0):>12} {fmt(s['final_acc'], 100):>11} "
               f"{fmt(s['acc_minus_' + base], 100):>10} {fmt(s['seconds_to_target']):>11} {s['reached_target']:>7} "

@@ -190,6 +190,16 @@ def test_filtered_rows_reach_no_forward_or_backward_pass_and_accounting_adds_up(
     assert logged[-1]["compute/tokens_trained_total"] == pytest.approx(last["compute/tokens_trained_total"])
 
 
+@pytest.mark.slow
+def test_resumed_run_continues_the_totals(init_dir, tmp_path):
+    cfg = _cfg(init_dir, tmp_path, "dash.filter=true", "steps=2")
+    last = gt.train(cfg).history[-1]
+    resumed = gt.train(dataclasses.replace(cfg, steps=3)).history[-1]  # from the step-2 checkpoint
+    assert resumed["step"] == 3
+    for key in ("compute/tokens_generated", "compute/rows_filtered", "time/update", "step_time"):
+        assert resumed[f"{key}_total"] == pytest.approx(last[f"{key}_total"] + resumed[key]), key
+
+
 # --- bad values stop at --dry-run and at trainer start ---------------------------------------
 @pytest.mark.parametrize("overrides, words", [
     (["grpo.rollout.generation_batch_size=24"], "generation_batch_size must divide the step's 64 rows"),

@@ -2,10 +2,10 @@
 
 One step: choose prompts (a pure function of seed, step and curriculum) -> sample G completions
 per prompt with the current weights (in calls of `rollout.generation_batch_size` rows: one call
-per update micro-batch is standard GRPO, one call per step DASH's preemptive sampling) -> rewards -> group advantages -> drop rows with
-|A| <= tau (DASH) BEFORE any trainer forward pass -> pack survivors into micro-batches ->
-reference log-probs (beta > 0 only) -> `num_iterations` optimizer updates, each accumulating
-gradients over the micro-batches. Weights change only after the whole rollout batch, so the
+per update micro-batch is standard GRPO, one call per step DASH's preemptive sampling) ->
+rewards -> group advantages -> drop rows with |A| <= tau (DASH) BEFORE any trainer forward
+pass -> pack survivors into micro-batches -> reference log-probs (beta > 0 only) ->
+`num_iterations` optimizer updates, each accumulating gradients over the micro-batches. Weights change only after the whole rollout batch, so the
 update is on-policy however small the micro-batches are. Every trainer forward computes each
 prompt once for all the rows that continue it (`build_rows`, `Transformer.shared_prefix_forward`).
 
@@ -627,7 +627,7 @@ def train(cfg: GRPOConfig) -> GRPOResult:
                 )
             start = int(restored.step) if restored is not None else 0
             # cumulative compute accounting (`*_total`), carried in checkpoints so a resume continues it
-            totals: dict[str, float] = dict(((restored.data_state or {}) if restored is not None else {}).get("totals", {}))
+            totals: dict[str, float] = dict((restored.data_state or {}).get("totals", {})) if restored is not None else {}
             if start == 0 and eval_records:
                 last = evaluate(0)
                 metrics_log.write(0, last)
@@ -713,7 +713,8 @@ def train(cfg: GRPOConfig) -> GRPOResult:
                 bar.update(step, reward=metrics["reward"], kept=metrics["dash/kept_frac"])
                 stop = preemption.reached(step)
                 if checkpointer.should_save(step) or stop or step == cfg.steps:
-                    checkpointer.save(TrainCheckpoint(step, state.params, state.opt_state, state.rng, {"step": step, "totals": dict(totals)}, config_to_dict(cfg)))
+                    data_state = {"step": step, "totals": dict(totals)}
+                    checkpointer.save(TrainCheckpoint(step, state.params, state.opt_state, state.rng, data_state, config_to_dict(cfg)))
                 if stop:
                     _log(f"stopped by {preemption.signal_name} after step {step}; checkpoint saved, rerun the same command to resume")
                     break
