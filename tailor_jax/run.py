@@ -242,6 +242,10 @@ def check_batches(cfg: RunConfig) -> None:
         if micro % shards:
             raise TailorError(f"grpo rows per micro-batch ({micro}) are not a multiple of the {shards}-way data parallelism "
                               f"of {where}; change grpo.dash.micro_batch_size or the rollout size")
+        generation = grpo.rollout.generation_batch_size
+        if generation % shards:
+            raise TailorError(f"grpo.rollout.generation_batch_size ({generation}) is not a multiple of the {shards}-way data "
+                              f"parallelism of {where}; use 0 (one sampler call) or a multiple of {shards}")
 
 
 def _without(data: dict, *keys: str) -> dict:
@@ -306,6 +310,8 @@ def _without_default_guard(part: dict) -> dict:
 def _grpo_hash_part(cfg: RunConfig) -> dict:
     grpo = _without_default_guard(_without(config_to_dict(grpo_config(cfg)), "run_dir", "init", "wandb", "memory"))
     grpo["eval"] = _without(grpo["eval"], "exclude_file")
+    if not grpo["rollout"]["generation_batch_size"]:  # 0 (added 2026-12-06): older hashes still match
+        grpo["rollout"] = _without(grpo["rollout"], "generation_batch_size")
     return grpo
 
 

@@ -1,10 +1,11 @@
 """The GRPO loop, with DASH preemptive sampling + gradient filtering and DAPO dynamic sampling.
 
 One step: choose prompts (a pure function of seed, step and curriculum) -> sample G completions
-per prompt with the current weights -> rewards -> group advantages -> drop rows with
-|A| <= tau (DASH) BEFORE any trainer forward pass -> pack survivors into micro-batches ->
-reference log-probs (beta > 0 only) -> `num_iterations` optimizer updates, each accumulating
-gradients over the micro-batches. Weights change only after the whole rollout batch, so the
+per prompt with the current weights (in calls of `rollout.generation_batch_size` rows: one call
+per update micro-batch is standard GRPO, one call per step DASH's preemptive sampling) ->
+rewards -> group advantages -> drop rows with |A| <= tau (DASH) BEFORE any trainer forward
+pass -> pack survivors into micro-batches -> reference log-probs (beta > 0 only) ->
+`num_iterations` optimizer updates, each accumulating gradients over the micro-batches. Weights change only after the whole rollout batch, so the
 update is on-policy however small the micro-batches are. Every trainer forward computes each
 prompt once for all the rows that continue it (`build_rows`, `Transformer.shared_prefix_forward`).
 
@@ -81,10 +82,19 @@ class RolloutConfig:
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
+    # rows per sampler call; 0 = all the step's rows in one call (DASH preemptive sampling).
+    # dash.micro_batch_size = standard GRPO as TRL runs it: one call per update micro-batch.
+    generation_batch_size: int = 0
 
     def __post_init__(self):
         require(self.prompts_per_step >= 1, f"prompts_per_step must be >= 1, got {self.prompts_per_step}")
         require(self.num_generations >= 2, f"num_generations must be >= 2 (GRPO compares a group), got {self.num_generations}")
+        rows, g = self.prompts_per_step * self.num_generations, self.num_generations
+        valid = [n for n in range(g, rows + 1, g) if rows % n == 0]
+        require(self.generation_batch_size == 0 or self.generation_batch_size in valid,
+                f"rollout.generation_batch_size must divide the step's {rows} rows (prompts_per_step x num_generations) "
+                f"in whole groups of {g}; got {self.generation_batch_size}, use 0 (one call) or one of "
+                f"{', '.join(map(str, valid))}")
         require(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         require(self.temperature > 0, f"rollout temperature must be > 0, got {self.temperature}")
         require(self.top_k is None or self.top_k >= 1, f"top_k must be >= 1 or null, got {self.top_k}")
@@ -119,7 +129,7 @@ class DashConfig:
     micro_batch_size: int = 0  # rows per micro-batch; 0 = the whole rollout batch at once
 
     def __post_init__(self):
-        require(self.tau >= 0, f"dash.tau must be >= 0, got {self.tau}")
+        require(self.tau >= 0, f"dash.tau must be >= 0 (|A| <= tau is dropped; DASH uses 0.1), got {self.tau}")
         require(self.micro_batch_size >= 0, f"dash.micro_batch_size must be >= 0, got {self.micro_batch_size}")
 
 
@@ -324,6 +334,29 @@ def pack_micro_batches(
     return batches
 
 
+def update_batches(
+    cfg: GRPOConfig, rollout: "Rollout", pad_id: int, shards: int = 1
+) -> tuple[np.ndarray, np.ndarray, list[Rows], list[float]]:
+    """A rollout's update, before any device work: its advantages [N], the rows kept (in
+    packing order; DASH drops the others here, so they reach no forward or backward pass), the
+    packed micro-batches and each one's loss weight (its share of the FULL batch's denominator).
+    It does not depend on how many sampler calls produced the rollout."""
+    micro = cfg.dash.micro_batch_size or len(rollout.rewards)
+    advantages = np.asarray(group_advantages(jnp.asarray(rollout.rewards), cfg.rollout.num_generations, cfg.loss.scale_rewards))
+    rows = build_rows(rollout.prompt_ids, rollout.tokens, rollout.lengths, pad_id)
+    if cfg.loss.mask_truncated_completions:
+        rows["completion_mask"] *= rollout.finished[:, None].astype(np.float32)
+    rows.update(advantages=advantages.astype(np.float32), sampler_logp=rollout.logprobs.astype(np.float32),
+                old_logp=rollout.logprobs.astype(np.float32))
+    keep = order_by_group_length(select_rows(advantages, cfg.dash.tau, cfg.dash.filter), rollout.lengths,
+                                 cfg.rollout.num_generations)
+    micro_batches = pack_micro_batches(rows, keep, micro, slot_multiple=shards)
+    total_tokens = max(float(rows["completion_mask"].sum()), 1.0)
+    weights = [float(b["completion_mask"].sum()) / total_tokens if cfg.loss.loss_agg == "token_mean" else micro / len(advantages)
+               for b in micro_batches]
+    return advantages, keep, micro_batches, weights
+
+
 def place_rows(rows: Rows, mesh, rules) -> dict[str, jax.Array]:
     """Put host rows (identical on every process) on the mesh, split along the batch axis
     (rows and prompts alike)."""
@@ -424,6 +457,7 @@ class Rollout:
     components: dict[str, np.ndarray]  # reward fn -> [N]
     sampler_seconds: float
     rounds: int = 1
+    sampler_calls: int = 1
 
 
 def sample_round(cfg: GRPOConfig, sampler: Sampler, tokenizer, records: list[dict], step: int, round_: int) -> Rollout:
@@ -431,24 +465,39 @@ def sample_round(cfg: GRPOConfig, sampler: Sampler, tokenizer, records: list[dic
     g = cfg.rollout.num_generations
     prompts = [task.prompt(r, style=cfg.prompt_style, think_prefill=cfg.think_prefill) for r in records]
     ids = [tok_lib.encode_prompt(tokenizer, p) for p in prompts]
-    out = sampler.generate(
-        ids, max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
-        top_k=cfg.rollout.top_k, top_p=cfg.rollout.top_p, num_samples=g,
-        eos_token_ids=[tokenizer.eos_token_id], seed=derive_seed(cfg.seed, step, round_, 1),
-    )
-    texts = tokenizer.batch_decode(out.tokens, skip_special_tokens=True)
+    # `rollout.generation_batch_size` rows (whole groups) per sampler call; each call's seed is
+    # pure in (seed, step, round, call), and one call keeps the seed it always had.
+    calls = sampler_calls_per_round(cfg.rollout)
+    per_call = -(-len(ids) // calls)
+    outs = [
+        sampler.generate(
+            ids[start : start + per_call], max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
+            top_k=cfg.rollout.top_k, top_p=cfg.rollout.top_p, num_samples=g, eos_token_ids=[tokenizer.eos_token_id],
+            seed=derive_seed(cfg.seed, step, round_, 1, *([call] if calls > 1 else [])),
+        )
+        for call, start in enumerate(range(0, len(ids), per_call))
+    ]
+    finished = np.concatenate([np.asarray(out.finished, bool) for out in outs])
+    texts = [text for out in outs for text in tokenizer.batch_decode(out.tokens, skip_special_tokens=True)]
     components = {name: np.zeros(len(texts), np.float32) for name in cfg.rewards}
     for row, text in enumerate(texts):
         record, prompt = records[row // g], prompts[row // g]
         for name in cfg.rewards:
-            components[name][row] = task.reward(name, record, prompt.prefill + text, finished=bool(out.finished[row]))
+            components[name][row] = task.reward(name, record, prompt.prefill + text, finished=bool(finished[row]))
     rewards = sum(cfg.rewards[name] * components[name] for name in cfg.rewards)
     return Rollout(
         records=list(records), prompt_ids=[ids[row // g] for row in range(len(texts))],
-        tokens=out.token_array, logprobs=out.logprob_array, lengths=np.asarray(out.lengths),
-        finished=np.asarray(out.finished), rewards=np.asarray(rewards, np.float32), components=components,
-        sampler_seconds=out.seconds,
+        tokens=np.concatenate([out.token_array for out in outs]), logprobs=np.concatenate([out.logprob_array for out in outs]),
+        lengths=np.concatenate([np.asarray(out.lengths) for out in outs]), finished=finished,
+        rewards=np.asarray(rewards, np.float32), components=components,
+        sampler_seconds=sum(out.seconds for out in outs), sampler_calls=len(outs),
     )
+
+
+def sampler_calls_per_round(rollout: RolloutConfig) -> int:
+    """Sampler calls per generation round: 1 (preemptive) or rows / `generation_batch_size`."""
+    rows = rollout.prompts_per_step * rollout.num_generations
+    return rows // (rollout.generation_batch_size or rows)
 
 
 def _take_groups(rollout: Rollout, groups: np.ndarray, g: int) -> Rollout:
@@ -479,26 +528,35 @@ def collect_rollout(cfg: GRPOConfig, sampler: Sampler, tokenizer, step: int, poo
     extra rounds (at most `max_rounds`), and any shortfall is filled with zero-variance groups."""
     g, n = cfg.rollout.num_generations, cfg.rollout.prompts_per_step
     first = sample_round(cfg, sampler, tokenizer, step_records(cfg, step, 0, pool), step, 0)
+    sampled = [first]  # every round, for the compute accounting (discarded groups cost too)
     zero_std = first.rewards.reshape(-1, g).std(axis=1) == 0
     stats = {"frac_reward_zero_std": float(zero_std.mean())}
+
+    def account(rollout: Rollout) -> tuple[Rollout, dict]:
+        rollout.sampler_seconds = sum(r.sampler_seconds for r in sampled)
+        return rollout, {**stats, "compute/sampler_calls": float(sum(r.sampler_calls for r in sampled)),
+                         "compute/rows_generated": float(sum(len(r.lengths) for r in sampled)),
+                         "compute/tokens_generated": float(sum(int(r.lengths.sum()) for r in sampled))}
+
     if not cfg.dynamic_sampling.enabled:
-        return first, stats
+        return account(first)
     kept = _take_groups(first, np.flatnonzero(~zero_std), g)
     spare = _take_groups(first, np.flatnonzero(zero_std), g)
     round_ = 0
     while len(kept.records) < n and round_ < cfg.dynamic_sampling.max_rounds:
         round_ += 1
         extra = sample_round(cfg, sampler, tokenizer, step_records(cfg, step, round_, pool), step, round_)
+        sampled.append(extra)
         extra_zero = extra.rewards.reshape(-1, g).std(axis=1) == 0
         kept = _concat(kept, _take_groups(extra, np.flatnonzero(~extra_zero), g))
     kept = _take_groups(kept, np.arange(min(n, len(kept.records))), g) if len(kept.records) > n else kept
     short = n - len(kept.records)
     if short:
         kept = _concat(kept, _take_groups(spare, np.arange(short), g))
-    kept.sampler_seconds, kept.rounds = kept.sampler_seconds, round_ + 1
+    kept.rounds = round_ + 1
     stats["dynamic_sampling/rounds"] = float(round_ + 1)
     stats["dynamic_sampling/filled_zero_std_groups"] = float(short)
-    return kept, stats
+    return account(kept)
 
 
 def load_policy(cfg: GRPOConfig, mesh, rules):
@@ -544,6 +602,9 @@ def train(cfg: GRPOConfig) -> GRPOResult:
         from tailor_jax.model.hf_io import read_config
 
         check_trainer("grpo", cfg, read_config(cfg.init), _log)
+    if cfg.rollout.generation_batch_size % shards:
+        raise TailorError(f"rollout.generation_batch_size ({cfg.rollout.generation_batch_size}) must be a multiple of the "
+                          f"{shards}-way data parallelism; use 0 (one call) or a multiple of {shards}")
     model, tokenizer = load_policy(cfg, mesh, rules)
     run_dir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
@@ -592,6 +653,8 @@ def train(cfg: GRPOConfig) -> GRPOResult:
                     params=restored.params, opt_state=restored.opt_state, rng=restored.rng_key,
                 )
             start = int(restored.step) if restored is not None else 0
+            # cumulative compute accounting (`*_total`), carried in checkpoints so a resume continues it
+            totals: dict[str, float] = dict((restored.data_state or {}).get("totals", {})) if restored is not None else {}
             if start == 0 and eval_records:
                 last = evaluate(0)
                 metrics_log.write(0, last)
@@ -603,21 +666,7 @@ def train(cfg: GRPOConfig) -> GRPOResult:
                 sampler.update_weights(merge_model(graphdef, state))
                 rollout, stats = collect_rollout(cfg, sampler, tokenizer, step, pool)
                 t_sample = time.perf_counter()
-                advantages = np.asarray(group_advantages(
-                    jnp.asarray(rollout.rewards), cfg.rollout.num_generations, cfg.loss.scale_rewards))
-                rows_np = build_rows(rollout.prompt_ids, rollout.tokens, rollout.lengths, tok_lib.pad_id(tokenizer))
-                if cfg.loss.mask_truncated_completions:
-                    rows_np["completion_mask"] *= rollout.finished[:, None].astype(np.float32)
-                rows_np.update(advantages=advantages.astype(np.float32), sampler_logp=rollout.logprobs.astype(np.float32),
-                               old_logp=rollout.logprobs.astype(np.float32))
-                keep = order_by_group_length(select_rows(advantages, cfg.dash.tau, cfg.dash.filter),
-                                             rollout.lengths, cfg.rollout.num_generations)
-                micro_batches = pack_micro_batches(rows_np, keep, micro, slot_multiple=shards)
-                total_tokens = max(float(rows_np["completion_mask"].sum()), 1.0)
-                weights = [
-                    float(b["completion_mask"].sum()) / total_tokens if cfg.loss.loss_agg == "token_mean" else micro / len(advantages)
-                    for b in micro_batches
-                ]
+                advantages, keep, micro_batches, weights = update_batches(cfg, rollout, tok_lib.pad_id(tokenizer), shards)
                 device_batches = [place_rows(b, mesh, rules) for b in micro_batches]
                 if ref_params is not None:
                     for b in device_batches:
@@ -648,7 +697,17 @@ def train(cfg: GRPOConfig) -> GRPOResult:
                 guard.record(step, finite)
                 guard.check(describe_last_checkpoint(checkpointer))
                 n_rows = len(advantages)
-                gen_tokens = int(rollout.lengths.sum())
+                gen_tokens = stats["compute/tokens_generated"]
+                kept_tokens = float(rollout.lengths[keep].sum())
+                iterations = cfg.loss.num_iterations
+                compute = {  # rows/tokens through each part of the step (see docs/grpo.md#compute-accounting)
+                    "compute/rows_trained": float(len(keep) * iterations),
+                    "compute/tokens_trained": kept_tokens * iterations,
+                    "compute/token_slots_trained": float(sum(b["tokens"].size for b in micro_batches) * iterations),
+                    "compute/tokens_reference": kept_tokens if ref_params is not None else 0.0,
+                    "compute/rows_filtered": float(n_rows - len(keep)),
+                    "compute/tokens_filtered": float(rollout.lengths.sum()) - kept_tokens,
+                }
                 metrics = {
                     "reward": float(rollout.rewards.mean()),
                     "reward_std": float(rollout.rewards.reshape(-1, cfg.rollout.num_generations).std(axis=1, ddof=1).mean()),
@@ -663,11 +722,16 @@ def train(cfg: GRPOConfig) -> GRPOResult:
                     "sampler/tokens_per_s": gen_tokens / max(rollout.sampler_seconds, 1e-9),
                     "train/tokens_per_s": step_metrics.get("num_tokens", 0.0) * cfg.loss.num_iterations / max(t_end - t_ref, 1e-9),
                     "time/sampling": t_sample - t0,
+                    "time/generate": rollout.sampler_seconds,
                     "time/reference": t_ref - t_sample,
                     "time/update": t_end - t_ref,
                     "step_time": t_end - t0,
                     **guard.metrics(),
+                    **compute,
                 }
+                for key in [k for k in metrics if k.startswith(("compute/", "time/")) or k == "step_time"]:
+                    totals[f"{key}_total"] = totals.get(f"{key}_total", 0.0) + metrics[key]
+                metrics.update(totals)
                 if (cfg.eval.every and step % cfg.eval.every == 0) or step == cfg.steps:
                     eval_metrics = evaluate(step)
                     metrics.update(eval_metrics)
@@ -680,7 +744,8 @@ def train(cfg: GRPOConfig) -> GRPOResult:
                 bar.update(step, reward=metrics["reward"], kept=metrics["dash/kept_frac"])
                 stop = preemption.reached(step)
                 if checkpointer.should_save(step) or stop or step == cfg.steps:
-                    checkpointer.save(TrainCheckpoint(step, state.params, state.opt_state, state.rng, {"step": step}, config_to_dict(cfg)))
+                    data_state = {"step": step, "totals": dict(totals)}
+                    checkpointer.save(TrainCheckpoint(step, state.params, state.opt_state, state.rng, data_state, config_to_dict(cfg)))
                 if stop:
                     _log(f"stopped by {preemption.signal_name} after step {step}; checkpoint saved, rerun the same command to resume")
                     break
