@@ -429,8 +429,12 @@ def _redistill_records(cfg: RunConfig, records: list[dict]) -> list[dict]:
     from tailor_jax.tasks import get_task
 
     options = {"samples_per_question": 1, "max_new_tokens": cfg.eval.max_new_tokens, **cfg.warm_start.options}
-    examples = baselines.redistill(get_task(cfg.task, **cfg.task_options), records, len(records),
-                                   model_dir(teacher_config(cfg), "grpo"), prompt_style=cfg.prompt_style, **options)
+    teacher = model_dir(teacher_config(cfg), "grpo")
+    examples = baselines.redistill(get_task(cfg.task, **cfg.task_options), records, len(records), teacher,
+                                   prompt_style=cfg.prompt_style, **options)
+    if not examples:
+        raise TailorError(f"redistill: the teacher ({teacher}) solved none of the {len(records)} SFT prompts; train it longer "
+                          "(sft.steps, grpo.steps) or sample more (warm_start.options.samples_per_question)")
     return [example_to_json(example) for example in examples]
 
 
