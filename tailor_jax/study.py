@@ -337,6 +337,7 @@ def run(args) -> int:
         for i, (cell, state) in enumerate(zip(study.cells, states), 1):
             print(f"  [{i}/{len(study.cells)}] {cell.name:<40} {state:<8} " + " ".join(f"{k}={json.dumps(v)}" for k, v in cell.values.items()))
         return 0
+    check_cells(study)  # every cell valid before anything is written (run_study checks again, under the lock)
     lock = _lock(study.study_dir)
     try:
         failed = run_study(study, parallel=args.parallel)
