@@ -182,7 +182,7 @@ def _grpo_checkpoints(run_dir: Path) -> list[int]:
 
 
 def _numbers(run_dir: Path) -> dict:
-    """Everything a cell computed, without timings."""
+    """Everything a cell computed (metrics, evaluation, final weights), without timings and paths."""
     def strip(records):
         return [{k: v for k, v in r.items() if k != "time" and not k.startswith("time/") and "per_s" not in k
                  and k != "step_time"} for r in records]
@@ -192,7 +192,9 @@ def _numbers(run_dir: Path) -> dict:
     return {
         "sft": strip(read_metrics(run_dir / "sft" / "metrics.jsonl")),
         "grpo": strip(read_metrics(run_dir / "grpo" / "metrics.jsonl")),
-        "eval": {m: json.loads((run_dir / "eval" / f"{m}.json").read_text()) for m in ("sft", "grpo")},
+        "eval": {m: {k: v for k, v in json.loads((run_dir / "eval" / f"{m}.json").read_text()).items() if k not in ("model", "seconds")}
+                 for m in ("sft", "grpo")},
+        "weights": {m: (run_dir / m / "model" / "model.safetensors").read_bytes() for m in ("sft", "grpo")},
     }
 
 
