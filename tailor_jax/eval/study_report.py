@@ -103,6 +103,7 @@ def cell_metrics(run: dict, threshold: float) -> dict[str, float]:
             if reached[0] in clock:
                 out["seconds_to_threshold"] = clock[reached[0]]
         out["rl_eval_acc_best"] = max(acc)
+        out["rl_eval_acc_mean"] = sum(acc) / len(acc)  # the area under the RL curve per eval point: how fast it rose
     if run["warm_start"]:
         out.update({f"warm_start/{k}": float(run["warm_start"][k]) for k in WARM_START_METRICS if k in run["warm_start"]})
     seconds = sum(float((info or {}).get("seconds", 0.0)) for info in run["stages"].values())
@@ -145,7 +146,7 @@ def summarize(study: dict) -> dict[str, Any]:
     comparisons = []
     labels = list(study["methods"])
     for other in labels[1:]:
-        for key in ("rl_acc", "sft_acc", "steps_to_threshold", "seconds_to_threshold"):
+        for key in ("rl_acc", "sft_acc", "rl_eval_acc_mean", "steps_to_threshold", "seconds_to_threshold"):
             a = {c["replicate"]: per_cell[c["name"]][key] for c in study["methods"][labels[0]] if key in per_cell[c["name"]]}
             b = {c["replicate"]: per_cell[c["name"]][key] for c in study["methods"][other] if key in per_cell[c["name"]]}
             if a and b:
@@ -212,7 +213,8 @@ def plot_curves(study: dict, against: str, path: Path) -> Path | None:
     return run_report._save(fig, path)
 
 
-def plot_bars(summary: dict, keys: Sequence[tuple[str, str]], path: Path, title: str, ylabel: str) -> Path | None:
+def plot_bars(summary: dict, keys: Sequence[tuple[str, str]], path: Path, title: str, ylabel: str,
+              ylim: tuple[float, float] | None = (0.0, 1.05)) -> Path | None:
     """Grouped bars per method (mean, error bar = std) with each seed's value as a dot."""
     import numpy as np
 
@@ -232,7 +234,7 @@ def plot_bars(summary: dict, keys: Sequence[tuple[str, str]], path: Path, title:
         for xi, s in zip(offset, stats):
             ax.plot([xi] * len(s.get("values", [])), s.get("values", []), "k.", ms=4)
     ax.set_xticks(x, methods, rotation=20, ha="right")
-    ax.set(ylabel=ylabel, title=title)
+    ax.set(ylabel=ylabel, title=title, ylim=ylim)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
     return run_report._save(fig, path)
@@ -276,6 +278,7 @@ METRIC_NAMES = {
     "rl_acc": ("held-out accuracy after RL (%)", 100.0, 1),
     "rl_gain": ("RL gain (points)", 100.0, 1),
     "rl_eval_acc_best": ("best accuracy during RL, trainer's eval set (%)", 100.0, 1),
+    "rl_eval_acc_mean": ("mean accuracy over RL's eval points (area under the curve, %)", 100.0, 1),
     "steps_to_threshold": ("GRPO steps to the threshold", 1.0, 0),
     "seconds_to_threshold": ("GRPO seconds to the threshold", 1.0, 0),
     "seconds": ("compute seconds per cell (all stages)", 1.0, 0),
@@ -294,7 +297,7 @@ def describe_comparison(c: dict) -> str:
         half = (hi - lo) / 2
         text += f" +- {scale * half:.{digits}f} (95% CI [{scale * lo:+.{digits}f}, {scale * hi:+.{digits}f}]"
         text += f", {'paired over' if c['paired'] else 'unpaired,'} {c['n']} seeds)"
-        more, less = ("higher", "lower") if c["metric"].endswith("acc") else ("more", "fewer")
+        more, less = ("more", "fewer") if c["metric"].endswith("threshold") else ("higher", "lower")
         if lo > 0 or hi < 0:
             text += f": {c['a']} is {more if lo > 0 else less} than {c['b']} beyond the seed spread."
         else:
@@ -344,7 +347,8 @@ def markdown(study: dict, summary: dict, plots: dict[str, Path]) -> str:
     for cell in study["cells"]:
         m = summary["cells"][cell["name"]]
         pct = lambda k: f"{100 * m[k]:.1f}" if k in m else "-"  # noqa: E731
-        lines.append(f"| {cell['name']} | {pct('sft_acc')} | {pct('rl_acc')} | {m.get('steps_to_threshold', '-')} | "
+        steps = f"{m['steps_to_threshold']:.0f}" if "steps_to_threshold" in m else "-"
+        lines.append(f"| {cell['name']} | {pct('sft_acc')} | {pct('rl_acc')} | {steps} | "
                      f"{m.get('seconds', 0.0):.0f} |")
     lines += ["", "## Plots", "", *run_report._embed(plots, base), ""]
     return "\n".join(lines)
