@@ -93,6 +93,43 @@ def test_shipped_studies_validate():
             run_lib.plan(config_from_dict(run_lib.RunConfig, cell.config))
 
 
+def test_driver_runs_in_order_skips_done_cells_and_reports_failures(tmp_path, monkeypatch):
+    """The study loop with stand-in cell processes: one "trains" (writes its stages as done, as
+    a finished `tailor-jax run` leaves them), one fails; the rerun skips the finished cell."""
+    from tailor_jax import study as study_lib
+
+    launched, fail = [], {"seed-1"}
+
+    def fake_launch(cell):
+        launched.append(cell.name)
+        cfg = config_from_dict(run_lib.RunConfig, cell.config)
+        cell.run_dir.mkdir(parents=True, exist_ok=True)
+        code = "print('boom: out of cheese'); raise SystemExit(3)" if cell.name in fail else "pass"
+        if cell.name not in fail:
+            for stage, digest in run_lib.stage_hashes(cfg).items():
+                run_lib.write_stage(cell.run_dir / stage, {"hash": digest, "status": "done", "seconds": 2.0})
+            (cell.run_dir / "eval" / "sft.json").write_text(json.dumps({"acc": 0.25}))
+            (cell.run_dir / "report.md").write_text("done")
+        log = open(cell.run_dir / "run.log", "w")
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT)
+        proc.log_file = log
+        return proc
+
+    monkeypatch.setattr(study_lib, "launch_cell", fake_launch)
+    study = load_study(write_study(tmp_path, {"seed": [0, 1]}))
+    lines: list[str] = []
+    assert study_lib.run_study(study, log=lines.append) == ["seed-1"]
+    assert launched == ["seed-0", "seed-1"]
+    assert any("[1/2] seed-0: done in" in line and "held-out acc sft 25.0%" in line and "1 to go, ETA" in line for line in lines), lines
+    assert any("[2/2] seed-1: FAILED (exit 3): boom: out of cheese" in line for line in lines), lines
+
+    fail.clear()
+    lines.clear()
+    assert study_lib.run_study(study, log=lines.append) == []
+    assert launched == ["seed-0", "seed-1", "seed-1"]  # the finished cell is not started again
+    assert lines[0].startswith("[1/2] seed-0: done earlier") and "1 of 2 cells done" in lines[1]
+
+
 # ---------------------------------------------------------------------------------------
 # One seed for everything random.
 def test_seed_varies_data_init_and_sampling(tmp_path):
