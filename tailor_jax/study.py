@@ -106,7 +106,10 @@ def load_study(path: str | Path) -> Study:
         raise TailorError(f"{path}: unknown study key(s) {', '.join(unknown)}; a study file has {', '.join(STUDY_KEYS)}")
     if "base" not in spec:
         raise TailorError(f"{path}: `base` (the run config every cell starts from) is required")
-    base = read_yaml(path.parent / str(spec["base"]))
+    try:
+        base = read_yaml(path.parent / str(spec["base"]))
+    except TailorError as err:
+        raise TailorError(f"{path}: base (relative to the study file): {err}") from None
     common = spec.get("overrides") or {}
     if not isinstance(common, dict):
         raise TailorError(f"{path}: `overrides` must map dotted config keys to values")

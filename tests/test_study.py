@@ -66,6 +66,7 @@ def write_study(tmp_path: Path, grid: dict, **extra) -> Path:
     ({"seed": [0]}, {"seeds": [1]}, "unknown study key(s) seeds"),
     ({"run_dir": ["x"]}, {}, "run_dir is set by the study"),
     ({"seed": [0]}, {"threshold": 2}, "threshold must be"),
+    ({"seed": [0]}, {"base": "no-such.yaml"}, "base (relative to the study file): config file"),
 ])
 def test_bad_study_files_stop_with_one_line_before_any_cell(tmp_path, capsys, grid, extra, message):
     path = write_study(tmp_path, grid, **extra)
