@@ -36,7 +36,11 @@ from tailor_jax.errors import TailorError
 from tailor_jax.tasks import problem_key
 
 STAGES = ("data", "warm_start", "sft", "grpo", "eval", "report")
-WARM_START_METHODS = ("task_trace", "tailor", "rule_based", "four_star")
+WARM_START_METHODS = ("task_trace", "tailor", "rule_based", "four_star", "redistill")
+# `redistill` first trains its teacher (a rule_based run's data -> warm_start -> sft -> grpo) in
+# RUN_DIR/teacher/, a stage of its own between data and warm_start.
+TEACHER_STAGES = ("data", "warm_start", "sft", "grpo")
+REDISTILL_OPTIONS = ("samples_per_question", "max_new_tokens", "temperature", "seed", "chunk")  # baselines.redistill's
 
 # Mesh layouts by name (`mesh_preset`); an explicit `mesh` section wins over the preset.
 MESH_PRESETS: dict[str, dict[str, Any] | None] = {
@@ -68,10 +72,12 @@ class WarmStartSection:
     """How the SFT demonstrations are made.
 
     `task_trace`: the task's own rule-based trace (GF: `strategy` forward | backward | mixed);
-    `tailor`, `rule_based`, `four_star`: the primitives pipeline (tailor_jax.primitives).
+    `tailor`, `rule_based`, `four_star`: the primitives pipeline (tailor_jax.primitives);
+    `redistill`: RL a rule_based run (the teacher stage), then its correct samples on the SFT
+    prompts (options: samples_per_question, temperature, max_new_tokens, seed, chunk).
     """
 
-    method: Literal["task_trace", "tailor", "rule_based", "four_star"] = "task_trace"
+    method: Literal["task_trace", "tailor", "rule_based", "four_star", "redistill"] = "task_trace"
     strategy: str | None = None  # task_trace: the task's `strategy` option (GF only)
     options: dict[str, Any] = dataclasses.field(default_factory=dict)  # passed to the primitives pipeline
 
@@ -95,9 +101,20 @@ class EvalSection:
         require(self.temperature > 0, f"eval.temperature must be > 0, got {self.temperature}")
 
 
+def derived_seed(seed: int, name: str) -> int:
+    """A stage's 31-bit seed from the run's `seed` (independent streams per stage)."""
+    import hashlib
+
+    return int(hashlib.sha256(f"{seed}:{name}".encode()).hexdigest()[:8], 16) % 2**31
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     run_dir: str
+    # One seed for everything random in training: when set it replaces data.seed (problems),
+    # sft.seed (init, data order), grpo.seed (prompts, rollouts), the warm start's seed. The
+    # held-out test set (eval.seed) stays fixed so that seeds are compared on the same problems.
+    seed: int | None = None
     task: Literal["gf", "kk", "igsm"] = "gf"
     task_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # shared by every stage
     prompt_style: Literal["plain", "chat"] = "plain"
@@ -120,6 +137,24 @@ class RunConfig:
             for key in ("run_dir", "init"):
                 require(key not in section, f"{name}.{key} is set by `tailor-jax run` (from run_dir); remove it")
         require("task" not in (self.grpo or {}), "grpo.task is the run's `task`; remove it")
+        require(self.warm_start.method != "redistill" or self.grpo is not None,
+                "warm_start.method redistill RL-trains its teacher with the grpo section; give one (grpo is null)")
+        if self.warm_start.method == "redistill":
+            unknown = sorted(set(self.warm_start.options) - set(REDISTILL_OPTIONS))
+            require(not unknown, f"warm_start.options {unknown} do not apply to redistill; it takes {', '.join(REDISTILL_OPTIONS)}")
+        if self.seed is not None:
+            require(0 <= self.seed < 2**31, f"seed must be in [0, 2^31), got {self.seed}")
+            self._derive_seeds()
+
+    def _derive_seeds(self) -> None:  # frozen: set through object.__setattr__, once, at construction
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+        set_("data", dataclasses.replace(self.data, seed=derived_seed(self.seed, "data")))
+        set_("sft", {**self.sft, "seed": derived_seed(self.seed, "sft")})
+        if self.grpo is not None:
+            set_("grpo", {**self.grpo, "seed": derived_seed(self.seed, "grpo")})
+        if self.warm_start.method in ("tailor", "redistill"):
+            options = {**self.warm_start.options, "seed": derived_seed(self.seed, "warm_start")}
+            set_("warm_start", dataclasses.replace(self.warm_start, options=options))
 
 
 def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
@@ -275,6 +310,7 @@ def stage_hashes(cfg: RunConfig, legacy_mesh: dict[str, Any] | None = None) -> d
     sft = _without_default_guard(sft)
     parts: dict[str, Any] = {
         "data": {"task": cfg.task, "task_options": cfg.task_options, "data": config_to_dict(cfg.data)},
+        **({"teacher": stage_hashes(teacher_config(cfg))["grpo"]} if cfg.warm_start.method == "redistill" else {}),
         "warm_start": config_to_dict(cfg.warm_start),
         "sft": mesh_as_hashed(_without(sft, "run_dir"), cfg.sft),
         "grpo": mesh_as_hashed(_grpo_hash_part(cfg), cfg.grpo) if cfg.grpo is not None else None,
@@ -305,6 +341,19 @@ _GUARD_DEFAULTS = {"nonfinite": "stop", "max_consecutive_skips": 10}
 
 def _without_default_guard(part: dict) -> dict:
     return {k: v for k, v in part.items() if k not in _GUARD_DEFAULTS or v != _GUARD_DEFAULTS[k]}
+
+
+def run_stages(cfg: RunConfig) -> tuple[str, ...]:
+    """The stages of this run, in order (`teacher` only for the redistill warm start)."""
+    if cfg.warm_start.method == "redistill":
+        return (STAGES[0], "teacher", *STAGES[1:])
+    return STAGES
+
+
+def teacher_config(cfg: RunConfig) -> RunConfig:
+    """redistill's teacher: the same run with the rule_based warm start, in RUN_DIR/teacher/."""
+    return dataclasses.replace(cfg, run_dir=str(stage_dir(cfg, "teacher")), warm_start=WarmStartSection(method="rule_based"),
+                               report=False)
 
 
 def _grpo_hash_part(cfg: RunConfig) -> dict:
@@ -388,6 +437,8 @@ def warm_start_records(cfg: RunConfig, records: list[dict]) -> list[dict]:
     from tailor_jax.tasks import get_task
 
     method = cfg.warm_start.method
+    if method == "redistill":
+        return _redistill_records(cfg, records)
     if method == "task_trace":
         options = dict(cfg.task_options)
         if cfg.warm_start.strategy is not None:
@@ -407,6 +458,30 @@ def _trace_namer(task: str, strategy: str | None) -> Callable[[dict], str]:
         return mixed_strategy
     name = strategy or "canonical"
     return lambda record: name
+
+
+def _redistill_records(cfg: RunConfig, records: list[dict]) -> list[dict]:
+    """The teacher's (RL-trained rule_based policy's) verified-correct samples on the SFT prompts,
+    up to one demonstration per prompt: the base model is then SFT-ed on about as many as the
+    other warm starts give (fewer where the teacher fails)."""
+    from tailor_jax.primitives import baselines
+    from tailor_jax.primitives.metrics import example_to_json
+    from tailor_jax.tasks import get_task
+
+    options = {"samples_per_question": 1, "max_new_tokens": cfg.eval.max_new_tokens, **cfg.warm_start.options}
+    teacher = model_dir(teacher_config(cfg), "grpo")
+    examples = baselines.redistill(get_task(cfg.task, **cfg.task_options), records, len(records), teacher,
+                                   prompt_style=cfg.prompt_style, **options)
+    if not examples:
+        raise TailorError(f"redistill: the teacher ({teacher}) solved none of the {len(records)} SFT prompts; train it longer "
+                          "(sft.steps, grpo.steps) or sample more (warm_start.options.samples_per_question)")
+    return [example_to_json(example) for example in examples]
+
+
+def run_teacher(cfg: RunConfig, out: Path) -> str:
+    """redistill's teacher run (data -> rule_based warm start -> SFT -> GRPO), resumable like any run."""
+    summaries = execute(teacher_config(cfg), only=TEACHER_STAGES, log=lambda message: _say(f"teacher: {message}"))
+    return f"rule_based teacher: {summaries['grpo']}"
 
 
 def _primitive_warm_start(cfg: RunConfig, records: list[dict]) -> list[dict]:
@@ -536,7 +611,7 @@ def _metric_summary(metrics: dict, keys: Sequence[str], head: str) -> str:
 
 
 STAGE_FUNCTIONS: dict[str, Callable[[RunConfig, Path], str]] = {
-    "data": run_data, "warm_start": run_warm_start, "sft": run_sft, "grpo": run_grpo,
+    "data": run_data, "teacher": run_teacher, "warm_start": run_warm_start, "sft": run_sft, "grpo": run_grpo,
     "eval": run_eval, "report": run_report,
 }
 
@@ -680,7 +755,7 @@ def plan(cfg: RunConfig) -> list[PlannedStage]:
     hashes = stage_hashes(cfg)
     accepted = accepted_hashes(cfg, hashes)
     stages = []
-    for name in STAGES:
+    for name in run_stages(cfg):
         if name == "grpo" and cfg.grpo is None or name == "report" and not cfg.report:
             continue
         if name == "report":
@@ -713,12 +788,12 @@ def _say(message: str) -> None:
     print(f"tailor-jax run: {message}", file=sys.stderr, flush=True)
 
 
-def execute(cfg: RunConfig, *, log: Callable[[str], None] = _say) -> dict[str, str]:
-    """Run every stage that is not already done; returns {stage: summary}."""
+def execute(cfg: RunConfig, *, log: Callable[[str], None] = _say, only: Collection[str] | None = None) -> dict[str, str]:
+    """Run every stage (of `only`, when given) that is not already done; returns {stage: summary}."""
     run_dir = Path(cfg.run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise TailorError(f"run_dir {run_dir} is a file; give a directory")
-    stages = plan(cfg)  # validates the whole config before any work
+    stages = [s for s in plan(cfg) if only is None or s.name in only]  # plan validates the whole config first
     from tailor_jax.train.memory_plan import device_limit_gib
 
     if device_limit_gib(cfg.device_memory_gib or sft_config(cfg).memory.device_memory_gib)[0] is not None:
@@ -752,7 +827,7 @@ def execute(cfg: RunConfig, *, log: Callable[[str], None] = _say) -> dict[str, s
             write_stage(directory, {"hash": stage.hash, "status": "done", "summary": summary, "seconds": total})
         summaries[stage.name] = summary
         log(f"{prefix}: done in {seconds:.1f}s: {summary}")
-    log(f"finished in {time.perf_counter() - start_all:.1f}s; report: {run_dir / 'report.md'}")
+    log(f"finished in {time.perf_counter() - start_all:.1f}s" + (f"; report: {run_dir / 'report.md'}" if cfg.report else ""))
     return summaries
 
 

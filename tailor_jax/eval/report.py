@@ -366,13 +366,17 @@ def write_comparison(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Pat
 # CLI.
 def register(subparsers) -> None:
     parser = subparsers.add_parser("report", help="write report.md and plots for one run, or overlay several runs")
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories of `tailor-jax run`")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories of `tailor-jax run`, or one study directory")
     parser.add_argument("--out", help="output directory when comparing several runs (default: ./report-compare)")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
-    if len(args.run_dirs) == 1 and not args.out:
+    from tailor_jax.eval import study_report
+
+    if len(args.run_dirs) == 1 and not args.out and study_report.is_study_dir(args.run_dirs[0]):
+        path = study_report.write_study_report(args.run_dirs[0])  # a `tailor-jax study` directory
+    elif len(args.run_dirs) == 1 and not args.out:
         path = write_report(args.run_dirs[0])
     else:
         path = write_comparison(args.run_dirs, args.out or "report-compare")

@@ -1,0 +1,371 @@
+"""A study's report: STUDY_DIR/report.md, summary.json and plots/*.png over its cells.
+
+    tailor-jax report STUDY_DIR        (also written at the end of `tailor-jax study`)
+
+Cells are grouped into *methods* by their grid values other than the replicate axis `seed`; per
+method every metric gets mean, sample std, n and a 95% t-interval of the mean. Methods are
+compared with the first one in the grid (e.g. `tailor`): per seed where both have it (a paired
+difference), else unpaired (Welch). Each cell is read with eval.report.load_run, so a report can
+be made at any time, over a study still running (cells without results are listed as such).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tailor_jax.errors import TailorError
+from tailor_jax.eval import report as run_report
+
+DEFAULT_THRESHOLD = 0.8  # held-out accuracy for "steps / seconds to threshold" (study file: `threshold`)
+WARM_START_METRICS = ("num_demos", "num_primitives", "distinct_1", "distinct_2", "distinct_3", "mean_words")
+
+
+# ---------------------------------------------------------------------------------------
+# Numbers.
+def mean_interval(values: Sequence[float]) -> dict[str, Any]:
+    """mean, sample std, n, and the 95% t-interval of the mean (std and interval need n >= 2)."""
+    from scipy import stats
+
+    values = [float(v) for v in values]
+    n = len(values)
+    if not n:
+        return {"n": 0, "mean": None, "std": None, "ci95": None, "values": []}
+    mean = sum(values) / n
+    if n < 2:
+        return {"n": 1, "mean": mean, "std": None, "ci95": None, "values": values}
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+    return {"n": n, "mean": mean, "std": std, "ci95": [mean - half, mean + half], "values": values}
+
+
+def difference(a: dict[Any, float], b: dict[Any, float]) -> dict[str, Any]:
+    """a - b over replicates: paired where they share every replicate key, else Welch's t."""
+    from scipy import stats
+
+    shared = sorted(set(a) & set(b), key=str)
+    if len(shared) >= 2 and len(shared) == len(a) == len(b):
+        result = mean_interval([a[k] - b[k] for k in shared])
+        return {**result, "paired": True}
+    x, y = list(a.values()), list(b.values())
+    if len(x) < 2 or len(y) < 2:
+        mean = (sum(x) / len(x) - sum(y) / len(y)) if x and y else None
+        return {"n": min(len(x), len(y)), "mean": mean, "std": None, "ci95": None, "paired": False}
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    vx = sum((v - mx) ** 2 for v in x) / (len(x) - 1) / len(x)
+    vy = sum((v - my) ** 2 for v in y) / (len(y) - 1) / len(y)
+    se = math.sqrt(vx + vy)
+    dof = (vx + vy) ** 2 / ((vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1)) or 1e-300)
+    half = float(stats.t.ppf(0.975, dof)) * se if se else 0.0
+    return {"n": min(len(x), len(y)), "mean": mx - my, "std": se, "ci95": [mx - my - half, mx - my + half], "paired": False}
+
+
+def training_seconds(grpo_metrics: Sequence[dict]) -> tuple[list[int], list[float]]:
+    """(steps, cumulative GRPO seconds: sampling + update, no periodic eval) at each logged step.
+    Steps between two logged ones are counted at the later one's step_time."""
+    steps, seconds, total, previous = [], [], 0.0, 0
+    for record in grpo_metrics:
+        if record["step"] == 0:
+            steps.append(0)
+            seconds.append(0.0)
+            continue
+        if record.get("step_time") is not None:
+            total += float(record["step_time"]) * (record["step"] - previous)
+            previous = record["step"]
+        steps.append(record["step"])
+        seconds.append(total)
+    return steps, seconds
+
+
+def cell_metrics(run: dict, threshold: float) -> dict[str, float]:
+    """The scalar results of one cell (absent ones left out)."""
+    out: dict[str, float] = {}
+    for model, label in (("sft", "sft_acc"), ("grpo", "rl_acc")):
+        result = run["eval"].get(model)
+        if result is None:
+            continue
+        out[label] = result["acc"]
+        for level, acc in result["acc_by_level"].items():
+            out[f"{label}/{level}"] = acc
+        if "pass_at_k" in result:
+            out[f"{label.replace('acc', 'pass')}@{result.get('pass_k')}"] = result["pass_at_k"]
+    if "sft_acc" in out and "rl_acc" in out:
+        out["rl_gain"] = out["rl_acc"] - out["sft_acc"]
+    steps, acc = run_report.series(run["grpo_metrics"], "eval/acc")
+    if steps:
+        clock = dict(zip(*training_seconds(run["grpo_metrics"])))
+        reached = [s for s, a in zip(steps, acc) if a >= threshold]
+        if reached:
+            out["steps_to_threshold"] = float(reached[0])
+            if reached[0] in clock:
+                out["seconds_to_threshold"] = clock[reached[0]]
+        out["rl_eval_acc_best"] = max(acc)
+        out["rl_eval_acc_mean"] = sum(acc) / len(acc)  # the area under the RL curve per eval point: how fast it rose
+    if run["warm_start"]:
+        out.update({f"warm_start/{k}": float(run["warm_start"][k]) for k in WARM_START_METRICS if k in run["warm_start"]})
+    seconds = sum(float((info or {}).get("seconds", 0.0)) for info in run["stages"].values())
+    teacher = run_report._read_json(run["dir"] / "teacher" / "stage.json")  # redistill's teacher run
+    out["seconds"] = seconds + float((teacher or {}).get("seconds", 0.0))
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Reading a study.
+def load_study_dir(study_dir: str | Path) -> dict[str, Any]:
+    study_dir = Path(study_dir)
+    manifest = run_report._read_json(study_dir / "study.json")
+    if manifest is None:
+        raise TailorError(f"{study_dir} has no study.json; pass the study_dir of a `tailor-jax study`")
+    replicate = manifest.get("replicate_axis")
+    cells, methods = [], {}
+    for cell in manifest["cells"]:
+        group = {k: v for k, v in cell["values"].items() if k != replicate}
+        label = " / ".join(str(v) for v in group.values()) or "all"
+        run = run_report.load_run(study_dir / cell["name"]) if (study_dir / cell["name"]).is_dir() else None
+        entry = {**cell, "method": label, "replicate": cell["values"].get(replicate, cell["name"]), "run": run}
+        cells.append(entry)
+        methods.setdefault(label, []).append(entry)
+    return {"dir": study_dir, "manifest": manifest, "cells": cells, "methods": methods,
+            "threshold": float(manifest.get("threshold") or DEFAULT_THRESHOLD)}
+
+
+def summarize(study: dict) -> dict[str, Any]:
+    threshold = study["threshold"]
+    per_cell = {c["name"]: cell_metrics(c["run"], threshold) if c["run"] else {} for c in study["cells"]}
+    keys = sorted({k for m in per_cell.values() for k in m})
+    methods = {}
+    for label, cells in study["methods"].items():
+        evaluated = [c for c in cells if "sft_acc" in per_cell[c["name"]]]
+        methods[label] = {"cells": [c["name"] for c in cells], "evaluated": len(evaluated),
+                          "reached_threshold": sum("steps_to_threshold" in per_cell[c["name"]] for c in cells)}
+        for key in keys:
+            methods[label][key] = mean_interval([per_cell[c["name"]][key] for c in cells if key in per_cell[c["name"]]])
+    comparisons = []
+    labels = list(study["methods"])
+    for other in labels[1:]:
+        for key in ("rl_acc", "sft_acc", "rl_eval_acc_mean", "steps_to_threshold", "seconds_to_threshold"):
+            a = {c["replicate"]: per_cell[c["name"]][key] for c in study["methods"][labels[0]] if key in per_cell[c["name"]]}
+            b = {c["replicate"]: per_cell[c["name"]][key] for c in study["methods"][other] if key in per_cell[c["name"]]}
+            if a and b:
+                comparisons.append({"a": labels[0], "b": other, "metric": key, **difference(a, b)})
+    return {"study_dir": str(study["dir"]), "threshold": threshold, "axes": study["manifest"]["axes"],
+            "replicate_axis": study["manifest"].get("replicate_axis"), "cells": per_cell, "methods": methods,
+            "comparisons": comparisons}
+
+
+# ---------------------------------------------------------------------------------------
+# Curves and plots.
+def mean_curve(curves: Sequence[tuple[Sequence[float], Sequence[float]]], points: int = 50):
+    """Mean and std of several (x, y) curves on a shared x: their common steps when they share
+    them, else `points` x values over the range all of them cover (linear interpolation)."""
+    import numpy as np
+
+    curves = [(np.asarray(x, float), np.asarray(y, float)) for x, y in curves if len(x)]
+    if not curves:
+        return None
+    shared = set(curves[0][0].tolist())
+    for x, _ in curves[1:]:
+        shared &= set(x.tolist())
+    if len(shared) >= 2 and all(len(x) == len(shared) for x, _ in curves):
+        grid = np.array(sorted(shared))
+    else:
+        grid = np.linspace(max(x[0] for x, _ in curves), min(x[-1] for x, _ in curves), points)
+    ys = np.stack([np.interp(grid, x, y) for x, y in curves])
+    return grid, ys.mean(0), ys.std(0, ddof=1) if len(curves) > 1 else np.zeros(len(grid)), len(curves)
+
+
+def rl_curves(study: dict, against: str):
+    """Per method: (x, mean, std, n) of held-out accuracy during GRPO against `step` or `seconds`."""
+    out = {}
+    for label, cells in study["methods"].items():
+        curves = []
+        for cell in cells:
+            if not cell["run"]:
+                continue
+            steps, acc = run_report.series(cell["run"]["grpo_metrics"], "eval/acc")
+            if against == "seconds":
+                clock = dict(zip(*training_seconds(cell["run"]["grpo_metrics"])))
+                steps = [clock[s] for s in steps]
+            curves.append((steps, acc))
+        curve = mean_curve(curves)
+        if curve is not None:
+            out[label] = curve
+    return out
+
+
+def plot_curves(study: dict, against: str, path: Path) -> Path | None:
+    curves = rl_curves(study, against)
+    if not curves:
+        return None
+    plt = run_report._pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, (x, mean, std, n) in curves.items():
+        line = ax.plot(x, mean, "-", lw=2, label=f"{label} (n={n})")[0]
+        ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    xlabel = "GRPO step" if against == "step" else "GRPO seconds (sampling + updates, periodic eval excluded)"
+    ax.set(xlabel=xlabel, ylabel="held-out greedy accuracy", ylim=(-0.02, 1.02),
+           title="Held-out accuracy during RL: mean over seeds, band = +-1 std")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return run_report._save(fig, path)
+
+
+def plot_bars(summary: dict, keys: Sequence[tuple[str, str]], path: Path, title: str, ylabel: str,
+              ylim: tuple[float, float] | None = (0.0, 1.05)) -> Path | None:
+    """Grouped bars per method (mean, error bar = std) with each seed's value as a dot."""
+    import numpy as np
+
+    methods = [m for m in summary["methods"] if any(summary["methods"][m].get(k, {}).get("n") for k, _ in keys)]
+    if not methods:
+        return None
+    plt = run_report._pyplot()
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(methods) * len(keys) ** 0.5 + 2), 4.5))
+    width = 0.8 / len(keys)
+    x = np.arange(len(methods))
+    for i, (key, name) in enumerate(keys):
+        stats = [summary["methods"][m].get(key, {}) for m in methods]
+        means = [s.get("mean") or 0.0 for s in stats]
+        stds = [s.get("std") or 0.0 for s in stats]
+        offset = x + (i - (len(keys) - 1) / 2) * width
+        ax.bar(offset, means, width, yerr=stds, capsize=3, label=name, alpha=0.8)
+        for xi, s in zip(offset, stats):
+            ax.plot([xi] * len(s.get("values", [])), s.get("values", []), "k.", ms=4)
+    ax.set_xticks(x, methods, rotation=20, ha="right")
+    ax.set(ylabel=ylabel, title=title, ylim=ylim)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    return run_report._save(fig, path)
+
+
+def _level_keys(summary: dict, prefix: str) -> list[str]:
+    keys = {k for m in summary["methods"].values() for k in m if k.startswith(prefix + "/")}
+    return sorted(keys, key=lambda k: int(k.rsplit("/", 1)[1]) if k.rsplit("/", 1)[1].isdigit() else 0)
+
+
+def make_plots(study: dict, summary: dict, plot_dir: Path) -> dict[str, Path]:
+    made = {
+        "rl_accuracy_by_step": plot_curves(study, "step", plot_dir / "rl_accuracy_by_step.png"),
+        "rl_accuracy_by_seconds": plot_curves(study, "seconds", plot_dir / "rl_accuracy_by_seconds.png"),
+        "accuracy": plot_bars(summary, [("sft_acc", "after SFT"), ("rl_acc", "after RL")], plot_dir / "accuracy.png",
+                              "Held-out accuracy (mean +- std over seeds; dots: seeds)", "greedy accuracy"),
+        "rl_accuracy_by_level": plot_bars(summary, [(k, f"level {k.rsplit('/', 1)[1]}") for k in _level_keys(summary, "rl_acc")],
+                                          plot_dir / "rl_accuracy_by_level.png", "Held-out accuracy after RL by level", "greedy accuracy"),
+        "warm_start": plot_bars(summary, [(f"warm_start/distinct_{n}", f"distinct-{n}") for n in (1, 2, 3)],
+                                plot_dir / "warm_start.png", "Warm-start data: distinct n-grams / n-grams", "ratio"),
+    }
+    return {name: path for name, path in made.items() if path is not None}
+
+
+# ---------------------------------------------------------------------------------------
+# Markdown.
+def _fmt(stat: dict | None, scale: float = 100.0, digits: int = 1) -> str:
+    if not stat or not stat.get("n"):
+        return "-"
+    text = f"{scale * stat['mean']:.{digits}f}"
+    if stat.get("std") is not None:
+        text += f" +- {scale * stat['std']:.{digits}f}"
+    if stat.get("ci95"):
+        lo, hi = stat["ci95"]
+        text += f" [{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
+    return text + f" (n={stat['n']})"
+
+
+METRIC_NAMES = {
+    "sft_acc": ("held-out accuracy after SFT (%)", 100.0, 1),
+    "rl_acc": ("held-out accuracy after RL (%)", 100.0, 1),
+    "rl_gain": ("RL gain (points)", 100.0, 1),
+    "rl_eval_acc_best": ("best accuracy during RL, trainer's eval set (%)", 100.0, 1),
+    "rl_eval_acc_mean": ("mean accuracy over RL's eval points (area under the curve, %)", 100.0, 1),
+    "steps_to_threshold": ("GRPO steps to the threshold", 1.0, 0),
+    "seconds_to_threshold": ("GRPO seconds to the threshold", 1.0, 0),
+    "seconds": ("compute seconds per cell (all stages)", 1.0, 0),
+}
+
+
+def describe_comparison(c: dict) -> str:
+    """One plain sentence, whichever way it goes."""
+    name, scale, digits = METRIC_NAMES[c["metric"]]
+    unit = " points" if scale == 100.0 else ""
+    if c["mean"] is None:
+        return f"{c['a']} - {c['b']}, {name}: no shared results yet"
+    text = f"{c['a']} - {c['b']}, {name}: {scale * c['mean']:+.{digits}f}{unit}"
+    if c.get("ci95"):
+        lo, hi = c["ci95"]
+        half = (hi - lo) / 2
+        text += f" +- {scale * half:.{digits}f} (95% CI [{scale * lo:+.{digits}f}, {scale * hi:+.{digits}f}]"
+        text += f", {'paired over' if c['paired'] else 'unpaired,'} {c['n']} seeds)"
+        more, less = ("more", "fewer") if c["metric"].endswith("threshold") else ("higher", "lower")
+        if lo > 0 or hi < 0:
+            text += f": {c['a']} is {more if lo > 0 else less} than {c['b']} beyond the seed spread."
+        else:
+            text += ": the interval includes 0, no difference shown at this spread."
+    else:
+        text += f" ({c['n']} seed{'s' if c['n'] != 1 else ''}; too few for an interval)."
+    return text
+
+
+def markdown(study: dict, summary: dict, plots: dict[str, Path]) -> str:
+    base = study["dir"]
+    methods = summary["methods"]
+    axes = ", ".join(f"`{k}` {v}" for k, v in summary["axes"].items())
+    lines = [f"# Study report: {base.name}", "",
+             f"Grid: {axes}; {len(summary['cells'])} cells. Methods are the grid values other than `seed`; each figure is "
+             "mean +- sample std [95% t-interval of the mean] (n = seeds with a result). Held-out accuracy is greedy, on "
+             "the run's `eval` set (problems not in the SFT pool).", ""]
+    evaluated = sum("sft_acc" in m for m in summary["cells"].values())
+    if evaluated < len(summary["cells"]):
+        lines += [f"**{len(summary['cells']) - evaluated} of {len(summary['cells'])} cells have no evaluation yet; "
+                  "the figures cover the finished ones.**", ""]
+    lines += ["## Per method", "", "| method | " + " | ".join(METRIC_NAMES[k][0] for k in METRIC_NAMES) + " |",
+              "|---|" + "---|" * len(METRIC_NAMES)]
+    for label, m in methods.items():
+        lines.append(f"| {label} | " + " | ".join(_fmt(m.get(k), *METRIC_NAMES[k][1:]) for k in METRIC_NAMES) + " |")
+    lines += ["", f"Threshold for steps / seconds: held-out accuracy >= {100 * summary['threshold']:.0f}% on the GRPO "
+              "trainer's periodic eval; cells reaching it: " + ", ".join(f"{k} {m['reached_threshold']} of {len(m['cells'])}"
+                                                                        for k, m in methods.items()) + ".", ""]
+    lines += ["## Comparisons", ""]
+    lines += [f"- {describe_comparison(c)}" for c in summary["comparisons"]] or ["(one method only)"]
+    for prefix, title in (("sft_acc", "after SFT"), ("rl_acc", "after RL")):
+        keys = _level_keys(summary, prefix)
+        if keys:
+            lines += ["", f"## Held-out accuracy {title} by level (%)", "",
+                      "| method | " + " | ".join(f"level {k.rsplit('/', 1)[1]}" for k in keys) + " |", "|---|" + "---|" * len(keys)]
+            lines += [f"| {label} | " + " | ".join(_fmt(m.get(k)) for k in keys) + " |" for label, m in methods.items()]
+    passes = sorted({k for m in methods.values() for k in m if "_pass@" in k})
+    if passes:
+        lines += ["", "## pass@k (%)", "", "| method | " + " | ".join(passes) + " |", "|---|" + "---|" * len(passes)]
+        lines += [f"| {label} | " + " | ".join(_fmt(m.get(k)) for k in passes) + " |" for label, m in methods.items()]
+    ws = [k for k in WARM_START_METRICS if any(f"warm_start/{k}" in m for m in methods.values())]
+    if ws:
+        lines += ["", "## Warm-start data", "", "| method | " + " | ".join(ws) + " |", "|---|" + "---|" * len(ws)]
+        lines += [f"| {label} | " + " | ".join(_fmt(m.get(f"warm_start/{k}"), 1.0, 0 if k.startswith("num") else 3) for k in ws) + " |"
+                  for label, m in methods.items()]
+    lines += ["", "## Cells", "", "| cell | SFT acc (%) | RL acc (%) | steps to threshold | seconds |", "|---|---|---|---|---|"]
+    for cell in study["cells"]:
+        m = summary["cells"][cell["name"]]
+        pct = lambda k: f"{100 * m[k]:.1f}" if k in m else "-"  # noqa: E731
+        steps = f"{m['steps_to_threshold']:.0f}" if "steps_to_threshold" in m else "-"
+        lines.append(f"| {cell['name']} | {pct('sft_acc')} | {pct('rl_acc')} | {steps} | "
+                     f"{m.get('seconds', 0.0):.0f} |")
+    lines += ["", "## Plots", "", *run_report._embed(plots, base), ""]
+    return "\n".join(lines)
+
+
+def write_study_report(study_dir: str | Path) -> Path:
+    """STUDY_DIR/report.md, summary.json and plots/*.png."""
+    study = load_study_dir(study_dir)
+    summary = summarize(study)
+    plots = make_plots(study, summary, study["dir"] / "plots")
+    (study["dir"] / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False, default=str) + "\n")
+    path = study["dir"] / "report.md"
+    tmp = path.with_name("report.md.tmp")
+    tmp.write_text(markdown(study, summary, plots))
+    tmp.replace(path)
+    return path
+
+
+def is_study_dir(path: str | Path) -> bool:
+    return (Path(path) / "study.json").is_file()

@@ -1,0 +1,268 @@
+"""`tailor-jax study`: bad study files stop before any cell; one `seed` varies data, init and
+sampling; the study report's statistics; a micro study killed by SIGKILL mid-cell and rerun
+ends with the same numbers as a cell that ran uninterrupted (slow)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tailor_jax import cli
+from tailor_jax import run as run_lib
+from tailor_jax.config import config_from_dict
+from tailor_jax.data.jsonl import read_jsonl
+from tailor_jax.eval import study_report
+from tailor_jax.study import load_study
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "configs" / "quickstart.yaml"
+
+# configs/quickstart.yaml shrunk to a micro run (tiny model, a few steps per stage).
+MICRO_OVERRIDES = {
+    "mesh_preset": "single-device",
+    "data": {"num_train": 32, "num_sft_eval": 4, "train_options": {"steps": "2-3"}},
+    "warm_start": {"method": "rule_based"},
+    "sft.steps": 8, "sft.batch_size": 4, "sft.log_every": 1, "sft.eval_batches": 1,
+    "sft.model.overrides": {"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2,
+                            "num_kv_heads": 1, "head_dim": 16},
+    "sft.checkpoint": {"every_steps": 2, "keep": 1, "async_save": False},
+    "sft.optimizer.warmup_steps": 1,
+    "sft.data.seq_len": 160,
+    "grpo.task_options": {"steps": 3},
+    "grpo.steps": 6,
+    "grpo.rollout": {"prompts_per_step": 2, "num_generations": 2, "max_new_tokens": 16, "temperature": 1.0},
+    "grpo.eval": {"levels": [3], "per_level": 2, "every": 3},
+    "grpo.checkpoint": {"every_steps": 1, "keep": 1, "async_save": False},
+    "eval": {"levels": [3], "per_level": 2, "max_new_tokens": 16},
+}
+
+
+def write_study(tmp_path: Path, grid: dict, **extra) -> Path:
+    path = tmp_path / "study.yaml"
+    spec = {"base": str(QUICKSTART), "study_dir": str(tmp_path / "study"), "overrides": MICRO_OVERRIDES, "grid": grid, **extra}
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+# ---------------------------------------------------------------------------------------
+# Bad study files.
+@pytest.mark.parametrize("grid, extra, message", [
+    ({}, {}, "`grid` must map at least one config key"),
+    ({"seed": []}, {}, "grid axis 'seed' has no values"),
+    ({"warm_start.methd": ["tailor"]}, {}, "unknown config key 'warm_start.methd'"),
+    ({"sft.stepz": [10]}, {}, "sft: unknown config key 'stepz'"),
+    ({"warm_start.method": ["tailor", "no_such_method"]}, {}, "cell no_such_method"),
+    ({"sft.optimizer.warmup_steps": [1, 5000]}, {}, "sft.optimizer"),  # a schedule that cannot build: run.plan
+    ({"eval.levels": [[3], [40]]}, {}, "eval.levels: level 40"),  # problems that cannot be generated: run.plan
+    ({"seed": [0]}, {"seeds": [1]}, "unknown study key(s) seeds"),
+    ({"run_dir": ["x"]}, {}, "run_dir is set by the study"),
+    ({"seed": [0]}, {"threshold": 2}, "threshold must be"),
+    ({"seed": [0]}, {"base": "no-such.yaml"}, "base (relative to the study file): config file"),
+])
+def test_bad_study_files_stop_with_one_line_before_any_cell(tmp_path, capsys, grid, extra, message):
+    path = write_study(tmp_path, grid, **extra)
+    assert cli.main(["study", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "study").exists()  # nothing ran, nothing was written
+
+
+def test_cells_are_the_grid_in_order_with_variants(tmp_path):
+    path = write_study(tmp_path, {"seed": [0, 1], "method": {"tailor": {"warm_start.method": "tailor"},
+                                                             "fwd": {"warm_start": {"method": "task_trace", "strategy": "forward"}}}})
+    study = load_study(path)
+    assert [c.name for c in study.cells] == ["seed-0_tailor", "seed-0_fwd", "seed-1_tailor", "seed-1_fwd"]
+    fwd = config_from_dict(run_lib.RunConfig, study.cells[3].config)
+    assert (fwd.seed, fwd.warm_start.method, fwd.warm_start.strategy) == (1, "task_trace", "forward")
+    assert fwd.run_dir == str(tmp_path / "study" / "seed-1_fwd") and fwd.sft["steps"] == 8  # study overrides applied
+
+
+def test_shipped_studies_validate():
+    for path in sorted((REPO / "configs" / "studies").glob("*.yaml")):
+        study = load_study(path)
+        assert len(study.cells) >= 3
+        for cell in study.cells:
+            run_lib.plan(config_from_dict(run_lib.RunConfig, cell.config))
+
+
+def test_driver_runs_in_order_skips_done_cells_and_reports_failures(tmp_path, monkeypatch):
+    """The study loop with stand-in cell processes: one "trains" (writes its stages as done, as
+    a finished `tailor-jax run` leaves them), one fails; the rerun skips the finished cell."""
+    from tailor_jax import study as study_lib
+
+    launched, fail = [], {"seed-1"}
+
+    def fake_launch(cell):
+        launched.append(cell.name)
+        cfg = config_from_dict(run_lib.RunConfig, cell.config)
+        cell.run_dir.mkdir(parents=True, exist_ok=True)
+        code = "print('boom: out of cheese'); raise SystemExit(3)" if cell.name in fail else "pass"
+        if cell.name not in fail:
+            for stage, digest in run_lib.stage_hashes(cfg).items():
+                run_lib.write_stage(cell.run_dir / stage, {"hash": digest, "status": "done", "seconds": 2.0})
+            (cell.run_dir / "eval" / "sft.json").write_text(json.dumps({"acc": 0.25}))
+            (cell.run_dir / "report.md").write_text("done")
+        log = open(cell.run_dir / "run.log", "w")
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT)
+        proc.log_file = log
+        return proc
+
+    monkeypatch.setattr(study_lib, "launch_cell", fake_launch)
+    study = load_study(write_study(tmp_path, {"seed": [0, 1]}))
+    lines: list[str] = []
+    assert study_lib.run_study(study, log=lines.append) == ["seed-1"]
+    assert launched == ["seed-0", "seed-1"]
+    assert any("[1/2] seed-0: done in" in line and "held-out acc sft 25.0%" in line and "1 to go, ETA" in line for line in lines), lines
+    assert any("[2/2] seed-1: FAILED (exit 3): boom: out of cheese" in line for line in lines), lines
+
+    fail.clear()
+    lines.clear()
+    assert study_lib.run_study(study, log=lines.append) == []
+    assert launched == ["seed-0", "seed-1", "seed-1"]  # the finished cell is not started again
+    assert lines[0].startswith("[1/2] seed-0: done earlier") and "1 of 2 cells done" in lines[1]
+
+
+# ---------------------------------------------------------------------------------------
+# One seed for everything random.
+def test_seed_varies_data_init_and_sampling(tmp_path):
+    from tailor_jax.model import create_model, get_preset
+    from tailor_jax.train import grpo_trainer
+
+    def config(seed, name):
+        return run_lib.load_run_config(QUICKSTART, [f"run_dir={tmp_path / name}", f"seed={seed}", "data.num_train=50"])
+
+    a, b, again = config(0, "a"), config(1, "b"), config(0, "again")
+    assert run_lib.stage_hashes(a) == run_lib.stage_hashes(again)
+    assert all(run_lib.stage_hashes(a)[s] != run_lib.stage_hashes(b)[s] for s in run_lib.STAGES if s != "report")
+    # data generation
+    for cfg in (a, b):
+        out = Path(cfg.run_dir) / "data"
+        out.mkdir(parents=True)
+        run_lib.run_data(cfg, out)
+    problems = [[r["question"] for r in read_jsonl(Path(cfg.run_dir) / "data" / "train.jsonl")] for cfg in (a, b)]
+    assert problems[0] != problems[1]
+    # init (and the SFT data order, which uses the same seed)
+    sft_a, sft_b = run_lib.sft_config(a), run_lib.sft_config(b)
+    assert sft_a.seed != sft_b.seed
+    tiny = get_preset("tiny").replace(vocab_size=64, hidden_size=16, intermediate_size=32, num_layers=1, num_heads=2,
+                                      num_kv_heads=1, head_dim=8)
+    weights = [create_model(tiny, seed=s.seed).embed[...] for s in (sft_a, sft_b)]
+    assert float(abs(weights[0] - weights[1]).max()) > 0
+    # GRPO prompts and rollout sampling
+    grpo_a, grpo_b = run_lib.grpo_config(a), run_lib.grpo_config(b)
+    assert grpo_trainer.step_records(grpo_a, 1, 0, None) != grpo_trainer.step_records(grpo_b, 1, 0, None)
+    assert grpo_trainer.derive_seed(grpo_a.seed, 1, 0, 1) != grpo_trainer.derive_seed(grpo_b.seed, 1, 0, 1)
+    # the warm start's own sampling (Tailor pipeline seed), and the held-out test set stays put
+    assert a.warm_start.options["seed"] != b.warm_start.options["seed"]
+    assert a.eval == b.eval
+    # without `seed` the written section seeds stand
+    plain = run_lib.load_run_config(QUICKSTART)
+    assert (plain.seed, plain.data.seed, "seed" in plain.sft) == (None, 1, False)
+
+
+# ---------------------------------------------------------------------------------------
+# The report's numbers.
+def _fake_cell(study_dir: Path, name: str, sft_acc: float, rl_acc: float, curve: list[float]) -> None:
+    cell = study_dir / name
+    (cell / "eval").mkdir(parents=True)
+    (cell / "grpo").mkdir()
+    for model, acc in (("sft", sft_acc), ("grpo", rl_acc)):
+        (cell / "eval" / f"{model}.json").write_text(json.dumps({"acc": acc, "acc_by_level": {"3": acc}}))
+    lines = [{"step": 10 * i, "time": 0.0, "eval/acc": a, **({"step_time": 2.0} if i else {})} for i, a in enumerate(curve)]
+    (cell / "grpo" / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def test_study_report_statistics_by_hand(tmp_path):
+    study_dir = tmp_path / "s"
+    cells = []
+    for seed, (t_sft, t_rl, r_sft, r_rl) in enumerate([(0.5, 0.9, 0.5, 0.7), (0.6, 0.8, 0.4, 0.65), (0.4, 1.0, 0.6, 0.75)]):
+        _fake_cell(study_dir, f"tailor-{seed}", t_sft, t_rl, [t_sft, 0.85 if seed != 1 else 0.7, t_rl])
+        _fake_cell(study_dir, f"rule-{seed}", r_sft, r_rl, [r_sft, 0.6, r_rl])
+        cells += [{"name": f"tailor-{seed}", "values": {"seed": seed, "method": "tailor"}},
+                  {"name": f"rule-{seed}", "values": {"seed": seed, "method": "rule_based"}}]
+    (study_dir / "study.json").write_text(json.dumps({"axes": {"seed": [0, 1, 2], "method": ["tailor", "rule_based"]},
+                                                       "replicate_axis": "seed", "threshold": 0.8, "cells": cells}))
+    path = study_report.write_study_report(study_dir)
+    summary = json.loads((study_dir / "summary.json").read_text())
+    rl = summary["methods"]["tailor"]["rl_acc"]
+    assert rl["mean"] == pytest.approx(0.9) and rl["std"] == pytest.approx(0.1)
+    half = 4.302652729911275 * 0.1 / math.sqrt(3)  # t(0.975, 2 dof)
+    assert rl["ci95"] == pytest.approx([0.9 - half, 0.9 + half])
+    # paired differences tailor - rule_based after RL: 0.2, 0.15, 0.25
+    diff = next(c for c in summary["comparisons"] if c["metric"] == "rl_acc")
+    assert diff["paired"] and diff["mean"] == pytest.approx(0.2) and diff["std"] == pytest.approx(0.05)
+    # steps to 80%: seeds 0 and 2 at step 10, seed 1 at step 20 = 40 s of GRPO (logged every 10 steps,
+    # each step 2 s); rule_based never
+    assert summary["cells"]["tailor-1"]["steps_to_threshold"] == 20 and summary["cells"]["tailor-1"]["seconds_to_threshold"] == 40.0
+    assert summary["methods"]["rule_based"]["reached_threshold"] == 0
+    text = path.read_text()
+    assert "tailor - rule_based, held-out accuracy after RL (%): +20.0 points +- 12.4 (95% CI [+7.6, +32.4], paired over 3 seeds)" in text
+    assert "tailor is higher than rule_based beyond the seed spread" in text
+    assert "after SFT (%): +0.0 points" in text and "the interval includes 0" in text
+    for plot in ("rl_accuracy_by_step", "rl_accuracy_by_seconds", "accuracy"):
+        assert (study_dir / "plots" / f"{plot}.png").stat().st_size > 5000
+
+
+# ---------------------------------------------------------------------------------------
+# A micro study killed mid-cell.
+def _grpo_checkpoints(run_dir: Path) -> list[int]:
+    directory = run_dir / "grpo" / "checkpoints"
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.is_dir() else []
+
+
+def _numbers(run_dir: Path) -> dict:
+    """Everything a cell computed (metrics, evaluation, final weights), without timings and paths."""
+    def strip(records):
+        return [{k: v for k, v in r.items() if k != "time" and not k.startswith("time/") and "per_s" not in k
+                 and k != "step_time"} for r in records]
+
+    from tailor_jax.train.metrics import read_metrics
+
+    return {
+        "sft": strip(read_metrics(run_dir / "sft" / "metrics.jsonl")),
+        "grpo": strip(read_metrics(run_dir / "grpo" / "metrics.jsonl")),
+        "eval": {m: {k: v for k, v in json.loads((run_dir / "eval" / f"{m}.json").read_text()).items() if k not in ("model", "seconds")}
+                 for m in ("sft", "grpo")},
+        "weights": {m: (run_dir / m / "model" / "model.safetensors").read_bytes() for m in ("sft", "grpo")},
+    }
+
+
+@pytest.mark.slow  # three `tailor-jax study` processes, 2.5 micro runs: ~1.5 min idle, ~4 min on a busy 2-core CPU
+def test_micro_study_killed_mid_cell_finishes_with_the_same_numbers(tmp_path):
+    # Two cells that compute the same thing (`report` only decides whether a run writes its own
+    # report.md): the second is killed in the middle of GRPO and rerun, the first ran uninterrupted.
+    path = write_study(tmp_path, {"report": [False, True]})
+    study_dir = tmp_path / "study"
+    first, second = study_dir / "report-false", study_dir / "report-true"
+    log = open(tmp_path / "log.txt", "a")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "tailor_jax.cli", "study", str(path)]
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    deadline = time.time() + 600
+    while not _grpo_checkpoints(second) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, (tmp_path / "log.txt").read_text()[-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)  # the study and its running cell, as a machine dying would
+    proc.wait()
+    time.sleep(1)
+    assert run_lib.read_stage(first / "eval")["status"] == "done"
+    assert run_lib.read_stage(second / "grpo")["status"] == "running"  # the kill landed mid-cell
+    assert 0 < _grpo_checkpoints(second)[-1] < MICRO_OVERRIDES["grpo.steps"]
+
+    rerun = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=600)
+    text = (tmp_path / "log.txt").read_text()
+    assert rerun.returncode == 0, text[-3000:]
+    assert "[1/2] report-false: done earlier" in text and "[2/2] report-true: resuming" in text
+    assert "[4/6] grpo: resuming" in (second / "run.log").read_text()
+    assert _numbers(second) == _numbers(first)
+    summary = json.loads((study_dir / "summary.json").read_text())
+    assert set(summary["cells"]) == {"report-false", "report-true"} and "rl_acc" in summary["cells"]["report-true"]
