@@ -9,6 +9,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 import pytest
 
 from tailor_jax.config import load_config
@@ -16,7 +17,8 @@ from tailor_jax.model import load_pretrained
 from tailor_jax.parallel.mesh import MeshConfig, create_mesh
 from tailor_jax.tasks.gf import GFChain
 from tailor_jax.train import grpo_trainer as gt
-from tailor_jax.train.grpo import grpo_loss, token_logprobs
+from tailor_jax.model.logprobs import logprobs_from_logits
+from tailor_jax.train.grpo import grpo_loss
 from tailor_jax.train.optim import make_optimizer
 from tailor_jax.train.state import create_train_state
 
@@ -115,7 +117,9 @@ def test_tis_cap_weights_the_policy_loss(init_dir):
     assert (weights == 2.0).any() and (weights < 2.0).any()
 
     def direct(params, importance_weights):
-        logp = token_logprobs(gt._completion_logits(graphdef, params, state.rest, batch), batch["tokens"])
+        # untiled reference: full logits from the trainer's completion hidden states
+        model = nnx.merge(graphdef, params, state.rest)
+        logp = logprobs_from_logits(model.logits(gt._completion_hidden(model, batch)), batch["tokens"])
         return grpo_loss(logp, old_logp, None, rows["advantages"], rows["completion_mask"], epsilon_low=0.2,
                          epsilon_high=0.2, max_len=c, importance_weights=importance_weights)[0]
 
