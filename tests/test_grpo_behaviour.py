@@ -92,8 +92,11 @@ def test_dynamic_sampling_replaces_zero_variance_groups(init_dir, tmp_path, monk
     assert rollout.tokens.tolist() == want_tokens
     assert rollout.rewards.tolist() == [table[int(i[1])][int(i[3])][j] for i in expected_ids for j in range(2)]
     assert rollout.prompt_ids == [[int(i[3])] for i in expected_ids for _ in range(2)]
+    # compute accounting counts every round's rows, the discarded groups' too (4 groups x G=2, 3 tokens each)
     assert stats == {"frac_reward_zero_std": 0.5, "dynamic_sampling/rounds": float(rounds),
-                     "dynamic_sampling/filled_zero_std_groups": float(filled)}
+                     "dynamic_sampling/filled_zero_std_groups": float(filled),
+                     "compute/sampler_calls": float(rounds), "compute/rows_generated": 8.0 * rounds,
+                     "compute/tokens_generated": 24.0 * rounds}
     zero = rollout.rewards.reshape(-1, 2).std(axis=1) == 0
     assert zero.sum() == filled and not zero[: 4 - filled].any()  # varying groups first
 
