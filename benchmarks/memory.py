@@ -39,6 +39,8 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--configs", action="store_true", help="every shipped config on the mesh it names")
     p.add_argument("--stages", default="sft,grpo,logp,sampler", help="comma list of sft, grpo, logp, sampler")
     p.add_argument("--devices", type=int, default=8, help="virtual CPU devices (for the configs' meshes)")
+    p.add_argument("--remat", default=None, help="remat policy for --targets/--presets (none, full, dots, ...; default: the preset's)")
+    p.add_argument("--attention", default=None, help="attention implementation for --targets/--presets (default: the preset's)")
     p.add_argument("--logprob-chunk", type=int, default=None, help="tokens per log-prob chunk (default: the library's)")
     p.add_argument("--out", default="benchmarks/results/memory.json")
     return p.parse_args()
@@ -49,6 +51,7 @@ if ARGS is not None:  # before JAX starts
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={ARGS.devices}").strip()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import dataclasses  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
 import subprocess  # noqa: E402
@@ -83,7 +86,8 @@ def _chunk(args) -> dict:
 def preset_rows(name: str, rows: int, length: int, stages: list[str], args) -> list[dict]:
     """One device (a single GPU): the stages at `rows` x (`PROMPT` +) `length`."""
     mesh = create_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1])
-    model = mp.AbstractModel.build(get_preset(name), mesh)
+    options = {k: v for k, v in (("remat", args.remat), ("attention", args.attention)) if v is not None}
+    model = mp.AbstractModel.build(dataclasses.replace(get_preset(name), **options), mesh)
     out = []
     for stage in stages:
         t0 = time.perf_counter()

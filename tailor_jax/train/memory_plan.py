@@ -30,6 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from tailor_jax.config import OptimizerConfig, require
 from tailor_jax.errors import TailorError
+from tailor_jax.model.attention import CPU_KEEP_BARRIERS
 from tailor_jax.model.config import ModelConfig
 from tailor_jax.model.logprobs import DEFAULT_CHUNK_TOKENS
 from tailor_jax.parallel.sharding import Rules, logical_sharding, state_shardings, use_sharding
@@ -146,8 +147,11 @@ class AbstractModel:
         return jax.tree.map(lambda s, sh: _abstract(s.shape, s.dtype, sh), shapes, shardings)
 
     def compile(self, fn, *args, **jit_kwargs):
+        # XLA:CPU drops the optimization barriers that remat and the chunked attention rely on, so a
+        # CPU compile standing in for a device's memory keeps them (see model/attention.py).
+        options = CPU_KEEP_BARRIERS if jax.default_backend() == "cpu" else None
         with use_sharding(self.mesh, self.rules):
-            return jax.jit(fn, **jit_kwargs).lower(*args).compile()
+            return jax.jit(fn, **jit_kwargs).lower(*args).compile(compiler_options=options)
 
 
 def _supports(fn, name: str) -> bool:
