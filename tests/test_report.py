@@ -127,6 +127,17 @@ def test_few_reward_steps_are_reported_as_single_steps(tmp_path):
     assert "Mean rollout reward (single steps, too few to average): step 1: 0.250 -> step 2: 0.500." in text
 
 
+def test_report_names_skipped_non_finite_updates(tmp_path):
+    run = _fake_run(tmp_path, "skips", improve=0.4, seed=0)
+    assert "Skipped updates" not in report_lib.write_report(run).read_text()  # none logged: no line
+    with (run / "sft" / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 210, "time": 0, "loss": 0.1, "nonfinite/skipped_steps": 1.0}\n')
+        f.write('{"step": 220, "time": 0, "loss": 0.1, "nonfinite/skipped_steps": 3.0}\n')
+    text = report_lib.write_report(run).read_text()
+    assert "**Skipped updates.** sft: 3 update(s) skipped for a non-finite loss or gradient norm" in text
+    assert "grpo: " not in text.split("**Skipped updates.**")[1].split("\n")[0]
+
+
 def test_report_of_an_unfinished_run_skips_missing_plots(tmp_path):
     run = tmp_path / "partial"
     (run / "sft").mkdir(parents=True)

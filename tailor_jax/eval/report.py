@@ -280,6 +280,17 @@ def _grpo_curve(run: dict) -> list[str]:
     return lines
 
 
+def skipped_updates(run: dict) -> list[str]:
+    """One line per training stage that skipped non-finite updates (`nonfinite: skip`, train/guard.py)."""
+    lines = []
+    for stage in ("sft", "grpo"):
+        counts = [m["nonfinite/skipped_steps"] for m in run[f"{stage}_metrics"] if "nonfinite/skipped_steps" in m]
+        if counts and counts[-1] > 0:
+            lines.append(f"{stage}: {int(counts[-1])} update(s) skipped for a non-finite loss or gradient norm "
+                         "(`nonfinite: skip`; counted since the stage last started or resumed).")
+    return lines
+
+
 def smoothing_window(num_values: int, most: int = 10) -> int:
     """The moving-average window for a per-step series: a quarter of it, 1 to `most` values."""
     return max(1, min(most, num_values // 4))
@@ -319,7 +330,11 @@ def write_report(run_dir: str | Path) -> Path:
         lines += [f"Task `{cfg.get('task')}` {cfg.get('task_options', {})}; warm start `{warm.get('method')}`"
                   + (f" (strategy {warm.get('strategy')})" if warm.get("strategy") else "")
                   + f"; held-out levels {cfg.get('eval', {}).get('levels')}.", ""]
-    lines += ["## Stages", "", *_stage_table(run), "", "## Held-out evaluation", "", *_eval_tables(run), ""]
+    lines += ["## Stages", "", *_stage_table(run), ""]
+    skipped = skipped_updates(run)
+    if skipped:
+        lines += ["**Skipped updates.** " + " ".join(skipped), ""]
+    lines += ["## Held-out evaluation", "", *_eval_tables(run), ""]
     curve = _grpo_curve(run)
     if curve:
         lines += ["## GRPO", "", *curve, ""]
