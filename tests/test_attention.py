@@ -278,6 +278,20 @@ def test_remat_config_values():
         CONFIG.replace(attention="flash")
 
 
+def test_remat_policies_give_the_same_gradients():
+    tokens = jnp.asarray(np.random.default_rng(6).integers(0, 64, (2, 20)), jnp.int32)
+
+    def loss(model):
+        hidden, _ = model(tokens, return_hidden=True)
+        return (hidden**2).sum()
+
+    grads = {policy: nnx.jit(nnx.grad(loss))(create_model(CONFIG.replace(remat=policy, attention="chunked"), seed=4))
+             for policy in ("none", "full", "dots", "dots_no_batch")}
+    for policy in ("full", "dots", "dots_no_batch"):
+        for a, b in zip(jax.tree.leaves(grads[policy]), jax.tree.leaves(grads["none"])):
+            np.testing.assert_allclose(a, b, atol=1e-5 * max(1.0, float(np.abs(b).max())))
+
+
 def test_pretrained_takes_runtime_options_only(tmp_path):
     from tailor_jax.model.hf_io import load_pretrained, save_pretrained
 
