@@ -132,7 +132,7 @@ def test_tis_cap_weights_the_policy_loss(init_dir):
         acc = jax.jit(gt.make_accumulate_fn(graphdef, gt.LossConfig(tis_cap=cap), 1.0, c))
         results[cap], _ = acc(zeros, state.params, state.rest, batch, jnp.float32(1.0))
     reference_grad = jax.jit(jax.grad(direct))
-    for cap, reference in ((2.0, reference_grad(state.params, jnp.asarray(weights))), (None, jax.grad(direct)(state.params, None))):
+    for cap, reference in ((2.0, reference_grad(state.params, jnp.asarray(weights))), (None, reference_grad(state.params, None))):
         for got, want in zip(jax.tree.leaves(results[cap]), jax.tree.leaves(reference)):
             np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-4, atol=1e-6)
     assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(results[2.0]), jax.tree.leaves(results[None])))
