@@ -4,7 +4,7 @@ time to a result file (benchmarks/result_file.py). Overrides are passed to the r
 check the plumbing on a shrunken pipeline; the figures in README.md / docs/results.md come from
 the plain command:
 
-    python benchmarks/quickstart.py                      # the quickstart as documented (~20-30 min on 2 cores)
+    python benchmarks/quickstart.py                      # the quickstart as documented (5-7 min on 2 cores)
     python benchmarks/quickstart.py --out '' sft.steps=10 ...   # a quick check, nothing written
 """
 
