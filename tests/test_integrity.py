@@ -153,18 +153,18 @@ def test_guard_stop_names_the_step_and_the_last_checkpoint():
     for step, finite in ((1, True), (2, jnp.bool_(True)), (3, jnp.bool_(False)), (4, False)):
         guard.record(step, finite)
     with pytest.raises(NonFiniteError, match=r"sft step 3: .*NaN or inf.*\(runs/x/checkpoints/2\)"):
-        guard.check("runs/x/checkpoints/2")
+        guard.check(lambda: "runs/x/checkpoints/2")
 
 
 def test_guard_skip_counts_and_stops_after_too_many_in_a_row():
     guard = NonFiniteGuard("grpo", "skip", 3)
     for step, finite in enumerate([False, False, True, False, False], 1):
         guard.record(step, finite)
-    guard.check("none")
+    guard.check(lambda: "none")
     assert guard.skipped == 4 and guard.consecutive == 2 and guard.metrics() == {"nonfinite/skipped_steps": 4.0}
     guard.record(6, jnp.bool_(False))
     with pytest.raises(NonFiniteError, match="grpo step 6: 3 steps in a row"):
-        guard.check("none")
+        guard.check(lambda: "none")
 
 
 @pytest.mark.parametrize("skip", [False, True])

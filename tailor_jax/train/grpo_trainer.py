@@ -695,7 +695,7 @@ def train(cfg: GRPOConfig) -> GRPOResult:
                                         for k, v in sums.items()}
                 t_end = time.perf_counter()
                 guard.record(step, finite)
-                guard.check(describe_last_checkpoint(checkpointer))
+                guard.check(lambda: describe_last_checkpoint(checkpointer))
                 n_rows = len(advantages)
                 gen_tokens = stats["compute/tokens_generated"]
                 kept_tokens = float(rollout.lengths[keep].sum())

@@ -18,6 +18,7 @@ Policies (the trainers' `nonfinite` option):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -57,10 +58,11 @@ class NonFiniteGuard:
         """Keep step `step`'s flag (a device scalar or a bool); nothing is read here."""
         self._pending.append((step, finite))
 
-    def check(self, last_checkpoint: str) -> None:
+    def check(self, last_checkpoint: Callable[[], str]) -> None:
         """Read the pending flags (one transfer); raise NonFiniteError as the policy says.
 
-        `last_checkpoint` describes the newest checkpoint on disk, for the message.
+        `last_checkpoint()` describes the newest checkpoint on disk, for the message; it is called
+        only when a message is written (it lists the checkpoint directory).
         """
         if not self._pending:
             return
@@ -73,7 +75,7 @@ class NonFiniteGuard:
             if self.policy == "stop":
                 raise NonFiniteError(
                     f"{self.stage} step {step}: the loss or gradient norm is NaN or inf; stopped ({self.stage}.nonfinite: "
-                    f"stop), nothing after the last good checkpoint was saved ({last_checkpoint}); lower "
+                    f"stop), nothing after the last good checkpoint was saved ({last_checkpoint()}); lower "
                     f"{self.stage}.optimizer.lr, or set {self.stage}.nonfinite=skip to skip such steps"
                 )
             self.skipped += 1
@@ -82,7 +84,7 @@ class NonFiniteGuard:
                 raise NonFiniteError(
                     f"{self.stage} step {step}: {self.consecutive} steps in a row had a NaN or inf loss or gradient norm "
                     f"and were skipped ({self.stage}.max_consecutive_skips: {self.max_consecutive_skips}); stopped, the last "
-                    f"good checkpoint is {last_checkpoint}; lower {self.stage}.optimizer.lr"
+                    f"good checkpoint is {last_checkpoint()}; lower {self.stage}.optimizer.lr"
                 )
 
     def metrics(self) -> dict[str, float]:

@@ -537,7 +537,7 @@ def train(cfg: SFTConfig) -> SFTResult:
                 guard.record(step, metrics.pop("finite"))  # read with the metrics, before an eval or a save
                 window_tokens += int((batch["segment_ids"] > 0).sum()) * jax.process_count()  # non-padding
                 if step % cfg.log_every == 0 or step == cfg.steps:
-                    guard.check(describe_last_checkpoint(checkpointer))
+                    guard.check(lambda: describe_last_checkpoint(checkpointer))
                     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()} | guard.metrics()
                     elapsed = time.perf_counter() - window_start
                     metrics["train/tokens_per_s"] = window_tokens / max(elapsed, 1e-9)
@@ -547,7 +547,7 @@ def train(cfg: SFTConfig) -> SFTResult:
                     last = metrics
                     window_tokens, window_start, window_step = 0, time.perf_counter(), step
                 if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
-                    guard.check(describe_last_checkpoint(checkpointer))
+                    guard.check(lambda: describe_last_checkpoint(checkpointer))
                     with use_sharding(mesh, rules):
                         eval_metrics = evaluate(cfg, state, graphdef, eval_step, eval_records, task, tokenizer, mesh, rules)
                     if eval_metrics:
@@ -557,7 +557,7 @@ def train(cfg: SFTConfig) -> SFTResult:
                             tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
                 stop = preemption.reached(step)
                 if checkpointer.should_save(step) or stop or step == cfg.steps:
-                    guard.check(describe_last_checkpoint(checkpointer))
+                    guard.check(lambda: describe_last_checkpoint(checkpointer))
                     checkpointer.save(
                         TrainCheckpoint(step, state.params, state.opt_state, state.rng, data_state_to_save(iterator),
                                         config_to_dict(cfg))
