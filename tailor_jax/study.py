@@ -28,6 +28,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -180,8 +181,12 @@ def launch_cell(cell: Cell) -> subprocess.Popen:
     log = open(cell.run_dir / "run.log", "a")  # noqa: SIM115 (closed with the process)
     log.write(f"--- tailor-jax study: cell {cell.name} started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
     log.flush()
-    proc = subprocess.Popen([sys.executable, "-m", "tailor_jax.cli", "run", str(config_path)], stdout=log, stderr=subprocess.STDOUT,
-                            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+    # preexec_fn makes Popen fork (not posix_spawn), which trips JAX's at-fork warning; the child
+    # only calls prctl and then execs, so no thread state is used after the fork.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+        proc = subprocess.Popen([sys.executable, "-m", "tailor_jax.cli", "run", str(config_path)], stdout=log,
+                                stderr=subprocess.STDOUT, preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
     proc.log_file = log  # type: ignore[attr-defined]
     return proc
 
