@@ -212,6 +212,34 @@ def test_study_report_statistics_by_hand(tmp_path):
         assert (study_dir / "plots" / f"{plot}.png").stat().st_size > 5000
 
 
+def test_study_report_leaves_out_results_of_an_earlier_config(tmp_path):
+    """A cell rerun after the study file changed still holds the old run's evaluation until the
+    rerun overwrites it (and a running cell holds part of its GRPO curve): neither may enter the
+    figures. Only stages done under the cell's current config count."""
+    path = write_study(tmp_path, {"seed": [0, 1]})
+    study = load_study(path)
+    cells = []
+    for cell in study.cells:
+        _fake_cell(study.study_dir, cell.name, 0.5, 0.9, [0.5, 0.9])
+        (cell.run_dir / "cell.yaml").write_text(yaml.safe_dump(cell.config, sort_keys=False))
+        hashes = run_lib.stage_hashes(config_from_dict(run_lib.RunConfig, cell.config))
+        for stage in ("data", "warm_start", "sft", "grpo", "eval"):
+            (cell.run_dir / stage).mkdir(exist_ok=True)
+            run_lib.write_stage(cell.run_dir / stage, {"hash": hashes[stage], "status": "done", "seconds": 10.0})
+        cells.append({"name": cell.name, "values": cell.values})
+    (study.study_dir / "study.json").write_text(json.dumps({"axes": {"seed": [0, 1]}, "replicate_axis": "seed", "cells": cells}))
+    stale = study.cells[1].run_dir
+    run_lib.write_stage(stale / "sft", {"hash": "0" * 16, "status": "done", "seconds": 10.0})  # an earlier sft.steps
+    run_lib.write_stage(stale / "grpo", {"hash": "0" * 16, "status": "done", "seconds": 10.0})
+    run_lib.write_stage(stale / "eval", {"hash": "0" * 16, "status": "done", "seconds": 10.0})
+    path = study_report.write_study_report(study.study_dir)
+    summary = json.loads((study.study_dir / "summary.json").read_text())
+    assert summary["cells"]["seed-0"]["rl_acc"] == 0.9 and summary["cells"]["seed-0"]["seconds"] == 50.0
+    assert summary["cells"]["seed-1"] == {}  # its data and warm start are current, but have no scalar results
+    assert summary["methods"]["all"]["rl_acc"]["n"] == 1
+    assert "| seed-1 | - | - | - | 0 | sft, grpo, eval |" in path.read_text()
+
+
 # ---------------------------------------------------------------------------------------
 # A micro study killed mid-cell.
 def _grpo_checkpoints(run_dir: Path) -> list[int]:

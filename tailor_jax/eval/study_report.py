@@ -108,7 +108,10 @@ def cell_metrics(run: dict, threshold: float) -> dict[str, float]:
         out.update({f"warm_start/{k}": float(run["warm_start"][k]) for k in WARM_START_METRICS if k in run["warm_start"]})
     seconds = sum(float((info or {}).get("seconds", 0.0)) for info in run["stages"].values())
     teacher = run_report._read_json(run["dir"] / "teacher" / "stage.json")  # redistill's teacher run
-    out["seconds"] = seconds + float((teacher or {}).get("seconds", 0.0))
+    if "teacher" not in run.get("outdated", ()):
+        seconds += float((teacher or {}).get("seconds", 0.0))
+    if not run.get("outdated"):  # a cell's compute time only when every stage is finished and current
+        out["seconds"] = seconds
     return out
 
 
@@ -125,11 +128,44 @@ def load_study_dir(study_dir: str | Path) -> dict[str, Any]:
         group = {k: v for k, v in cell["values"].items() if k != replicate}
         label = " / ".join(str(v) for v in group.values()) or "all"
         run = run_report.load_run(study_dir / cell["name"]) if (study_dir / cell["name"]).is_dir() else None
+        if run is not None:
+            drop_outdated(run)
         entry = {**cell, "method": label, "replicate": cell["values"].get(replicate, cell["name"]), "run": run}
         cells.append(entry)
         methods.setdefault(label, []).append(entry)
     return {"dir": study_dir, "manifest": manifest, "cells": cells, "methods": methods,
             "threshold": float(manifest.get("threshold") or DEFAULT_THRESHOLD)}
+
+
+def drop_outdated(run: dict) -> None:
+    """Keep only the results of stages finished under the cell's current config.
+
+    A cell whose config changed (say, the study's `sft.steps`) keeps its old stage directories
+    until the rerun overwrites them; their results must not enter the figures, nor those of a
+    stage still running. `run["outdated"]` lists the stages left out."""
+    from tailor_jax import run as run_lib  # the run's stage hashes decide what is current
+
+    cell_config = run["dir"] / "cell.yaml"
+    if not cell_config.is_file():
+        run["outdated"] = []
+        return
+    cfg = run_lib.load_run_config(cell_config)
+    accepted = run_lib.accepted_hashes(cfg, run_lib.stage_hashes(cfg))
+    outdated = []
+    for stage in (*run_report.STAGES, "teacher"):
+        info = run_report._read_json(run["dir"] / stage / "stage.json")
+        if stage in accepted and info is not None and not (info.get("status") == "done" and info.get("hash") in accepted[stage]):
+            outdated.append(stage)
+            run["stages"][stage] = None
+    run["outdated"] = outdated
+    if "warm_start" in outdated:
+        run["warm_start"] = None
+    if "sft" in outdated:
+        run["sft_metrics"] = []
+    if "grpo" in outdated:
+        run["grpo_metrics"] = []
+    if "eval" in outdated:
+        run["eval"] = {}
 
 
 def summarize(study: dict) -> dict[str, Any]:
@@ -343,13 +379,16 @@ def markdown(study: dict, summary: dict, plots: dict[str, Path]) -> str:
         lines += ["", "## Warm-start data", "", "| method | " + " | ".join(ws) + " |", "|---|" + "---|" * len(ws)]
         lines += [f"| {label} | " + " | ".join(_fmt(m.get(f"warm_start/{k}"), 1.0, 0 if k.startswith("num") else 3) for k in ws) + " |"
                   for label, m in methods.items()]
-    lines += ["", "## Cells", "", "| cell | SFT acc (%) | RL acc (%) | steps to threshold | seconds |", "|---|---|---|---|---|"]
+    lines += ["", "## Cells", "", "Stages left out: not finished under the cell's current config (running, not started, or from "
+              "an earlier version of the study file).", "",
+              "| cell | SFT acc (%) | RL acc (%) | steps to threshold | seconds | stages left out |", "|---|---|---|---|---|---|"]
     for cell in study["cells"]:
         m = summary["cells"][cell["name"]]
         pct = lambda k: f"{100 * m[k]:.1f}" if k in m else "-"  # noqa: E731
         steps = f"{m['steps_to_threshold']:.0f}" if "steps_to_threshold" in m else "-"
+        left_out = ", ".join((cell["run"] or {}).get("outdated", [])) if cell["run"] else "all (not started)"
         lines.append(f"| {cell['name']} | {pct('sft_acc')} | {pct('rl_acc')} | {steps} | "
-                     f"{m.get('seconds', 0.0):.0f} |")
+                     f"{m.get('seconds', 0.0):.0f} | {left_out or '-'} |")
     lines += ["", "## Plots", "", *run_report._embed(plots, base), ""]
     return "\n".join(lines)
 
