@@ -3,7 +3,7 @@ with a step checker that re-verifies every claim against the record's graph.
 
 All primitives keep the task's arithmetic sentence form ("Define X's Y as a; b = c + d = 3 + 4
 = 7; so a = ..."; every number mod 23); the "Define" sentences are written by the task's own
-solution writer (`tasks.igsm._solution`) for the order a primitive chooses, with letters drawn
+solution writer (`tasks.igsm.write_solution`) for the order a primitive chooses, with letters drawn
 from a generator seeded by the record id and the primitive name (deterministic).
 
 Primitives (docs/primitives-kk-igsm.md has examples):
@@ -28,7 +28,6 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -40,11 +39,11 @@ from tailor_jax.tasks.igsm import (
     InstanceDef,
     Ref,
     Structure,
-    _join,
-    _solution,
     abstract_parameters,
+    join_names,
     phrase,
     solve_graph,
+    write_solution,
 )
 
 _OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
@@ -137,12 +136,11 @@ class Problem:
     def define_sentences(self, order: list[Ref], seed_text: str) -> str:
         """The task's solution sentences for `order` (a topological order of needed parameters)."""
         rng = np.random.default_rng(zlib.crc32(seed_text.encode()))
-        shim = SimpleNamespace(abstract=self.abstract, defs=self.defs)
-        return _solution(order, shim, self.values, rng)
+        return write_solution(order, self.abstract, self.defs, self.values, rng)
 
 
 def _dependency_list(problem: Problem, ref: Ref) -> str:
-    return _join([phrase(p) for p in problem.deps(ref)])
+    return join_names([phrase(p) for p in problem.deps(ref)])
 
 
 def _split_names(text: str) -> list[str]:

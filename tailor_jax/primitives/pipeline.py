@@ -41,7 +41,7 @@ from tailor_jax.errors import TailorError
 from tailor_jax.primitives import metrics as metrics_lib
 from tailor_jax.primitives import selection
 from tailor_jax.primitives.metrics import Example
-from tailor_jax.tasks import Task, get_task
+from tailor_jax.tasks import Task, get_task, problem_key
 
 log = logging.getLogger(__name__)
 
@@ -427,7 +427,7 @@ def question_states(task_name: str, records: list[dict]) -> dict[str, frozenset]
     coverage metric counts as reachable), by question key."""
     out: dict[str, frozenset] = {}
     for record in records:
-        key = metrics_lib.question_key(record)
+        key = problem_key(record)
         if key not in out:
             out[key] = frozenset(metrics_lib.reachable_states(task_name, [record]) or ())
     return out
@@ -470,7 +470,7 @@ def curate(cfg: TailorConfig, synthesis: SynthesizeResult) -> CurateResult:
     seen_texts: set = set()
     unique = []
     for d in pool:  # exact duplicates (same question, same completion) from different primitives
-        key = (metrics_lib.question_key(d.record), d.completion)
+        key = (problem_key(d.record), d.completion)
         if key in seen_texts:
             dropped["exact duplicate of another primitive's demonstration"] += 1
             continue
@@ -499,7 +499,7 @@ def curate(cfg: TailorConfig, synthesis: SynthesizeResult) -> CurateResult:
         q["mean_length_words"] = float(np.mean(lengths)) if lengths else None
     reachable = question_states(cfg.task, [d.record for d in pool])
     items = [selection.describe(d.record, d.completion, d.primitive, task.difficulty(d.record),
-                                reachable[metrics_lib.question_key(d.record)]) for d in pool]
+                                reachable[problem_key(d.record)]) for d in pool]
     weights = selection.Weights(ccfg.distinct_weight, ccfg.coverage_weight, ccfg.diversity_weight, ccfg.primitive_weight)
     chosen, duplicates = selection.select_diverse(
         items, embeddings, cfg.budget, weights=weights, bonus=bonus,
@@ -511,7 +511,7 @@ def curate(cfg: TailorConfig, synthesis: SynthesizeResult) -> CurateResult:
         log.warning("curate: only %d demonstrations for a budget of %d", len(selected), cfg.budget)
         _say(f"curate: warning: only {len(selected)} demonstrations for a budget of {cfg.budget} (raise num_questions)")
     write_sft_set(cfg, "tailor", selected, out / "sft.jsonl")
-    selected_questions = {metrics_lib.question_key(ex.record) for ex in selected}
+    selected_questions = {problem_key(ex.record) for ex in selected}
     set_metrics = metrics_lib.compute_metrics(selected, task, scorer=scorer, prompt_style=cfg.prompt_style,
                                               reachable=set().union(*(reachable[q] for q in selected_questions)))
     analysis_path = Path(cfg.run_dir) / "analyse" / "summary.json"

@@ -40,12 +40,13 @@ from typing import NamedTuple
 import numpy as np
 
 from tailor_jax.errors import TailorError
-from tailor_jax.tasks.base import Task, parse_level_range
+from tailor_jax.tasks.base import CliOption, DatasetConfig, DatasetLevel, Task, parse_level_range
 from tailor_jax.tasks.prompt import format_completion
 
 PRIMES = (11, 13)
 KINDS = ("evaluation", "inversion")
 STRATEGIES = ("forward", "backward", "mixed")
+DATASET_RANGES = {"sft": (2, 5), "rl": (6, 9), "rl_long": (6, 15)}  # dataset config: chain lengths k
 OPS = ("+", "-", "*")
 MIN_STEPS, MAX_STEPS = 1, 32
 CONSONANTS = "bdfgklmnprstvz"
@@ -108,15 +109,15 @@ def symbol_table(p: int, symbol_seed: int = 0) -> dict[str, str]:
     return {str(i): SYLLABLES[j] for i, j in enumerate(chosen)}
 
 
-def _sym(record: dict, value: int) -> str:
+def symbol(record: dict, value: int) -> str:
     return record["symbols"][str(value)]
 
 
 def _map(record: dict, a: int, var: str, b: int) -> str:
-    return f"{_sym(record, a)}*{var}+{_sym(record, b)}"
+    return f"{symbol(record, a)}*{var}+{symbol(record, b)}"
 
 
-def _chain_values(record: dict) -> tuple[int, int]:
+def chain_values(record: dict) -> tuple[int, int]:
     """(v0, vk) of a record."""
     if record["kind"] == "evaluation":
         return record["given"], record["answer"]
@@ -151,11 +152,11 @@ def step_tag(record: dict, index: int) -> str:
 
 
 def render_question(record: dict) -> str:
-    ops = ", ".join(f"{step_tag(record, i)}{op} {_sym(record, c)}" for i, (op, c) in enumerate(record["ops"], 1))
+    ops = ", ".join(f"{step_tag(record, i)}{op} {symbol(record, c)}" for i, (op, c) in enumerate(record["ops"], 1))
     field = f"GF({record['p']})"
     if record["kind"] == "evaluation":
-        return f"In {field}, start from {_sym(record, record['given'])} and apply {ops} in order. What is the result y?"
-    return f"In {field}, an unknown x becomes {_sym(record, record['given'])} after applying {ops} in order. What is x?"
+        return f"In {field}, start from {symbol(record, record['given'])} and apply {ops} in order. What is the result y?"
+    return f"In {field}, an unknown x becomes {symbol(record, record['given'])} after applying {ops} in order. What is x?"
 
 
 def forward_steps(record: dict) -> list[Step]:
@@ -175,16 +176,16 @@ def undo_steps(record: dict) -> list[Step]:
 def _inv_fact(record: dict, step: Step) -> list[str]:
     if step.inverts is None:
         return []
-    return [f"{step_tag(record, step.index)}inv {_sym(record, step.inverts)} = {_sym(record, step.c)}"]
+    return [f"{step_tag(record, step.index)}inv {symbol(record, step.inverts)} = {symbol(record, step.c)}"]
 
 
-def _solve_lines(record: dict, var: str, a: int, b: int, known: int) -> list[str]:
+def solve_lines(record: dict, var: str, a: int, b: int, known: int) -> list[str]:
     """Lines that solve a*var + b = known for var; returns them ending with the conclusion."""
     p = record["p"]
     diff = (known - b) % p
     a_inv = inverse(a, p)
     value = (diff * a_inv) % p
-    s = lambda v: _sym(record, v)  # noqa: E731
+    s = lambda v: symbol(record, v)  # noqa: E731
     return [
         f"{_map(record, a, var, b)} = {s(known)}",
         f"{s(known)} - {s(b)} = {s(diff)}",
@@ -194,10 +195,10 @@ def _solve_lines(record: dict, var: str, a: int, b: int, known: int) -> list[str
     ]
 
 
-def _numeric_walk(record: dict, start: int, steps: list[Step]) -> tuple[list[str], int]:
+def numeric_walk(record: dict, start: int, steps: list[Step]) -> tuple[list[str], int]:
     """Apply the steps numerically, one tagged line each (plus its `inv` fact, if any)."""
     p = record["p"]
-    s = lambda v: _sym(record, v)  # noqa: E731
+    s = lambda v: symbol(record, v)  # noqa: E731
     lines, value = [], start
     for step in steps:
         new = apply_op(step.op, value, step.c, p)
@@ -207,7 +208,7 @@ def _numeric_walk(record: dict, start: int, steps: list[Step]) -> tuple[list[str
     return lines, value
 
 
-def _affine_walk(record: dict, var: str, steps: list[Step]) -> tuple[list[str], int, int]:
+def affine_walk(record: dict, var: str, steps: list[Step]) -> tuple[list[str], int, int]:
     """Carry var as a*var+b through the steps, one tagged line each (plus its `inv` fact)."""
     p = record["p"]
     lines, a, b = [], 1, 0
@@ -218,7 +219,7 @@ def _affine_walk(record: dict, var: str, steps: list[Step]) -> tuple[list[str], 
             new_a, new_b = a, apply_op(step.op, b, step.c, p)
         lines += _inv_fact(record, step)
         lines.append(
-            f"{step_tag(record, step.index)}{_map(record, a, var, b)} {step.op} {_sym(record, step.c)} = "
+            f"{step_tag(record, step.index)}{_map(record, a, var, b)} {step.op} {symbol(record, step.c)} = "
             f"{_map(record, new_a, var, new_b)}"
         )
         a, b = new_a, new_b
@@ -228,19 +229,19 @@ def _affine_walk(record: dict, var: str, steps: list[Step]) -> tuple[list[str], 
 def forward_trace(record: dict) -> str:
     steps = forward_steps(record)
     if record["kind"] == "evaluation":
-        lines, value = _numeric_walk(record, record["given"], steps)
-        return "\n".join(lines + [f"y = {_sym(record, value)}"])
-    lines, a, b = _affine_walk(record, "x", steps)
-    return "\n".join(lines + _solve_lines(record, "x", a, b, record["given"]))
+        lines, value = numeric_walk(record, record["given"], steps)
+        return "\n".join(lines + [f"y = {symbol(record, value)}"])
+    lines, a, b = affine_walk(record, "x", steps)
+    return "\n".join(lines + solve_lines(record, "x", a, b, record["given"]))
 
 
 def backward_trace(record: dict) -> str:
     steps = undo_steps(record)
     if record["kind"] == "inversion":
-        lines, value = _numeric_walk(record, record["given"], steps)
-        return "\n".join(lines + [f"x = {_sym(record, value)}"])
-    lines, a, b = _affine_walk(record, "y", steps)
-    return "\n".join(lines + _solve_lines(record, "y", a, b, record["given"]))
+        lines, value = numeric_walk(record, record["given"], steps)
+        return "\n".join(lines + [f"x = {symbol(record, value)}"])
+    lines, a, b = affine_walk(record, "y", steps)
+    return "\n".join(lines + solve_lines(record, "y", a, b, record["given"]))
 
 
 RENDERERS = {"forward": forward_trace, "backward": backward_trace}
@@ -276,7 +277,7 @@ def check_trace(record: dict, trace: str) -> list[str]:
     try:
         p = int(record["p"])
         value_of = {sym: int(i) for i, sym in record["symbols"].items()}
-        v0, vk = _chain_values(record)
+        v0, vk = chain_values(record)
         var_value = {"x": int(v0), "y": int(vk)}
     except Exception as err:  # a malformed record is reported, not raised
         return [f"record is malformed: {err!r}"]
@@ -372,6 +373,28 @@ class GFChain(Task):
     """GF(p) chains. Options: p (11|13), kind, steps (k or "lo-hi"), strategy, symbol_seed, tag_pool."""
 
     name = "gf"
+    level_option = "steps"
+    level_label = "k"
+    key_fields = ("p", "kind", "given", "ops")
+    cli_options = (
+        CliOption("p", "field size, 11 or 13", int),
+        CliOption("kind", "evaluation, inversion or both"),
+        CliOption("steps", "chain length k, or a range such as 2-5"),
+        CliOption("tag_pool", "tag each chain's ops with sorted distinct numbers from 1..N (default: 1..k)", int),
+    )
+    trace_variables = frozenset({"x", "y"})
+
+    @classmethod
+    def dataset_configs(cls) -> list[DatasetConfig]:
+        """Per p in (11, 13): `sft` (k = 2..5), `rl` (6..9), `rl_long` (6..15); p = 13 names end in `_p13`."""
+        configs = []
+        for p in PRIMES:
+            for name, (lo, hi) in DATASET_RANGES.items():
+                levels = tuple(DatasetLevel({"p": p, "steps": k}, ((f"test_k{k}", "test", 200), ("train", "train", 2000)))
+                               for k in range(lo, hi + 1))
+                configs.append(DatasetConfig(name if p == 11 else f"{name}_p{p}",
+                                             f"GF({p}) chains, k = {lo}..{hi}: train 2000 per k, test 200 per k, both kinds", levels))
+        return configs
 
     def __init__(
         self,

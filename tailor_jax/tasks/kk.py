@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from tailor_jax.errors import TailorError
-from tailor_jax.tasks.base import Task, parse_level_range
+from tailor_jax.tasks.base import CliOption, DatasetConfig, DatasetLevel, Task, parse_level_range
 from tailor_jax.tasks.prompt import format_completion
 
 MIN_PEOPLE, MAX_PEOPLE = 2, 8
@@ -480,6 +480,29 @@ class KnightsAndKnaves(Task):
     depth (statement depth limit, 1..8, default 2), width (and/or width limit, 2..8, default 2)."""
 
     name = "kk"
+    level_option = "people"
+    level_label = "people"
+    key_fields = ("n_people", "statements")
+    cli_options = (
+        CliOption("people", "number of people, 2..8, or a range such as 3-7"),
+        CliOption("depth", "statement depth limit (default 2)", int),
+        CliOption("width", "and/or width limit (default 2)", int),
+    )
+
+    @classmethod
+    def dataset_configs(cls) -> list[DatasetConfig]:
+        """`n2`..`n8` (Xie et al. 2024 sizes) and `logic_rl` (train n = 3..7, test n = 2..8)."""
+        configs = [
+            DatasetConfig(f"n{n}", f"K&K with {n} people (Xie et al. 2024 sizes)",
+                          (DatasetLevel({"people": n}, (("test", "test", 100), ("train", "train", 200 if n == 2 else 1000))),))
+            for n in range(2, 9)
+        ]
+        logic_rl = tuple(
+            DatasetLevel({"people": n}, ((f"test_n{n}", "test", 100),) + ((("train", "train", 900),) if 3 <= n <= 7 else ()))
+            for n in range(2, 9)
+        )
+        configs.append(DatasetConfig("logic_rl", "Logic-RL: train on n = 3..7 (900 each), test per n = 2..8 (100 each)", logic_rl))
+        return configs
 
     def __init__(self, people: int | str | tuple | list = 3, depth: int | str = 2, width: int | str = 2):
         self.people = parse_level_range(people, "people", MIN_PEOPLE, MAX_PEOPLE)
