@@ -464,8 +464,8 @@ def _redistill_records(cfg: RunConfig, records: list[dict]) -> list[dict]:
     """The teacher's (RL-trained rule_based policy's) verified-correct samples on the SFT prompts,
     up to one demonstration per prompt: the base model is then SFT-ed on about as many as the
     other warm starts give (fewer where the teacher fails)."""
-    from tailor_jax.primitives import baselines
-    from tailor_jax.primitives.metrics import example_to_json
+    from tailor_jax.tailor import baselines
+    from tailor_jax.tailor.metrics import example_to_json
     from tailor_jax.tasks import get_task
 
     options = {"samples_per_question": 1, "max_new_tokens": cfg.eval.max_new_tokens, **cfg.warm_start.options}
@@ -486,7 +486,7 @@ def run_teacher(cfg: RunConfig, out: Path) -> str:
 
 def _primitive_warm_start(cfg: RunConfig, records: list[dict]) -> list[dict]:
     """The Tailor pipeline (or a baseline); its artefacts go to `warm_start/tailor/`."""
-    from tailor_jax.primitives import pipeline as primitives_pipeline
+    from tailor_jax.tailor import pipeline as primitives_pipeline
 
     return primitives_pipeline.warm_start(
         cfg.task, records, method=cfg.warm_start.method, task_options=dict(cfg.task_options),
@@ -496,7 +496,7 @@ def _primitive_warm_start(cfg: RunConfig, records: list[dict]) -> list[dict]:
 
 def diversity_stats(demos: Sequence[dict]) -> dict[str, Any]:
     """Counts per primitive, distinct-1/2/3 over whitespace tokens of the completions, mean length."""
-    from tailor_jax.primitives.metrics import distinct_n
+    from tailor_jax.tailor.metrics import distinct_n
 
     counts: dict[str, int] = {}
     for demo in demos:

@@ -10,9 +10,10 @@ import pytest
 import scipy.sparse as sp
 
 from tailor_jax.errors import TailorError
-from tailor_jax.primitives import all_primitives, baselines
-from tailor_jax.primitives import metrics as M
-from tailor_jax.primitives.selection import NGRAM_ORDERS, Item, Weights, apportion, describe, select_diverse
+from tailor_jax.primitives import all_primitives
+from tailor_jax.tailor import baselines
+from tailor_jax.tailor import metrics as M
+from tailor_jax.tailor.selection import NGRAM_ORDERS, Item, Weights, apportion, describe, select_diverse
 from tailor_jax.tasks import get_task, problem_key
 
 TASK = get_task("gf", p=11, steps="2-4")

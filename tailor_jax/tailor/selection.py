@@ -39,7 +39,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from tailor_jax.errors import TailorError
-from tailor_jax.primitives import metrics as metrics_lib
+from tailor_jax.tailor import metrics as metrics_lib
 from tailor_jax.tasks import problem_key
 
 NGRAM_ORDERS = (1, 2, 3)
