@@ -698,7 +698,7 @@ def _most_at_one_level(num: int, levels: int) -> int:
 def check_pool_sizes(cfg: RunConfig) -> None:
     """Each pool the run generates fits the distinct problems its setting has, level by level
     (tasks that can count them: `max_distinct`), so that generation cannot run dry mid-stage."""
-    from tailor_jax.tasks import get_task
+    from tailor_jax.tasks import get_task, task_class
 
     pools = [("data.num_train", cfg.task_options | cfg.data.train_options, cfg.data.num_train, None),
              ("data.num_sft_eval", cfg.task_options | cfg.data.train_options, 3 * cfg.data.num_sft_eval + 10, None)]
@@ -708,7 +708,7 @@ def check_pool_sizes(cfg: RunConfig) -> None:
         grpo = grpo_config(cfg)
         pools += [("grpo.eval.per_level", grpo.task_options | grpo.eval.task_options, 2 * grpo.eval.per_level, level)
                   for level in grpo.eval.levels]
-    level_option = {"kk": "people", "igsm": "op", "gf": "steps"}[cfg.task]
+    level_option = task_class(cfg.task).level_option
     for key, options, num, level in pools:
         if level is not None:
             options = {**options, level_option: int(level)}
