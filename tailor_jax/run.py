@@ -115,7 +115,7 @@ class RunConfig:
     # sft.seed (init, data order), grpo.seed (prompts, rollouts), the warm start's seed. The
     # held-out test set (eval.seed) stays fixed so that seeds are compared on the same problems.
     seed: int | None = None
-    task: Literal["gf", "kk", "igsm"] = "gf"
+    task: str = "gf"  # a name in the task registry (tasks.TASK_MODULES)
     task_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # shared by every stage
     prompt_style: Literal["plain", "chat"] = "plain"
     think_prefill: bool = False
@@ -131,6 +131,10 @@ class RunConfig:
     device_memory_gib: float | None = None  # per-device memory for the memory plan (null: detected; CPU: unchecked)
 
     def __post_init__(self):
+        from tailor_jax.tasks import TASK_MODULES
+
+        require(self.task in TASK_MODULES,
+                f"config key 'task' must be one of {', '.join(map(repr, TASK_MODULES))}, got {self.task!r}")
         require(bool(self.eval.levels), "eval.levels must list at least one difficulty level, e.g. [6, 7, 8, 9]")
         require(self.mesh_preset in MESH_PRESETS, f"mesh_preset must be one of {', '.join(MESH_PRESETS)}, got {self.mesh_preset!r}")
         for name, section in (("sft", self.sft), ("grpo", self.grpo or {})):
