@@ -490,9 +490,9 @@ def run_teacher(cfg: RunConfig, out: Path) -> str:
 
 def _primitive_warm_start(cfg: RunConfig, records: list[dict]) -> list[dict]:
     """The Tailor pipeline (or a baseline); its artefacts go to `warm_start/tailor/`."""
-    from tailor_jax.tailor import pipeline as primitives_pipeline
+    from tailor_jax.tailor import pipeline as tailor_pipeline
 
-    return primitives_pipeline.warm_start(
+    return tailor_pipeline.warm_start(
         cfg.task, records, method=cfg.warm_start.method, task_options=dict(cfg.task_options),
         run_dir=str(stage_dir(cfg, "warm_start") / "tailor"), prompt_style=cfg.prompt_style, **cfg.warm_start.options,
     )
