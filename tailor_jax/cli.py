@@ -20,8 +20,8 @@ COMMANDS = {
     "study": "tailor_jax.study",
     "eval": "tailor_jax.eval.evaluate",
     "report": "tailor_jax.eval.report",
-    "tailor": "tailor_jax.primitives.cli",
-    "primitives": "tailor_jax.primitives.cli",
+    "tailor": "tailor_jax.tailor.cli",
+    "primitives": "tailor_jax.tailor.cli",
 }
 
 # One-line descriptions for `tailor-jax --help` (shown without importing the modules).

@@ -115,7 +115,7 @@ class RunConfig:
     # sft.seed (init, data order), grpo.seed (prompts, rollouts), the warm start's seed. The
     # held-out test set (eval.seed) stays fixed so that seeds are compared on the same problems.
     seed: int | None = None
-    task: Literal["gf", "kk", "igsm"] = "gf"
+    task: str = "gf"  # a name in the task registry (tasks.TASK_MODULES)
     task_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # shared by every stage
     prompt_style: Literal["plain", "chat"] = "plain"
     think_prefill: bool = False
@@ -131,6 +131,10 @@ class RunConfig:
     device_memory_gib: float | None = None  # per-device memory for the memory plan (null: detected; CPU: unchecked)
 
     def __post_init__(self):
+        from tailor_jax.tasks import TASK_MODULES
+
+        require(self.task in TASK_MODULES,
+                f"config key 'task' must be one of {', '.join(map(repr, TASK_MODULES))}, got {self.task!r}")
         require(bool(self.eval.levels), "eval.levels must list at least one difficulty level, e.g. [6, 7, 8, 9]")
         require(self.mesh_preset in MESH_PRESETS, f"mesh_preset must be one of {', '.join(MESH_PRESETS)}, got {self.mesh_preset!r}")
         for name, section in (("sft", self.sft), ("grpo", self.grpo or {})):
@@ -464,8 +468,8 @@ def _redistill_records(cfg: RunConfig, records: list[dict]) -> list[dict]:
     """The teacher's (RL-trained rule_based policy's) verified-correct samples on the SFT prompts,
     up to one demonstration per prompt: the base model is then SFT-ed on about as many as the
     other warm starts give (fewer where the teacher fails)."""
-    from tailor_jax.primitives import baselines
-    from tailor_jax.primitives.metrics import example_to_json
+    from tailor_jax.tailor import baselines
+    from tailor_jax.tailor.metrics import example_to_json
     from tailor_jax.tasks import get_task
 
     options = {"samples_per_question": 1, "max_new_tokens": cfg.eval.max_new_tokens, **cfg.warm_start.options}
@@ -486,9 +490,9 @@ def run_teacher(cfg: RunConfig, out: Path) -> str:
 
 def _primitive_warm_start(cfg: RunConfig, records: list[dict]) -> list[dict]:
     """The Tailor pipeline (or a baseline); its artefacts go to `warm_start/tailor/`."""
-    from tailor_jax.primitives import pipeline as primitives_pipeline
+    from tailor_jax.tailor import pipeline as tailor_pipeline
 
-    return primitives_pipeline.warm_start(
+    return tailor_pipeline.warm_start(
         cfg.task, records, method=cfg.warm_start.method, task_options=dict(cfg.task_options),
         run_dir=str(stage_dir(cfg, "warm_start") / "tailor"), prompt_style=cfg.prompt_style, **cfg.warm_start.options,
     )
@@ -496,24 +500,18 @@ def _primitive_warm_start(cfg: RunConfig, records: list[dict]) -> list[dict]:
 
 def diversity_stats(demos: Sequence[dict]) -> dict[str, Any]:
     """Counts per primitive, distinct-1/2/3 over whitespace tokens of the completions, mean length."""
+    from tailor_jax.tailor.metrics import distinct_n
+
     counts: dict[str, int] = {}
-    ngrams: dict[int, set] = {1: set(), 2: set(), 3: set()}
-    totals = {1: 0, 2: 0, 3: 0}
-    lengths = []
     for demo in demos:
         name = str(demo.get("primitive", "unknown"))
         counts[name] = counts.get(name, 0) + 1
-        words = demo["completion"].split()
-        lengths.append(len(words))
-        for n in ngrams:
-            grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-            ngrams[n].update(grams)
-            totals[n] += len(grams)
+    completions = [demo["completion"] for demo in demos]
     stats: dict[str, Any] = {"num_demos": len(demos), "primitives": dict(sorted(counts.items())),
                              "num_primitives": len(counts)}
-    for n in ngrams:
-        stats[f"distinct_{n}"] = len(ngrams[n]) / totals[n] if totals[n] else 0.0
-    stats["mean_words"] = sum(lengths) / len(lengths) if lengths else 0.0
+    for n in (1, 2, 3):
+        stats[f"distinct_{n}"] = distinct_n(completions, n)
+    stats["mean_words"] = sum(len(c.split()) for c in completions) / len(completions) if completions else 0.0
     return stats
 
 
@@ -704,7 +702,7 @@ def _most_at_one_level(num: int, levels: int) -> int:
 def check_pool_sizes(cfg: RunConfig) -> None:
     """Each pool the run generates fits the distinct problems its setting has, level by level
     (tasks that can count them: `max_distinct`), so that generation cannot run dry mid-stage."""
-    from tailor_jax.tasks import get_task
+    from tailor_jax.tasks import get_task, task_class
 
     pools = [("data.num_train", cfg.task_options | cfg.data.train_options, cfg.data.num_train, None),
              ("data.num_sft_eval", cfg.task_options | cfg.data.train_options, 3 * cfg.data.num_sft_eval + 10, None)]
@@ -714,7 +712,7 @@ def check_pool_sizes(cfg: RunConfig) -> None:
         grpo = grpo_config(cfg)
         pools += [("grpo.eval.per_level", grpo.task_options | grpo.eval.task_options, 2 * grpo.eval.per_level, level)
                   for level in grpo.eval.levels]
-    level_option = {"kk": "people", "igsm": "op", "gf": "steps"}[cfg.task]
+    level_option = task_class(cfg.task).level_option
     for key, options, num, level in pools:
         if level is not None:
             options = {**options, level_option: int(level)}

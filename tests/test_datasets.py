@@ -154,12 +154,12 @@ def test_configs_cover_the_literature_splits():
     assert names("kk") == [f"n{n}" for n in range(2, 9)] + ["logic_rl"] + sft_sets
     assert names("igsm") == ["med", "hard"] + sft_sets
     assert names("gf") == ["sft", "rl", "rl_long", "sft_p13", "rl_p13", "rl_long_p13"] + sft_sets
-    kk = {c.name: c for c in tfds_builders.TailorKk.BUILDER_CONFIGS}
+    kk = {c.name: c for c in tfds_builders.builder_class("kk").BUILDER_CONFIGS}
     assert kk["n2"].levels[0].splits == (("test", "test", 100), ("train", "train", 200))
     assert kk["n5"].levels[0].splits == (("test", "test", 100), ("train", "train", 1000))
     trained = [level.options["people"] for level in kk["logic_rl"].levels if len(level.splits) == 2]
     assert trained == [3, 4, 5, 6, 7]
-    gf = {c.name: c for c in tfds_builders.TailorGf.BUILDER_CONFIGS}
+    gf = {c.name: c for c in tfds_builders.builder_class("gf").BUILDER_CONFIGS}
     assert [level.options["steps"] for level in gf["rl_long"].levels] == list(range(6, 16))
 
 
@@ -224,7 +224,7 @@ def test_igsm_datasets(tmp_path):
     pytest.importorskip("tailor_jax.tasks.igsm")
     build_dataset("igsm", "med", tmp_path, train=3, test=2)
     by_split = all_records("igsm", "med", tmp_path)
-    config = next(c for c in tfds_builders.TailorIgsm.BUILDER_CONFIGS if c.name == "med")
+    config = next(c for c in tfds_builders.builder_class("igsm").BUILDER_CONFIGS if c.name == "med")
     for level in config.levels:
         ((split, _, _),) = level.splits
         want = 3 if split == "train" else 2

@@ -10,10 +10,11 @@ import pytest
 import scipy.sparse as sp
 
 from tailor_jax.errors import TailorError
-from tailor_jax.primitives import all_primitives, baselines
-from tailor_jax.primitives import metrics as M
-from tailor_jax.primitives.selection import NGRAM_ORDERS, Item, Weights, apportion, describe, select_diverse
-from tailor_jax.tasks import get_task
+from tailor_jax.primitives import all_primitives
+from tailor_jax.tailor import baselines
+from tailor_jax.tailor import metrics as M
+from tailor_jax.tailor.selection import NGRAM_ORDERS, Item, Weights, apportion, describe, select_diverse
+from tailor_jax.tasks import get_task, problem_key
 
 TASK = get_task("gf", p=11, steps="2-4")
 RECORDS = list(TASK.generate(24, 5))
@@ -168,8 +169,8 @@ def test_select_diverse_is_the_greedy_maximiser_of_the_metrics_product():
             if (record["id"], completion) not in seen:  # curate drops exact duplicates first
                 seen.add((record["id"], completion))
                 pool.append((record, completion, name))
-    reachable = {r["id"]: frozenset(M.reachable_states("gf", [r])) for r in RECORDS[:10]}
-    items = [describe(r, c, name, 0, reachable[M.question_key(r)]) for r, c, name in pool]
+    reachable = {problem_key(r): frozenset(M.reachable_states("gf", [r])) for r in RECORDS[:10]}
+    items = [describe(r, c, name, 0, reachable[problem_key(r)]) for r, c, name in pool]
     texts = [c for _, c, _ in pool]
     embeddings = M.tfidf_char_embeddings(texts).toarray()
     chosen, duplicates = select_diverse(items, embeddings, 8, dedup_threshold=1.01)

@@ -273,7 +273,7 @@ def test_bad_options_raise_one_line(options, message):
 def test_sampler_follows_the_die():
     """Raw (unfiltered) draws: every face ~1/6, no "I am lying", no duplicate children,
     widths within [2, W], not() only around leaves, depth within the limit."""
-    uniform = kk._Uniform(5)
+    uniform = kk.Uniform(5)
     sampler = kk.StatementSampler(uniform, 4, depth=3, width=3)
     counts = {}
     widths = set()
@@ -308,7 +308,7 @@ def test_sampler_follows_the_die():
 
 
 def test_truth_tables_count_solutions_like_brute_force():
-    uniform = kk._Uniform(9)
+    uniform = kk.Uniform(9)
     for n in (2, 3, 5, 7):
         sampler = kk.StatementSampler(uniform, n, depth=3, width=2)
         counts = set()

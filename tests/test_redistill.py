@@ -12,8 +12,8 @@ import pytest
 from tailor_jax import run as run_lib
 from tailor_jax.data.jsonl import read_jsonl
 from tailor_jax.errors import TailorError
-from tailor_jax.primitives import baselines
-from tailor_jax.primitives.metrics import Example
+from tailor_jax.tailor import baselines
+from tailor_jax.tailor.metrics import Example
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
 

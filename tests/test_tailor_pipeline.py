@@ -18,9 +18,10 @@ from tailor_jax.data import pipeline as data_pipeline
 from tailor_jax.data import tokenizer as tok_lib
 from tailor_jax.errors import TailorError
 from tailor_jax.model import create_model, get_preset, save_pretrained
-from tailor_jax.primitives import all_primitives, baselines, compositions, selection, teacher
-from tailor_jax.primitives import metrics as M
-from tailor_jax.primitives import pipeline as P
+from tailor_jax.primitives import all_primitives, compositions
+from tailor_jax.tailor import baselines, selection, teacher
+from tailor_jax.tailor import metrics as M
+from tailor_jax.tailor import pipeline as P
 from tailor_jax.tasks import get_task
 from tailor_jax.train import sft as sft_lib
 

@@ -38,32 +38,16 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from tailor_jax.errors import TailorError
-from tailor_jax.tasks import get_task
+from tailor_jax.tasks import TASK_MODULES, DatasetLevel, get_task, task_class
 
 DATASET_VERSION = "1.0.0"
 ROLES = ("train", "test")
 FILE_FORMAT = "array_record"
 
-# Record fields that identify a problem (two records with equal keys are the same problem).
-PROBLEM_KEY_FIELDS = {
-    "kk": ("n_people", "statements"),
-    "igsm": ("problem", "question"),
-    "gf": ("p", "kind", "given", "ops"),
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class Level:
-    """One sampler: task options, and the splits its records fill in order, as
-    (split name, role, default count) triples."""
-
-    options: Mapping
-    splits: tuple[tuple[str, str, int], ...]
-
 
 @dataclasses.dataclass(eq=False)
 class TaskConfig(tfds.core.BuilderConfig):
-    levels: tuple[Level, ...] = ()
+    levels: tuple[DatasetLevel, ...] = ()
 
 
 def level_seed(task: str, options: Mapping) -> int:
@@ -72,11 +56,7 @@ def level_seed(task: str, options: Mapping) -> int:
     return zlib.crc32(json.dumps([task, dict(options)], sort_keys=True).encode())
 
 
-def problem_key(task: str, record: dict) -> str:
-    return json.dumps([record.get(field) for field in PROBLEM_KEY_FIELDS[task]], sort_keys=True)
-
-
-def split_counts(level: Level, sizes: Mapping[str, int]) -> list[tuple[str, int]]:
+def split_counts(level: DatasetLevel, sizes: Mapping[str, int]) -> list[tuple[str, int]]:
     """(split, count) of a level with per-role size overrides applied."""
     return [(split, int(sizes.get(role, default))) for split, role, default in level.splits]
 
@@ -91,7 +71,7 @@ def check_sizes(sizes: Mapping[str, int]) -> dict[str, int]:
     return {role: int(value) for role, value in sizes.items()}
 
 
-def generate_splits(task_name: str, levels: tuple[Level, ...], sizes: Mapping[str, int]) -> dict[str, list[dict]]:
+def generate_splits(task_name: str, levels: tuple[DatasetLevel, ...], sizes: Mapping[str, int]) -> dict[str, list[dict]]:
     """All records of a config, by split (pure; what the builder writes)."""
     sizes = check_sizes(sizes)
     by_split: dict[str, list[dict]] = {}
@@ -109,10 +89,11 @@ def generate_splits(task_name: str, levels: tuple[Level, ...], sizes: Mapping[st
 
 def check_disjoint(task_name: str, by_split: Mapping[str, list[dict]]) -> None:
     """No problem may appear twice within a split or in both a train and a test split."""
+    content_key = task_class(task_name).content_key
     owner: dict[str, str] = {}
     for split, records in by_split.items():
         for record in records:
-            key = problem_key(task_name, record)
+            key = content_key(record)
             if key in owner:
                 raise TailorError(
                     f"{task_name} problem {record.get('id')} appears in both {owner[key]} and {split}; "
@@ -122,69 +103,9 @@ def check_disjoint(task_name: str, by_split: Mapping[str, list[dict]]) -> None:
 
 
 # --- configs -----------------------------------------------------------------------------
-def _kk_configs() -> list[TaskConfig]:
-    configs = []
-    for n in range(2, 9):
-        level = Level({"people": n}, (("test", "test", 100), ("train", "train", 200 if n == 2 else 1000)))
-        configs.append(TaskConfig(name=f"n{n}", description=f"K&K with {n} people (Xie et al. 2024 sizes)", levels=(level,)))
-    logic_rl = []
-    for n in range(2, 9):
-        splits = ((f"test_n{n}", "test", 100),)
-        if 3 <= n <= 7:
-            splits += (("train", "train", 900),)
-        logic_rl.append(Level({"people": n}, splits))
-    configs.append(
-        TaskConfig(
-            name="logic_rl",
-            description="Logic-RL: train on n = 3..7 (900 each), test per n = 2..8 (100 each)",
-            levels=tuple(logic_rl),
-        )
-    )
-    return configs
-
-
-IGSM_PRESETS = {
-    # preset: (train op range, test ops). igsm.py caps op at the preset's max_op (15 / 21), so
-    # the paper's out-of-distribution ops (above max_op with the same graph sizes) are not here.
-    "med": ("1-15", (5, 10, 15)),
-    "hard": ("1-21", (10, 15, 21)),
-}
-
-
-def _igsm_configs() -> list[TaskConfig]:
-    configs = []
-    for preset, (train_ops, test_ops) in IGSM_PRESETS.items():
-        levels = [Level({"op": train_ops, "preset": preset, "split": "train"}, (("train", "train", 20000),))]
-        for op in test_ops:
-            levels.append(Level({"op": op, "preset": preset, "split": "test"}, ((f"test_op{op}", "test", 200),)))
-        configs.append(
-            TaskConfig(
-                name=preset,
-                description=f"iGSM-{preset}: train op {train_ops} (train templates), test per op {test_ops} (test templates)",
-                levels=tuple(levels),
-            )
-        )
-    return configs
-
-
-GF_RANGES = {"sft": (2, 5), "rl": (6, 9), "rl_long": (6, 15)}
-
-
-def _gf_configs() -> list[TaskConfig]:
-    configs = []
-    for p in (11, 13):
-        for name, (lo, hi) in GF_RANGES.items():
-            levels = tuple(
-                Level({"p": p, "steps": k}, ((f"test_k{k}", "test", 200), ("train", "train", 2000))) for k in range(lo, hi + 1)
-            )
-            configs.append(
-                TaskConfig(
-                    name=name if p == 11 else f"{name}_p{p}",
-                    description=f"GF({p}) chains, k = {lo}..{hi}: train 2000 per k, test 200 per k, both kinds",
-                    levels=levels,
-                )
-            )
-    return configs
+def task_configs(task: str) -> list[TaskConfig]:
+    """The task's problem sets (`Task.dataset_configs`) as TFDS builder configs."""
+    return [TaskConfig(name=c.name, description=c.description, levels=c.levels) for c in task_class(task).dataset_configs()]
 
 
 SFT_SETS = {
@@ -246,28 +167,19 @@ class _TaskBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             yield index, {"record": json.dumps(record, separators=(",", ":")), "difficulty": task.difficulty(record)}
 
 
-class TailorKk(_TaskBuilder):
-    TASK = "kk"
-    BUILDER_CONFIGS = _kk_configs() + _sft_set_configs()
-
-
-class TailorIgsm(_TaskBuilder):
-    TASK = "igsm"
-    BUILDER_CONFIGS = _igsm_configs() + _sft_set_configs()
-
-
-class TailorGf(_TaskBuilder):
-    TASK = "gf"
-    BUILDER_CONFIGS = _gf_configs() + _sft_set_configs()
-
-
-BUILDERS: dict[str, type[_TaskBuilder]] = {"kk": TailorKk, "igsm": TailorIgsm, "gf": TailorGf}
+_BUILDERS: dict[str, type[_TaskBuilder]] = {}
 
 
 def builder_class(task: str) -> type[_TaskBuilder]:
-    if task not in BUILDERS:
-        raise TailorError(f"no dataset builder for task {task!r}; use one of {', '.join(BUILDERS)}")
-    return BUILDERS[task]
+    """The task's TFDS builder, made once per process from the task registry: class `TailorKk`
+    (TFDS name `tailor_kk`) for task `kk`, with the task's configs and the SFT-set configs."""
+    if task not in TASK_MODULES:
+        raise TailorError(f"no dataset builder for task {task!r}; use one of {', '.join(TASK_MODULES)}")
+    if task not in _BUILDERS:
+        _BUILDERS[task] = type(f"Tailor{task.capitalize()}", (_TaskBuilder,), {
+            "TASK": task, "BUILDER_CONFIGS": task_configs(task) + _sft_set_configs(), "__module__": __name__,
+        })
+    return _BUILDERS[task]
 
 
 def config_names(task: str) -> list[str]:
@@ -352,7 +264,7 @@ def _data_dir(data_dir: str | Path) -> Path:
 # --- CLI: `tailor-jax build-dataset TASK CONFIG --data-dir DIR` ----------------------------
 def register(subparsers) -> None:
     parser = subparsers.add_parser("build-dataset", help="build a task dataset (TFDS, ArrayRecord files)")
-    parser.add_argument("task", choices=sorted(BUILDERS), help="which task")
+    parser.add_argument("task", choices=sorted(TASK_MODULES), help="which task")
     parser.add_argument("config", help="dataset config, e.g. kk: n2..n8, logic_rl; igsm: med, hard; gf: sft, rl, rl_long "
                         "(the SFT-set configs tailor, rule_based, ... are written by `tailor-jax tailor`)")
     parser.add_argument("--data-dir", required=True, help="directory that holds TFDS datasets")

@@ -11,10 +11,11 @@ from itertools import islice
 import numpy as np
 
 from tailor_jax.data import tokenizer as tok_lib
-from tailor_jax.tasks import Task, get_task, problem_key
+from tailor_jax.tasks import TASK_MODULES, Task, get_task, problem_key, task_class
 
-# The task option that sets a record's difficulty level.
-LEVEL_OPTION = {"kk": "people", "igsm": "op", "gf": "steps"}
+# Each task's level option, read from the task registry; kept only for train/grpo_trainer's
+# "known task" check (other branch): new code asks `task_class(name).level_option`.
+LEVEL_OPTION = {name: task_class(name).level_option for name in TASK_MODULES}
 
 
 def level_records(
@@ -26,7 +27,7 @@ def level_records(
     records = []
     candidates = 2 * per_level if exclude else per_level
     for level in levels:
-        task = get_task(task_name, **{**options, LEVEL_OPTION[task_name]: int(level)})
+        task = get_task(task_name, **{**options, task_class(task_name).level_option: int(level)})
         fresh = (r for r in islice(task.generate(candidates, seed + 7919 * int(level)), candidates)
                  if problem_key(r) not in exclude)
         records.extend(islice(fresh, per_level))

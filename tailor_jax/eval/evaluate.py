@@ -165,7 +165,9 @@ def write_result(result: dict, path: str | Path) -> Path:
 
 def describe(result: dict, task_name: str, name: str = "model") -> str:
     """The tables of one result as text (per level, per kind for GF, pass@k, mean length)."""
-    label = {"kk": "people", "igsm": "op", "gf": "k"}.get(task_name, "level")
+    from tailor_jax.tasks import task_class
+
+    label = task_class(task_name).level_label
     parts = [format_table({name: result}, label=label)]
     if result.get("acc_by_kind"):
         kinds = {f"{name} ({kind})": {"acc": acc, "acc_by_level": result["acc_by_kind_level"][kind]}

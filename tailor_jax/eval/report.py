@@ -223,7 +223,10 @@ PLOTS = {
 # ---------------------------------------------------------------------------------------
 # Markdown.
 def _level_label(config: dict) -> str:
-    return {"kk": "people", "igsm": "op", "gf": "k"}.get(config.get("task", ""), "level")
+    from tailor_jax.tasks import TASK_MODULES, task_class
+
+    task = config.get("task", "")
+    return task_class(task).level_label if task in TASK_MODULES else "level"
 
 
 def _eval_tables(run: dict) -> list[str]:

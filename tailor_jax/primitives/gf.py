@@ -43,7 +43,7 @@ _CONCLUSION = re.compile(rf"^([xy]) = {_SYM}$")
 MAX_WRONG_GUESSES = 3
 
 
-def _s(record: dict, value: int) -> str:
+def _s(record: dict, value: int) -> str:  # noqa: D103
     return record["symbols"][str(value)]
 
 
@@ -61,13 +61,13 @@ def _undo_ops(record: dict) -> list[tuple[str, int]]:
 
 def _numeric_forward(record: dict, start: int, num_ops: int | None = None) -> tuple[list[str], int]:
     """Apply the first `num_ops` ops (all by default) from `start`."""
-    return gf_task._numeric_walk(record, start, gf_task.forward_steps(record)[:num_ops])
+    return gf_task.numeric_walk(record, start, gf_task.forward_steps(record)[:num_ops])
 
 
 def _numeric_backward(record: dict, start: int, num_ops: int | None = None) -> tuple[list[str], int]:
     """Undo the last `num_ops` ops (all by default) from `start`, `inv` facts before each
     undone multiplication."""
-    return gf_task._numeric_walk(record, start, gf_task.undo_steps(record)[:num_ops])
+    return gf_task.numeric_walk(record, start, gf_task.undo_steps(record)[:num_ops])
 
 
 # --- renderers (pure functions of the record) --------------------------------------------------
@@ -144,13 +144,13 @@ def meet_in_middle_trace(record: dict) -> str:
     if record["kind"] == "evaluation":
         first = (k + 1) // 2  # numeric v0 -> v_first, then y carried back to v_first
         numeric, middle = _numeric_forward(record, record["given"], first)
-        maps, a, b = gf_task._affine_walk(record, "y", gf_task.undo_steps(record)[: k - first])
-        lines = numeric + maps + gf_task._solve_lines(record, "y", a, b, middle)
+        maps, a, b = gf_task.affine_walk(record, "y", gf_task.undo_steps(record)[: k - first])
+        lines = numeric + maps + gf_task.solve_lines(record, "y", a, b, middle)
     else:
         first = k // 2  # x carried over ops[:first], numeric vk back to v_first
-        maps, a, b = gf_task._affine_walk(record, "x", gf_task.forward_steps(record)[:first])
+        maps, a, b = gf_task.affine_walk(record, "x", gf_task.forward_steps(record)[:first])
         numeric, middle = _numeric_backward(record, record["given"], k - first)
-        lines = numeric + maps + gf_task._solve_lines(record, "x", a, b, middle)
+        lines = numeric + maps + gf_task.solve_lines(record, "x", a, b, middle)
     return "\n".join(lines)
 
 
@@ -160,7 +160,7 @@ def check_gf_trace(record: dict, trace: str) -> list[str]:
     try:
         p = int(record["p"])
         value_of = {sym: int(i) for i, sym in record["symbols"].items()}
-        var_value = {"x": int(gf_task._chain_values(record)[0]), "y": int(gf_task._chain_values(record)[1])}
+        var_value = {"x": int(gf_task.chain_values(record)[0]), "y": int(gf_task.chain_values(record)[1])}
         forward = _forward_ops(record)
         undo = _undo_ops(record)
     except Exception as err:  # noqa: BLE001 - a malformed record is reported, not raised

@@ -9,8 +9,9 @@ functions are shared (see `prompt.py` and `rewards.py`) and only call the hooks 
 from __future__ import annotations
 
 import abc
+import dataclasses
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 from tailor_jax.errors import TailorError
@@ -18,10 +19,68 @@ from tailor_jax.tasks import prompt as prompt_lib
 from tailor_jax.tasks import rewards as rewards_lib
 
 
+@dataclasses.dataclass(frozen=True)
+class CliOption:
+    """A `tailor-jax generate` flag that sets the task option `option` (`--tag-pool` sets
+    `tag_pool`); `type` converts the flag's text, `choices` limits it."""
+
+    option: str
+    help: str
+    type: type = str
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.option.replace("_", "-")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetLevel:
+    """One sampler of a dataset config: task options, and the splits its records fill in order,
+    as (split name, role, default count) triples (role "train" or "test")."""
+
+    options: Mapping
+    splits: tuple[tuple[str, str, int], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetConfig:
+    """A named problem set of a task (a TFDS config, `tailor-jax build-dataset TASK NAME`)."""
+
+    name: str
+    description: str
+    levels: tuple[DatasetLevel, ...]
+
+
 class Task(abc.ABC):
-    """A verifiable reasoning task. Subclasses are configured by keyword options."""
+    """A verifiable reasoning task. Subclasses are configured by keyword options.
+
+    Besides the hooks below, a task class states its metadata, which the CLI, the datasets,
+    evaluation, reports and the Tailor metrics read from it (and from nowhere else):
+    `name`, `level_option` (the option that fixes the difficulty level of every record, e.g.
+    `people`), `level_label` (the level's column name in tables), `key_fields` (the record
+    fields that make up a problem's content, see `content_key`), `cli_options` (the flags of
+    `tailor-jax generate`), `trace_variables` (letters in traces that name the problem's own
+    unknowns, kept when a step is reduced to its template) and `dataset_configs()`.
+    """
 
     name: ClassVar[str]
+    level_option: ClassVar[str]
+    level_label: ClassVar[str]
+    key_fields: ClassVar[tuple[str, ...]]
+    cli_options: ClassVar[tuple[CliOption, ...]] = ()
+    trace_variables: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def dataset_configs(cls) -> list[DatasetConfig]:
+        """The task's named problem sets (train/test splits per difficulty level)."""
+        return []
+
+    @classmethod
+    def content_key(cls, record: dict) -> str:
+        """The problem's content (its `key_fields`), without surface details such as the id:
+        dataset builders use it to keep train and test splits disjoint."""
+        return json.dumps([record.get(field) for field in cls.key_fields], sort_keys=True)
 
     # --- data -------------------------------------------------------------------------
     @abc.abstractmethod

@@ -39,7 +39,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from tailor_jax.errors import TailorError
-from tailor_jax.primitives import metrics as metrics_lib
+from tailor_jax.tailor import metrics as metrics_lib
+from tailor_jax.tasks import problem_key
 
 NGRAM_ORDERS = (1, 2, 3)
 
@@ -74,7 +75,7 @@ def describe(record: dict, completion: str, primitive: str, level: int, reachabl
     grams = tuple(frozenset(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)) for n in NGRAM_ORDERS)
     counts = tuple(max(len(tokens) - n + 1, 0) for n in NGRAM_ORDERS)
     states = frozenset(metrics_lib.trace_states(record, metrics_lib.trace_of(completion))) & reachable
-    return Item(grams, counts, states, metrics_lib.question_key(record), level, primitive)
+    return Item(grams, counts, states, problem_key(record), level, primitive)
 
 
 def incidence(rows: Sequence[frozenset]) -> sp.csr_matrix:

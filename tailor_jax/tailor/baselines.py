@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tailor_jax.errors import TailorError
-from tailor_jax.primitives.metrics import Example
+from tailor_jax.tailor.metrics import Example
 from tailor_jax.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def redistill(
 ) -> list[Example]:
     """Up to `budget` verified-correct samples of the policy (fewer if it solves too little:
     logged). Questions are taken in order."""
-    from tailor_jax.primitives.teacher import LocalModel
+    from tailor_jax.tailor.teacher import LocalModel
 
     if budget < 1:
         raise TailorError(f"redistill: budget must be >= 1, got {budget}")

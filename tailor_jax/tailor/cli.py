@@ -39,11 +39,11 @@ def _register_primitives(subparsers) -> None:
 
 def run_tailor(args) -> int:
     from tailor_jax.config import load_config
-    from tailor_jax.primitives import pipeline
+    from tailor_jax.tailor import pipeline
 
     cfg = load_config(pipeline.TailorConfig, args.config, args.overrides)
     if args.metrics:
-        from tailor_jax.primitives import metrics as metrics_lib
+        from tailor_jax.tailor import metrics as metrics_lib
 
         examples = metrics_lib.read_examples(args.metrics)
         scorer = metrics_lib.ModelScorer.from_directory(cfg.student) if cfg.student else None

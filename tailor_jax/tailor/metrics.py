@@ -15,9 +15,10 @@ records with an extra `"completion"` field (and `"primitive"` when known), the f
 - `reasoning_state_coverage`: a trace is cut into steps (lines, then `; ` / `. ` sentences);
   a step's reasoning state is (step type, intermediate state): the type is the step's template,
   the step with the problem's own tokens masked (GF numeral symbols -> `$`, KK names -> `@`,
-  numbers -> `#`, other capitalised words -> `@`, single-letter variables -> `v`, GF `x`/`y`
-  kept); the state is the value the step ends on (its last masked token: a field element, a
-  person index or a number; none if it has no such token). Coverage = |states the set reaches that the library
+  numbers -> `#`, other capitalised words -> `@`, single-letter variables -> `v`, the task's
+  own unknowns kept: `Task.trace_variables`, GF `x`/`y`); the state is the value the step ends
+  on (its last masked token: a field element, a person index or a number; none if it has no
+  such token). Coverage = |states the set reaches that the library
   could reach| / |states reachable|, where "reachable" is the union of the states of every library
   primitive and composition rendered on the set's own questions. In [0, 1]; more different
   strategies (and more different intermediate values) reach more states.
@@ -39,7 +40,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from tailor_jax.errors import TailorError
-from tailor_jax.tasks import Task, get_task
+from tailor_jax.tasks import TASK_MODULES, Task, get_task, problem_key, task_class
 from tailor_jax.tasks.prompt import THINK_CLOSE, THINK_OPEN
 
 
@@ -164,7 +165,8 @@ def _state_tables(record: dict) -> tuple[dict[str, int], dict[str, int], set[str
     """(symbol -> value, name -> index, letters kept as they are) of a record, for `step_state`."""
     symbols = record.get("symbols") if isinstance(record.get("symbols"), dict) else {}
     names = record.get("names") if isinstance(record.get("names"), list) else []
-    keep_letters = {"x", "y"} if record.get("task") == "gf" else set()
+    task = record.get("task")
+    keep_letters = task_class(task).trace_variables if task in TASK_MODULES else frozenset()
     return {s: int(v) for v, s in symbols.items()}, {str(name): i for i, name in enumerate(names)}, keep_letters
 
 
@@ -211,10 +213,6 @@ def reachable_states(task_name: str, records: Iterable[dict]) -> set[tuple[str, 
         for primitive in primitives:
             states |= trace_states(record, primitive.render(record))
     return states
-
-
-def question_key(record: dict) -> str:
-    return str(record.get("id", record.get("question", "")))
 
 
 # --- model-based scoring ----------------------------------------------------------------------
@@ -359,7 +357,7 @@ def compute_metrics(
     else:
         metrics["embedding"] = "tfidf_char3"
         metrics["embedding_distance"] = mean_pairwise_cosine_distance(tfidf_char_embeddings(texts))
-    questions = {question_key(ex.record): ex.record for ex in examples}
+    questions = {problem_key(ex.record): ex.record for ex in examples}
     if reachable is None:
         reachable = reachable_states(task_name, questions.values())
     reached = set().union(*(trace_states(ex.record, trace_of(ex.completion)) for ex in examples))
