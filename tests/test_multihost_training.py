@@ -26,7 +26,7 @@ from tailor_jax.data import tokenizer as tok_lib
 from tailor_jax.data.jsonl import write_jsonl
 from tailor_jax.run import export_model
 from tailor_jax.tasks import get_task
-from tailor_jax.train import grpo_trainer as gt
+from tailor_jax.train import grpo as gt
 from tailor_jax.train import sft
 from tailor_jax.train.checkpoint import Checkpointer, TrainCheckpoint
 
