@@ -162,8 +162,8 @@ def spied_step(init_dir, tmp_path_factory):
         return real_pack(rows, index, micro, **kwargs)
 
     patch.setattr(GFChain, "reward", lambda self, fn, record, completion, *, finished=True: digit_share(completion))
-    patch.setattr(gt, "collect_rollout", collect)
-    patch.setattr(gt, "pack_micro_batches", pack)
+    patch.setattr(gt.trainer, "collect_rollout", collect)  # where the trainer and the update look them up
+    patch.setattr(gt.update, "pack_micro_batches", pack)
     try:
         result = gt.train(cfg)
     finally:
