@@ -32,7 +32,7 @@ from tailor_jax.model import create_model, get_preset, transformer
 from tailor_jax.parallel.mesh import MeshConfig, create_mesh
 from tailor_jax.parallel.sharding import use_sharding
 from tailor_jax.sampling import Sampler, decode
-from tailor_jax.train import grpo_trainer as gt
+from tailor_jax.train import grpo as gt
 from tailor_jax.train.state import split_model
 
 

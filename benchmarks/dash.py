@@ -64,11 +64,11 @@ def variants(args) -> list[tuple[str, str, dict]]:
 
 def run_one(name: str, arm: str, loss: dict, seed: int, init: Path, work: Path, args) -> dict:
     from tailor_jax.config import config_from_dict
-    from tailor_jax.train import grpo_trainer
+    from tailor_jax.train import grpo as grpo_lib
 
     spec = ARMS[arm]
     exclude = init.parent.parent / "data" / "train.jsonl"  # the SFT pool of a `tailor-jax run` directory
-    cfg = config_from_dict(grpo_trainer.GRPOConfig, {
+    cfg = config_from_dict(grpo_lib.GRPOConfig, {
         "run_dir": str(work / f"{name.replace(' ', '_')}_seed{seed}"), "init": str(init), "task": "gf",
         "task_options": args.task_options, "seed": seed, "steps": args.steps, "progress": False,
         "rollout": {"prompts_per_step": args.prompts, "num_generations": args.group, "max_new_tokens": args.max_new_tokens,
@@ -81,7 +81,7 @@ def run_one(name: str, arm: str, loss: dict, seed: int, init: Path, work: Path, 
         "checkpoint": {"every_steps": 10**6, "keep": 1, "async_save": False},
     })
     start = time.perf_counter()
-    result = grpo_trainer.train(cfg)
+    result = grpo_lib.train(cfg)
     steps = [e for e in result.history if e["step"] >= 1 and "step_time" in e]
     clock, curve = 0.0, []
     for entry in result.history:

@@ -11,7 +11,7 @@ group-scaled advantages, beta 0.04 (k3 KL to a frozen reference), epsilon 0.2, t
 AdamW lr 1e-5, one optimizer update per rollout batch. Ours runs as the `tailor-jax` CLI does: one
 JAX CPU device per core on the mesh's `data` axis (parallel.cpu, `mesh_preset: auto`).
 
-Ours drives the GRPO trainer's own pieces exactly as `tailor_jax.train.grpo_trainer.train` does
+Ours drives the GRPO trainer's own pieces exactly as `tailor_jax.train.grpo.train` (its step body, `grpo_update`) does
 for one step (sampler -> group advantages -> `build_rows` -> `pack_micro_batches` -> reference
 log-probs with the jitted `make_logp_fn` -> `make_accumulate_fn` over micro-batches ->
 `make_apply_fn`), with a device sync after each phase so the split is exact. TRL's
@@ -107,7 +107,7 @@ def step_flops(parameters: int) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------
-# Ours: the trainer's pieces, one step as in grpo_trainer.train.
+# Ours: the trainer's pieces, one step as in grpo.train.
 def make_ours(model_dir: Path, prompts: list[list[int]], micro_batch: int,
               prompt_slots: int | None = None, mesh_layout: str = "auto") -> tuple[Callable[[int], dict], Callable[[], dict]]:
     """`(step, info)`: `step(seed)` runs and times one full GRPO step; `info()` describes the run."""
@@ -119,7 +119,7 @@ def make_ours(model_dir: Path, prompts: list[list[int]], micro_batch: int,
     from tailor_jax.parallel.mesh import MeshConfig, create_mesh
     from tailor_jax.parallel.sharding import use_sharding
     from tailor_jax.sampling import Sampler
-    from tailor_jax.train import grpo_trainer as gt
+    from tailor_jax.train import grpo as gt
     from tailor_jax.train.grpo import group_advantages
     from tailor_jax.train.optim import make_optimizer
     from tailor_jax.train.state import create_train_state, merge_model, state_shardings_of
@@ -142,7 +142,7 @@ def make_ours(model_dir: Path, prompts: list[list[int]], micro_batch: int,
     sampler = Sampler(model, mesh=mesh, rules=rules, pad_id=PAD_ID)
     del model
     shardings, replicated = state_shardings_of(state), NamedSharding(mesh, PartitionSpec())
-    with use_sharding(mesh, rules):  # jitted as in grpo_trainer.train: the state keeps its layout
+    with use_sharding(mesh, rules):  # jitted as in grpo.train: the state keeps its layout
         logp_fn = jax.jit(gt.make_logp_fn(graphdef, rollout_cfg.temperature))
         accumulate = jax.jit(gt.make_accumulate_fn(graphdef, loss_cfg, rollout_cfg.temperature, rollout_cfg.max_new_tokens),
                              donate_argnums=0, out_shardings=(shardings.params, replicated))

@@ -13,7 +13,7 @@ from tailor_jax.errors import TailorError
 COMMANDS = {
     "generate": "tailor_jax.data.generate",
     "sft": "tailor_jax.train.sft",
-    "grpo": "tailor_jax.train.grpo_trainer",
+    "grpo": "tailor_jax.train.grpo.trainer",
     "build-dataset": "tailor_jax.data.tfds_builders",
     "convert": "tailor_jax.model.convert",
     "run": "tailor_jax.run",

@@ -208,7 +208,7 @@ def sft_config(cfg: RunConfig):
 
 def grpo_config(cfg: RunConfig):
     """The GRPOConfig of the run (validated), initialised from the exported SFT model."""
-    from tailor_jax.train.grpo_trainer import GRPOConfig
+    from tailor_jax.train.grpo import GRPOConfig
 
     section = dict(cfg.grpo or {})
     section.update(
@@ -542,7 +542,7 @@ def run_sft(cfg: RunConfig, out: Path) -> str:
 
 
 def run_grpo(cfg: RunConfig, out: Path) -> str:
-    from tailor_jax.train import grpo_trainer as grpo_lib
+    from tailor_jax.train import grpo as grpo_lib
     from tailor_jax.train.state import merge_model
 
     grpo_cfg = grpo_config(cfg)
@@ -644,7 +644,7 @@ def check_problem_sets(cfg: RunConfig) -> None:
     stage runs, instead of an error after training."""
     from tailor_jax.eval.accuracy import level_records
     from tailor_jax.tasks import get_task
-    from tailor_jax.train.grpo_trainer import task_options_at
+    from tailor_jax.train.grpo import task_options_at
 
     sets = [("eval", cfg.task_options | cfg.eval.task_options, cfg.eval.levels)]
     if cfg.grpo is not None:

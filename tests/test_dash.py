@@ -21,8 +21,9 @@ from tailor_jax import run as run_lib
 from tailor_jax.config import load_config
 from tailor_jax.data import tokenizer as tok_lib
 from tailor_jax.errors import TailorError
+from tailor_jax.sampling import Sampler
 from tailor_jax.sampling.engine import SampleOutput
-from tailor_jax.train import grpo_trainer as gt
+from tailor_jax.train import grpo as gt
 from tailor_jax.train.optim import make_optimizer
 from tailor_jax.train.state import create_train_state
 
@@ -130,7 +131,7 @@ def test_filtered_rows_reach_no_forward_or_backward_pass_and_accounting_adds_up(
     cfg = _cfg(init_dir, tmp_path, "rollout.generation_batch_size=8", "dash.filter=true", "dash.tau=0.6",
                "loss.beta=0.04", "loss.num_iterations=2", "steps=2", "checkpoint.every_steps=100")
     rollouts, placed, calls = [], [], []
-    collect, place, generate = gt.collect_rollout, gt.place_rows, gt.Sampler.generate
+    collect, place, generate = gt.collect_rollout, gt.place_rows, Sampler.generate
 
     def collect_with_rewards(*args, **kwargs):
         rollout, stats = collect(*args, **kwargs)
@@ -146,9 +147,9 @@ def test_filtered_rows_reach_no_forward_or_backward_pass_and_accounting_adds_up(
         calls.append(len(rollouts))
         return generate(self, prompts, **kwargs)
 
-    monkeypatch.setattr(gt, "collect_rollout", collect_with_rewards)
-    monkeypatch.setattr(gt, "place_rows", place_and_record)
-    monkeypatch.setattr(gt.Sampler, "generate", generate_and_count)
+    monkeypatch.setattr(gt.trainer, "collect_rollout", collect_with_rewards)
+    monkeypatch.setattr(gt.trainer, "place_rows", place_and_record)
+    monkeypatch.setattr(Sampler, "generate", generate_and_count)
     result = gt.train(cfg)
 
     kept_rows = [0, 8, 9, 10, 11]

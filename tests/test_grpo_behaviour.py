@@ -12,11 +12,11 @@ import numpy as np
 from flax import nnx
 import pytest
 
-from tailor_jax.config import load_config
+from tailor_jax.config import OptimizerConfig, load_config
 from tailor_jax.model import load_pretrained
 from tailor_jax.parallel.mesh import MeshConfig, create_mesh
 from tailor_jax.tasks.gf import GFChain
-from tailor_jax.train import grpo_trainer as gt
+from tailor_jax.train import grpo as gt
 from tailor_jax.model.logprobs import logprobs_from_logits
 from tailor_jax.train.grpo import grpo_loss
 from tailor_jax.train.optim import make_optimizer
@@ -84,7 +84,7 @@ def test_dynamic_sampling_replaces_zero_variance_groups(init_dir, tmp_path, monk
     cfg = load_config(gt.GRPOConfig, None, [
         *overrides(init_dir, tmp_path), "rollout.num_generations=2", "dynamic_sampling.enabled=true",
         f"dynamic_sampling.max_rounds={max_rounds}"])
-    monkeypatch.setattr(gt, "sample_round", _fake_round(table))
+    monkeypatch.setattr(gt.rollout, "sample_round", _fake_round(table))
     rollout, stats = gt.collect_rollout(cfg, None, None, 1, None)
     assert [r["id"] for r in rollout.records] == expected_ids
     # every row is the row of its group in its round: tokens, rewards and prompts moved together
@@ -105,7 +105,7 @@ def test_dynamic_sampling_replaces_zero_variance_groups(init_dir, tmp_path, monk
 def test_tis_cap_weights_the_policy_loss(init_dir):
     mesh = create_mesh(MeshConfig(data=1, fsdp=1, tensor=1))
     model = load_pretrained(init_dir, dtype="float32")
-    graphdef, state = create_train_state(model, make_optimizer(gt.OptimizerConfig(lr=1e-3), 1), 0, mesh)
+    graphdef, state = create_train_state(model, make_optimizer(OptimizerConfig(lr=1e-3), 1), 0, mesh)
     rng = np.random.default_rng(1)
     n, c = 8, 6
     rows = gt.build_rows([[5, 6, 7]] * 4 + [[8, 9]] * 4, rng.integers(3, 100, size=(n, c)), rng.integers(2, c + 1, size=n), 0)
@@ -122,7 +122,7 @@ def test_tis_cap_weights_the_policy_loss(init_dir):
     def direct(params, importance_weights):
         # untiled reference: full logits from the trainer's completion hidden states
         model = nnx.merge(graphdef, params, state.rest)
-        logp = logprobs_from_logits(model.logits(gt._completion_hidden(model, batch)), batch["tokens"])
+        logp = logprobs_from_logits(model.logits(gt.update._completion_hidden(model, batch)), batch["tokens"])
         return grpo_loss(logp, old_logp, None, rows["advantages"], rows["completion_mask"], epsilon_low=0.2,
                          epsilon_high=0.2, max_len=c, importance_weights=importance_weights)[0]
 
@@ -162,8 +162,8 @@ def spied_step(init_dir, tmp_path_factory):
         return real_pack(rows, index, micro, **kwargs)
 
     patch.setattr(GFChain, "reward", lambda self, fn, record, completion, *, finished=True: digit_share(completion))
-    patch.setattr(gt, "collect_rollout", collect)
-    patch.setattr(gt, "pack_micro_batches", pack)
+    patch.setattr(gt.trainer, "collect_rollout", collect)  # where the trainer and the update look them up
+    patch.setattr(gt.update, "pack_micro_batches", pack)
     try:
         result = gt.train(cfg)
     finally:

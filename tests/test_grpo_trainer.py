@@ -19,7 +19,7 @@ from flax import nnx
 
 from tailor_jax.config import load_config
 from tailor_jax.errors import TailorError
-from tailor_jax.train import grpo_trainer as gt
+from tailor_jax.train import grpo as gt
 from tailor_jax.model.logprobs import logprobs_from_logits as token_logprobs
 from tailor_jax.train.grpo import grpo_loss
 from tailor_jax.train.optim import make_optimizer
@@ -176,7 +176,7 @@ def test_micro_batch_accumulation_equals_one_batch(init_dir, loss_agg):
     def direct(params):
         # untiled: the full [N, C, V] logits and a plain log-softmax
         model = nnx.merge(graphdef, params, state.rest)
-        hidden = gt._completion_hidden(model, {k: jnp.asarray(v) for k, v in rows.items()})
+        hidden = gt.update._completion_hidden(model, {k: jnp.asarray(v) for k, v in rows.items()})
         logp = token_logprobs(model.logits(hidden), jnp.asarray(rows["tokens"]))
         return grpo_loss(logp, rows["old_logp"], None, rows["advantages"], rows["completion_mask"],
                          epsilon_low=0.1, epsilon_high=0.3, loss_agg=loss_agg, max_len=c)[0]

@@ -29,7 +29,7 @@ from tailor_jax.tasks import get_task
 from tailor_jax.train import checkpoint as checkpoint_lib
 from tailor_jax.train.checkpoint import Checkpointer, TrainCheckpoint, abstract_like
 from tailor_jax.train.guard import NonFiniteError, NonFiniteGuard
-from tailor_jax.train.grpo_trainer import make_apply_fn
+from tailor_jax.train.grpo import make_apply_fn
 from tailor_jax.train.state import TrainState
 
 from test_checkpoint import (  # noqa: F401 - `uninterrupted` is a fixture (the toy run, not killed)

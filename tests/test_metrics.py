@@ -173,7 +173,7 @@ def test_wandb_section_without_the_package_is_one_clear_error(tmp_path, monkeypa
 
 def test_wandb_section_in_the_trainer_configs(tmp_path):
     from tailor_jax.config import load_config
-    from tailor_jax.train.grpo_trainer import GRPOConfig
+    from tailor_jax.train.grpo import GRPOConfig
     from tailor_jax.train.sft import SFTConfig
 
     base = [f"run_dir={tmp_path}", "data.train_file=train.jsonl"]

@@ -21,7 +21,7 @@ from tailor_jax.data.jsonl import read_jsonl, write_jsonl
 from tailor_jax.errors import TailorError
 from tailor_jax.tasks import get_task
 from tailor_jax.tasks.gf import check_trace
-from tailor_jax.train import grpo_trainer
+from tailor_jax.train import grpo as grpo_lib
 
 # A micro pipeline: tiny model, a few steps per stage, checkpoints every step or two.
 MICRO = {
@@ -241,8 +241,8 @@ def test_held_out_sets_exclude_training_problems(tmp_path):
     held_sft = [run_lib.problem_key(r) for r in read_jsonl(tmp_path / "data" / "sft_eval.jsonl")]
     held_eval = [run_lib.problem_key(r) for r in run_lib.eval_records(cfg)]
     grpo = run_lib.grpo_config(cfg)
-    held_grpo = [run_lib.problem_key(r) for r in grpo_trainer.eval_problems(grpo)]
-    unfiltered = grpo_trainer.eval_problems(dataclasses.replace(grpo, eval=dataclasses.replace(grpo.eval, exclude_file=None)))
+    held_grpo = [run_lib.problem_key(r) for r in grpo_lib.eval_problems(grpo)]
+    unfiltered = grpo_lib.eval_problems(dataclasses.replace(grpo, eval=dataclasses.replace(grpo.eval, exclude_file=None)))
     assert len(held_sft) == 8 and len(held_eval) == 30 and len(held_grpo) == 30
     assert not train & set(held_sft) and not train & set(held_eval) and not train & set(held_grpo)
     assert train & {run_lib.problem_key(r) for r in unfiltered}  # the pool is small enough to collide
@@ -395,7 +395,7 @@ def test_quickstart_micro_run_with_the_tailor_warm_start(tmp_path):
 
     # no held-out problem is in the SFT pool: the SFT eval set, the final eval, GRPO's eval
     held_out = [*read_jsonl(tmp_path / "data" / "sft_eval.jsonl"), *read_jsonl(tmp_path / "eval" / "records.jsonl"),
-                *grpo_trainer.eval_problems(run_lib.grpo_config(cfg))]
+                *grpo_lib.eval_problems(run_lib.grpo_config(cfg))]
     assert len(held_out) == 8 + 4 + 2 and not pool & {run_lib.problem_key(r) for r in held_out}
 
     # the report holds numbers: each model's held-out accuracy as evaluated

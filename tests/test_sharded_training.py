@@ -1,5 +1,5 @@
 """Sharded training equals one device: one SFT step and one GRPO update (the trainers' jitted
-functions, placed the way `sft.train` / `grpo_trainer.train` place them) on an fsdp x tensor and a
+functions, placed the way `sft.train` / `grpo.train` place them) on an fsdp x tensor and a
 data x fsdp mesh of the 8 virtual CPU devices (tests/conftest.py) give the loss, gradient norm
 and updated parameters of the same step on a single device, up to float32 summation order."""
 
@@ -16,7 +16,7 @@ from tailor_jax.data import pipeline
 from tailor_jax.model import ModelConfig, create_model
 from tailor_jax.parallel.mesh import MeshConfig, create_mesh
 from tailor_jax.parallel.sharding import use_sharding
-from tailor_jax.train import grpo_trainer as gt
+from tailor_jax.train import grpo as gt
 from tailor_jax.train import sft
 from tailor_jax.train.state import create_train_state, global_batch, state_shardings_of
 
@@ -102,7 +102,7 @@ def grpo_rows():
 
 
 def _grpo_update(mesh_config: MeshConfig, rows: dict, micro: int = 4):
-    """One update as `grpo_trainer.train` makes it: micro-batches accumulated, then applied."""
+    """One update as `grpo.train` makes it: micro-batches accumulated, then applied."""
     mesh, rules = _mesh(mesh_config), mesh_config.axis_rules()
     graphdef, state = create_train_state(create_model(CONFIG, seed=0), TX, 0, mesh, rules)
     loss_cfg = gt.LossConfig(epsilon_low=0.1, epsilon_high=0.2, tis_cap=2.0)

@@ -209,7 +209,7 @@ def grpo_update(model: AbstractModel, rows: int, prompt_len: int, completion_len
     """One GRPO update micro-batch (`make_accumulate_fn`, jitted as the trainer does) of `rows`
     completions from ceil(rows / group) prompts; resident: the optimizer state (and the reference
     weights when beta > 0)."""
-    from tailor_jax.train import grpo_trainer as gt
+    from tailor_jax.train import grpo as gt
     from tailor_jax.train.optim import make_optimizer
 
     tx = make_optimizer(optimizer or OptimizerConfig(), 1000)
@@ -231,7 +231,7 @@ def grpo_update(model: AbstractModel, rows: int, prompt_len: int, completion_len
 def logprob_pass(model: AbstractModel, rows: int, prompt_len: int, completion_len: int, *, group: int = 8,
                  resident: int = 0, logprob_chunk: int = DEFAULT_CHUNK_TOKENS) -> StageEstimate:
     """The old / reference log-prob pass (`make_logp_fn`) over one micro-batch."""
-    from tailor_jax.train import grpo_trainer as gt
+    from tailor_jax.train import grpo as gt
 
     kwargs = {"chunk_tokens": logprob_chunk} if _supports(gt.make_logp_fn, "chunk_tokens") else {}
     fn = gt.make_logp_fn(model.graphdef, 1.0, **kwargs)

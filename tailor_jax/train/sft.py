@@ -1,8 +1,10 @@
 """Supervised fine-tuning: masked next-token cross-entropy on completion tokens.
 
 Pure core (testable with arrays alone): `sft_loss`, `make_train_step`,
-`make_eval_step`. The stateful shell (`train`, the `tailor-jax sft` command) adds data,
-checkpoints, metrics, evaluation and signal handling around it.
+`make_eval_step`. `train` (the `tailor-jax sft` command) builds the data, model and jitted steps
+and hands SFT's step, evaluation and data position to the shared training shell
+(train/loop.py: checkpoints and exact resume, metrics, progress, preemption, the non-finite
+guard). The config classes live in train/sft_config.py.
 """
 
 from __future__ import annotations
@@ -13,11 +15,10 @@ import hashlib
 import itertools
 import json
 import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -26,25 +27,25 @@ import optax
 from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
-from tqdm import tqdm
 
-from tailor_jax.config import CheckpointConfig, OptimizerConfig, config_to_dict, dump_config, load_config, require
+from tailor_jax.config import load_config
 from tailor_jax.data import pipeline
 from tailor_jax.data import tokenizer as tok_lib
 from tailor_jax.data.jsonl import read_jsonl
-from tailor_jax.data.tokenizer import MIN_VOCAB_SIZE
 from tailor_jax.errors import TailorError
 from tailor_jax.model import get_preset
 from tailor_jax.model.logprobs import DEFAULT_CHUNK_TOKENS, model_token_logprobs
 from tailor_jax.model.transformer import create_model
-from tailor_jax.parallel.mesh import MeshConfig, create_mesh
+from tailor_jax.parallel.mesh import create_mesh
 from tailor_jax.parallel.sharding import use_sharding
 from tailor_jax.tasks import Task, get_task
-from tailor_jax.train.memory_plan import MemoryConfig, check_trainer, sft_model_config
-from tailor_jax.train.metrics import MetricsWriter, Progress, WandbConfig
+from tailor_jax.train.memory_plan import check_trainer, sft_model_config
 from tailor_jax.train.optim import learning_rate_schedule, make_optimizer
-from tailor_jax.train.checkpoint import Checkpointer, TrainCheckpoint, install_preemption_handler
-from tailor_jax.train.guard import NonFiniteGuard, describe_last_checkpoint, finite_flag, keep_if_finite
+from tailor_jax.train.sft_config import (  # noqa: F401 (re-exported: callers read the configs from here)
+    DataConfig, ModelSection, PositionGapsConfig, SFTConfig, TokenizerConfig,
+)
+from tailor_jax.train.guard import finite_flag, keep_if_finite
+from tailor_jax.train.loop import LoopConfig, StepOutput, check_run_dir, open_run_dir, print_metrics, run_loop, stage_log
 from tailor_jax.train.state import (
     TrainState, create_train_state, data_parallel_size, global_batch, merge_model, state_shardings_of,
 )
@@ -161,114 +162,6 @@ def make_eval_step(graphdef: nnx.GraphDef, logprob_chunk: int = DEFAULT_CHUNK_TO
         return {"nll_sum": nll, "num_tokens": count, "correct": correct}
 
     return eval_step
-
-
-# ---------------------------------------------------------------------------------------
-# Config.
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """Where the SFT records come from: a JSONL file or a built TFDS/ArrayRecord dataset."""
-
-    task: str = "gf"
-    task_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. {p: 11}
-    train_file: str | None = None  # JSONL records (from `tailor-jax generate` or the Tailor pipeline)
-    eval_file: str | None = None
-    tfds_dir: str | None = None  # a TFDS data_dir holding the dataset built by tfds_builders
-    tfds_config: str | None = None
-    train_split: str = "train"
-    eval_split: str | None = "test"
-    prompt_style: Literal["plain", "chat"] = "plain"
-    think_prefill: bool = False
-    seq_len: int = 256
-    packing: bool = True
-    buckets: tuple[int, ...] = ()
-
-    def __post_init__(self):
-        require(
-            (self.train_file is None) != (self.tfds_dir is None),
-            "set exactly one of data.train_file (JSONL) and data.tfds_dir (a TFDS dataset)",
-        )
-        require(self.tfds_dir is None or self.tfds_config is not None, "data.tfds_dir needs data.tfds_config")
-        require(self.seq_len >= 2, f"seq_len must be >= 2, got {self.seq_len}")
-        require(all(b >= 2 for b in self.buckets), f"buckets must be >= 2, got {list(self.buckets)}")
-
-
-@dataclasses.dataclass(frozen=True)
-class PositionGapsConfig:
-    """Random gaps in the position ids of training examples, so that attention cannot lean on
-    exact distances and carries over to longer inputs (randomized positions, after Ruoss et al.
-    2023). Off at `prob` 0. Otherwise a fraction `contiguous` of the examples keeps positions
-    0, 1, 2, ...; in the others every token after the first advances the position by 1 + g with
-    probability `prob`, g uniform in 1..max_gap. Evaluation and sampling use contiguous positions."""
-
-    prob: float = 0.0
-    max_gap: int = 3
-    contiguous: float = 0.5
-
-    def __post_init__(self):
-        require(0 <= self.prob <= 1, f"position_gaps.prob must be in [0, 1], got {self.prob}")
-        require(self.max_gap >= 1, f"position_gaps.max_gap must be >= 1, got {self.max_gap}")
-        require(0 <= self.contiguous <= 1, f"position_gaps.contiguous must be in [0, 1], got {self.contiguous}")
-
-
-@dataclasses.dataclass(frozen=True)
-class TokenizerConfig:
-    path: str | None = None  # a directory with tokenizer.json (e.g. the pretrained checkpoint)
-    vocab_size: int = 512  # when training a BPE (path null): its vocabulary size
-
-    def __post_init__(self):
-        require(self.vocab_size >= MIN_VOCAB_SIZE, f"vocab_size must be >= {MIN_VOCAB_SIZE}, got {self.vocab_size}")
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSection:
-    preset: str = "tiny"  # a from-scratch preset (vocab_size follows the tokenizer)
-    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. {hidden_size: 64}; with pretrained: remat/attention only
-    pretrained: str | None = None  # a local Hugging Face checkpoint directory instead of a preset
-
-
-@dataclasses.dataclass(frozen=True)
-class SFTConfig:
-    run_dir: str
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    tokenizer: TokenizerConfig = dataclasses.field(default_factory=TokenizerConfig)
-    model: ModelSection = dataclasses.field(default_factory=ModelSection)
-    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
-    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
-    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig.auto)
-    position_gaps: PositionGapsConfig = dataclasses.field(default_factory=PositionGapsConfig)
-    memory: MemoryConfig = dataclasses.field(default_factory=MemoryConfig)
-    seed: int = 0
-    steps: int = 1000
-    batch_size: int = 16  # global rows per optimizer step (all hosts, all micro-batches)
-    accum_steps: int = 1  # micro-batches per step (gradient accumulation)
-    num_epochs: int | None = None  # null: cycle through the data until `steps`
-    log_every: int = 10
-    eval_every: int = 0  # 0: evaluate only at the end
-    eval_batches: int = 8  # eval-loss batches per evaluation
-    eval_samples: int = 0  # held-out problems decoded greedily per evaluation (0: none)
-    max_new_tokens: int = 256
-    progress: bool = True
-    record_batches: bool = False  # append a hash of every batch to run_dir/batches.txt (tests)
-    nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/inf loss or gradient norm: stop, or skip that update (train/guard.py)
-    max_consecutive_skips: int = 10  # nonfinite=skip: stop after this many skipped steps in a row
-    wandb: WandbConfig | None = None  # log to Weights & Biases too (project, name, mode); see docs/training.md#metrics
-
-    def __post_init__(self):
-        require(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
-        require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        require(self.accum_steps >= 1, f"accum_steps must be >= 1, got {self.accum_steps}")
-        require(
-            self.batch_size % self.accum_steps == 0,
-            f"batch_size ({self.batch_size}) must be a multiple of accum_steps ({self.accum_steps})",
-        )
-        require(self.num_epochs is None or self.num_epochs >= 1, f"num_epochs must be >= 1 or null, got {self.num_epochs}")
-        require(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
-        require(self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}")
-        require(self.eval_batches >= 0 and self.eval_samples >= 0, "eval_batches and eval_samples must be >= 0")
-        require(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        require(0 <= self.seed < 2**31, f"seed must be in [0, 2^31), got {self.seed}")
-        require(self.max_consecutive_skips >= 1, f"max_consecutive_skips must be >= 1, got {self.max_consecutive_skips}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -456,9 +349,7 @@ class SFTResult:
 
 def train(cfg: SFTConfig) -> SFTResult:
     """Run (or resume) SFT as configured."""
-    run_dir = Path(cfg.run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise TailorError(f"run_dir {run_dir} is a file; give a directory")
+    check_run_dir(cfg.run_dir)
     task = get_task(cfg.data.task, **cfg.data.task_options)
     records = load_records(cfg.data, "train")  # a missing file fails here, before anything is written
     eval_records = load_records(cfg.data, "eval")
@@ -476,10 +367,10 @@ def train(cfg: SFTConfig) -> SFTResult:
             f"data.buckets {list(cfg.data.buckets)}: with {jax.process_count()} processes every host's batch must have "
             "the same length; use data.packing or a single bucket"
         )
+    run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(cfg, records, task, run_dir)
-    if jax.process_index() == 0:
-        dump_config(cfg, run_dir / "config.yaml")
+    open_run_dir(cfg)
 
     planned, _ = sft_model_config(cfg)
     if planned is not None:  # stops here, before the weights load, if a stage cannot fit the device
@@ -501,82 +392,70 @@ def train(cfg: SFTConfig) -> SFTResult:
     # accum_steps micro-batches stacked along the batch axis.
     rows = cfg.batch_size // jax.process_count()
     data = pipeline.sft_dataset(records, task, tokenizer, _pipeline_config(cfg, rows, cfg.num_epochs), *pipeline.host_shard())
-    iterator = iter(data)
+    trainer = _SFTTrainer(cfg, iter(data), train_step, eval_step, graphdef, eval_records, task, tokenizer, mesh, rules)
+    result = run_loop(LoopConfig.of("sft", cfg, eval_every=cfg.eval_every), trainer, state)
+    return SFTResult(result.metrics, result.state, graphdef, tokenizer)
 
-    checkpoint_dir = Path(cfg.checkpoint.dir) if cfg.checkpoint.dir else run_dir / "checkpoints"
-    metrics_log = MetricsWriter(run_dir, is_primary=jax.process_index() == 0, wandb=cfg.wandb, config=config_to_dict(cfg))
-    batches_log = (run_dir / "batches.txt").open("a") if cfg.record_batches and jax.process_index() == 0 else None
-    preemption = install_preemption_handler()
-    guard = NonFiniteGuard("sft", cfg.nonfinite, cfg.max_consecutive_skips)
-    last: dict[str, float] = {}
-    try:
-        with Checkpointer(checkpoint_dir, cfg.checkpoint) as checkpointer:
-            target = TrainCheckpoint(0, state.params, state.opt_state, rng_key=state.rng)
-            restored = checkpointer.restore_latest(target)
-            if restored is not None:
-                state = state.replace(
-                    step=jax.device_put(jnp.asarray(restored.step, jnp.int32), state.step.sharding),
-                    params=restored.params,
-                    opt_state=restored.opt_state,
-                    rng=restored.rng_key,
-                )
-                if restored.data_state is None:
-                    raise TailorError(f"checkpoint step {restored.step} in {checkpoint_dir} has no data position; cannot resume exactly")
-                iterator.set_state(restored_data_state(restored.data_state, restored.step))
-            start = int(state.step)
-            if start >= cfg.steps:
-                _log(f"already trained {start} of {cfg.steps} steps; nothing to do")
-            bar = Progress(cfg.steps, initial_step=start, desc="sft", enabled=cfg.progress and jax.process_index() == 0)
-            window_tokens, window_start, window_step = 0, time.perf_counter(), start
-            for step in range(start + 1, cfg.steps + 1):
-                batch = next(iterator)
-                if batches_log is not None:
-                    batches_log.write(f"{step} {_batch_digest(batch)}\n")
-                    batches_log.flush()
-                state, metrics = train_step(state, global_batch(batch, mesh, rules))
-                guard.record(step, metrics.pop("finite"))  # read with the metrics, before an eval or a save
-                window_tokens += int((batch["segment_ids"] > 0).sum()) * jax.process_count()  # non-padding
-                if step % cfg.log_every == 0 or step == cfg.steps:
-                    guard.check(lambda: describe_last_checkpoint(checkpointer))
-                    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()} | guard.metrics()
-                    elapsed = time.perf_counter() - window_start
-                    metrics["train/tokens_per_s"] = window_tokens / max(elapsed, 1e-9)
-                    metrics["step_time"] = elapsed / max(step - window_step, 1)
-                    metrics_log.write(step, metrics)
-                    bar.update(step, loss=metrics["loss"], tokens=window_tokens)
-                    last = metrics
-                    window_tokens, window_start, window_step = 0, time.perf_counter(), step
-                if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
-                    guard.check(lambda: describe_last_checkpoint(checkpointer))
-                    with use_sharding(mesh, rules):
-                        eval_metrics = evaluate(cfg, state, graphdef, eval_step, eval_records, task, tokenizer, mesh, rules)
-                    if eval_metrics:
-                        metrics_log.write(step, eval_metrics)
-                        last = {**last, **eval_metrics}
-                        if jax.process_index() == 0:
-                            tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
-                stop = preemption.reached(step)
-                if checkpointer.should_save(step) or stop or step == cfg.steps:
-                    guard.check(lambda: describe_last_checkpoint(checkpointer))
-                    checkpointer.save(
-                        TrainCheckpoint(step, state.params, state.opt_state, state.rng, data_state_to_save(iterator),
-                                        config_to_dict(cfg))
-                    )
-                if stop:
-                    _log(f"stopped by {preemption.signal_name} after step {step}; checkpoint saved, rerun the same command to resume")
-                    break
-            bar.close()
-    finally:
-        preemption.uninstall()
-        metrics_log.close()
-        if batches_log is not None:
-            batches_log.close()
-    return SFTResult(last, state, graphdef, tokenizer)
+
+class _SFTTrainer:
+    """SFT's part of the shared loop (train/loop.py): a batch per step, held-out loss and answer
+    accuracy as the evaluation, the data iterator's position in checkpoints."""
+
+    def __init__(self, cfg: SFTConfig, iterator, train_step, eval_step, graphdef, eval_records, task, tokenizer, mesh, rules):
+        self.cfg, self.iterator, self.train_step, self.eval_step = cfg, iterator, train_step, eval_step
+        self.graphdef, self.eval_records, self.task, self.tokenizer = graphdef, eval_records, task, tokenizer
+        self.mesh, self.rules = mesh, rules
+        record = cfg.record_batches and jax.process_index() == 0
+        self.batches_log = (Path(cfg.run_dir) / "batches.txt").open("a") if record else None
+        self.window_tokens, self.window_start, self.window_step = 0, None, 0
+
+    def restore_data(self, data_state: dict | None, step: int) -> None:
+        if data_state is None:
+            raise TailorError(f"checkpoint step {step} in {self.cfg.checkpoint.dir or Path(self.cfg.run_dir) / 'checkpoints'} "
+                              "has no data position; cannot resume exactly")
+        self.iterator.set_state(restored_data_state(data_state, step))
+        self.window_step = step
+
+    def step(self, state: TrainState, step: int) -> tuple[TrainState, StepOutput]:
+        if self.window_start is None:  # the first step of this process: the throughput window opens
+            self.window_start = time.perf_counter()
+        batch = next(self.iterator)
+        if self.batches_log is not None:
+            self.batches_log.write(f"{step} {_batch_digest(batch)}\n")
+            self.batches_log.flush()
+        state, metrics = self.train_step(state, global_batch(batch, self.mesh, self.rules))
+        self.window_tokens += int((batch["segment_ids"] > 0).sum()) * jax.process_count()  # non-padding
+        return state, StepOutput(metrics, metrics.pop("finite"))
+
+    def read_metrics(self, step: int, metrics) -> dict[str, float]:
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        elapsed = time.perf_counter() - self.window_start
+        metrics["train/tokens_per_s"] = self.window_tokens / max(elapsed, 1e-9)
+        metrics["step_time"] = elapsed / max(step - self.window_step, 1)
+        self.logged_tokens = self.window_tokens
+        self.window_tokens, self.window_start, self.window_step = 0, time.perf_counter(), step
+        return metrics
+
+    def progress(self, metrics) -> dict[str, Any]:
+        return {"loss": metrics["loss"], "tokens": self.logged_tokens}
+
+    def evaluate(self, state: TrainState, step: int) -> dict[str, float]:
+        with use_sharding(self.mesh, self.rules):
+            metrics = evaluate(self.cfg, state, self.graphdef, self.eval_step, self.eval_records, self.task,
+                               self.tokenizer, self.mesh, self.rules)
+        print_metrics(step, metrics)
+        return metrics
+
+    def data_state(self, step: int) -> dict:
+        return data_state_to_save(self.iterator)
+
+    def close(self) -> None:
+        if self.batches_log is not None:
+            self.batches_log.close()
 
 
 def _log(message: str) -> None:
-    if jax.process_index() == 0:
-        print(f"tailor-jax sft: {message}", file=sys.stderr, flush=True)
+    stage_log("sft", message)
 
 
 # ---------------------------------------------------------------------------------------
