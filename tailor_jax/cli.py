@@ -18,7 +18,7 @@ COMMANDS = {
     "convert": "tailor_jax.model.convert",
     "run": "tailor_jax.run",
     "study": "tailor_jax.study",
-    "eval": "tailor_jax.eval.evaluate",
+    "eval": "tailor_jax.run.eval_command",
     "report": "tailor_jax.eval.report",
     "tailor": "tailor_jax.primitives.cli",
     "primitives": "tailor_jax.primitives.cli",

@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from tailor_jax.config import apply_overrides, config_from_dict, read_yaml
+from tailor_jax.atomic import write_json
 from tailor_jax.errors import TailorError
 
 STUDY_KEYS = ("base", "study_dir", "overrides", "grid", "threshold")
@@ -298,9 +299,7 @@ def write_manifest(study: Study) -> Path:
         "cells": [{"name": c.name, "values": c.values, "overrides": c.overrides} for c in study.cells],
     }
     path = study.study_dir / "study.json"
-    tmp = path.with_name("study.json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp.replace(path)
+    write_json(path, manifest)
     return path
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from tailor_jax.atomic import write_text
 from tailor_jax.errors import TailorError
 from tailor_jax.eval.evaluate import format_table
 
@@ -345,9 +346,7 @@ def write_report(run_dir: str | Path) -> Path:
                   f"{ws['distinct_3']:.3f}; mean {ws['mean_words']:.1f} words per demonstration.", ""]
     lines += ["## Plots", "", *_embed(plots, base), ""]
     path = base / "report.md"
-    tmp = path.with_name("report.md.tmp")
-    tmp.write_text("\n".join(lines))
-    tmp.replace(path)
+    write_text(path, "\n".join(lines))
     return path
 
 
@@ -373,7 +372,7 @@ def write_comparison(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Pat
         lines += ["Greedy accuracy (%) per level:", "", format_table(finals, label=_level_label(runs[0]["config"])), ""]
     lines += ["## Plots", "", *_embed(plots, out), ""]
     path = out / "report.md"
-    path.write_text("\n".join(lines))
+    write_text(path, "\n".join(lines))
     return path
 
 

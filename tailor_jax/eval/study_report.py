@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tailor_jax.atomic import write_json, write_text
 from tailor_jax.errors import TailorError
 from tailor_jax.eval import report as run_report
 
@@ -359,11 +360,9 @@ def write_study_report(study_dir: str | Path) -> Path:
     study = load_study_dir(study_dir)
     summary = summarize(study)
     plots = make_plots(study, summary, study["dir"] / "plots")
-    (study["dir"] / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False, default=str) + "\n")
+    write_json(study["dir"] / "summary.json", summary, allow_nan=False, default=str)
     path = study["dir"] / "report.md"
-    tmp = path.with_name("report.md.tmp")
-    tmp.write_text(markdown(study, summary, plots))
-    tmp.replace(path)
+    write_text(path, markdown(study, summary, plots))
     return path
 
 

@@ -35,12 +35,15 @@ from typing import Any, Literal
 
 import numpy as np
 
+from tailor_jax.atomic import write_json
 from tailor_jax.config import config_hash, config_to_dict, dump_config, require
 from tailor_jax.data.jsonl import read_jsonl, write_jsonl
 from tailor_jax.errors import TailorError
+from tailor_jax.eval.evaluator import score_completions
 from tailor_jax.primitives import metrics as metrics_lib
 from tailor_jax.primitives import selection
 from tailor_jax.primitives.metrics import Example
+from tailor_jax.stage_cache import stage_status, write_stage
 from tailor_jax.tasks import Task, get_task
 
 log = logging.getLogger(__name__)
@@ -182,10 +185,7 @@ def _say(message: str) -> None:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str))
-    tmp.replace(path)
+    write_json(path, data, ensure_ascii=False, default=str)
 
 
 def _read_json(path: Path, stage: str) -> Any:
@@ -215,17 +215,12 @@ def stage_settings(cfg: TailorConfig, stage: str) -> dict:
 
 
 def _mark_done(cfg: TailorConfig, stage: str) -> None:
-    _write_json(_stage_dir(cfg, stage) / "done.json", {"settings_hash": config_hash(stage_settings(cfg, stage))})
+    write_stage(_stage_dir(cfg, stage), {"hash": config_hash(stage_settings(cfg, stage)), "status": "done"})
 
 
 def is_done(cfg: TailorConfig, stage: str) -> bool:
-    marker = Path(cfg.run_dir) / stage / "done.json"
-    if not marker.is_file():
-        return False
-    try:
-        return json.loads(marker.read_text()).get("settings_hash") == config_hash(stage_settings(cfg, stage))
-    except (json.JSONDecodeError, AttributeError):
-        return False
+    """Done with the same settings (the stage cache: `stage.json`, or an older `done.json`)."""
+    return stage_status(Path(cfg.run_dir) / stage, {config_hash(stage_settings(cfg, stage))}) == "done"
 
 
 def make_task(cfg: TailorConfig) -> Task:
@@ -269,17 +264,19 @@ def analyse(cfg: TailorConfig) -> AnalyseResult:
     student = LocalModel.load(cfg.student)
     acfg = cfg.analyse
     prompts = [task.prompt(r, style=cfg.prompt_style) for r in questions]
-    texts, finished = student.sample(prompts, max_new_tokens=acfg.max_new_tokens, temperature=acfg.temperature,
-                                     num_samples=acfg.samples_per_question, seed=cfg.seed)
+    done = student.complete(prompts, max_new_tokens=acfg.max_new_tokens, temperature=acfg.temperature,
+                            num_samples=acfg.samples_per_question, seed=cfg.seed)
+    scores = score_completions(task, questions, done)  # [question, sample] binary rewards
+    texts = done.texts
     samples, by_level, failures = [], defaultdict(list), []
     examples = []
-    for i, (record, prompt) in enumerate(zip(questions, prompts)):
+    for i, record in enumerate(questions):
         for s in range(acfg.samples_per_question):
             j = i * acfg.samples_per_question + s
-            completion = prompt.prefill + texts[j]
-            correct = task.reward("binary", record, completion, finished=finished[j]) == 1.0
+            completion = texts[j]
+            correct = bool(scores[i, s] == 1.0)
             samples.append({"id": record.get("id"), "sample": s, "completion": completion,
-                            "finished": finished[j], "correct": correct})
+                            "finished": done.finished[j], "correct": correct})
             by_level[str(task.difficulty(record))].append(correct)
             examples.append(Example(record, completion, None))
             if not correct and len(failures) < acfg.max_failures:
@@ -386,10 +383,10 @@ def synthesize(cfg: TailorConfig, discovery: DiscoverResult) -> SynthesizeResult
         chosen = questions[: tcfg.questions_per_primitive]
         for n, candidate in enumerate(teacher_candidates):
             prompts = [teacher_lib.conditioned_prompt(candidate.description, task.question(r), cfg.prompt_style) for r in chosen]
-            texts, _ = teacher.sample(prompts, max_new_tokens=tcfg.max_new_tokens, temperature=tcfg.temperature,
-                                      seed=cfg.seed + 1000 * (n + 1))
-            for record, prompt, text in zip(chosen, prompts, texts):
-                completion = teacher_lib.strip_instruction(prompt.prefill + text, candidate.description)
+            done = teacher.complete(prompts, max_new_tokens=tcfg.max_new_tokens, temperature=tcfg.temperature,
+                                    seed=cfg.seed + 1000 * (n + 1))
+            for record, text in zip(chosen, done.texts):
+                completion = teacher_lib.strip_instruction(text, candidate.description)
                 demos.append(Demo(record, candidate.name, "teacher", completion, candidate.description))
     write_jsonl(out / "demos.jsonl", [vars(d) for d in demos])  # shallow: asdict deep-copies every record
     _mark_done(cfg, "synthesize")

@@ -41,7 +41,8 @@ from tailor_jax.config import CheckpointConfig, OptimizerConfig, config_to_dict,
 from tailor_jax.data import tokenizer as tok_lib
 from tailor_jax.data.jsonl import read_jsonl
 from tailor_jax.errors import TailorError
-from tailor_jax.eval.accuracy import LEVEL_OPTION, answer_accuracy, level_records
+from tailor_jax.eval.accuracy import LEVEL_OPTION, level_records
+from tailor_jax.eval.evaluator import Completions, decode_completions, evaluate_policy, score_completions
 from tailor_jax.model.logprobs import DEFAULT_CHUNK_TOKENS, TokenStats, model_token_logprobs
 from tailor_jax.parallel.mesh import MeshConfig, create_mesh
 from tailor_jax.parallel.sharding import logical_sharding, use_sharding
@@ -477,16 +478,13 @@ def sample_round(cfg: GRPOConfig, sampler: Sampler, tokenizer, records: list[dic
         )
         for call, start in enumerate(range(0, len(ids), per_call))
     ]
-    finished = np.concatenate([np.asarray(out.finished, bool) for out in outs])
-    texts = [text for out in outs for text in tokenizer.batch_decode(out.tokens, skip_special_tokens=True)]
-    components = {name: np.zeros(len(texts), np.float32) for name in cfg.rewards}
-    for row, text in enumerate(texts):
-        record, prompt = records[row // g], prompts[row // g]
-        for name in cfg.rewards:
-            components[name][row] = task.reward(name, record, prompt.prefill + text, finished=bool(finished[row]))
+    done = Completions.concat([decode_completions(tokenizer, prompts[start : start + per_call], out, g)
+                               for out, start in zip(outs, range(0, len(ids), per_call))])
+    finished = np.asarray(done.finished, bool)
+    components = {name: score_completions(task, records, done, name).reshape(-1) for name in cfg.rewards}
     rewards = sum(cfg.rewards[name] * components[name] for name in cfg.rewards)
     return Rollout(
-        records=list(records), prompt_ids=[ids[row // g] for row in range(len(texts))],
+        records=list(records), prompt_ids=[ids[row // g] for row in range(len(finished))],
         tokens=np.concatenate([out.token_array for out in outs]), logprobs=np.concatenate([out.logprob_array for out in outs]),
         lengths=np.concatenate([np.asarray(out.lengths) for out in outs]), finished=finished,
         rewards=np.asarray(rewards, np.float32), components=components,
@@ -633,7 +631,7 @@ def train(cfg: GRPOConfig) -> GRPOResult:
         if not eval_records:
             return {}
         sampler.update_weights(merge_model(graphdef, state))
-        return answer_accuracy(
+        return evaluate_policy(
             sampler, eval_task, tokenizer, eval_records, prompt_style=cfg.prompt_style,
             think_prefill=cfg.think_prefill, max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
         )
