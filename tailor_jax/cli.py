@@ -19,7 +19,7 @@ COMMANDS = {
     "run": "tailor_jax.run",
     "study": "tailor_jax.study",
     "eval": "tailor_jax.run.eval_command",
-    "report": "tailor_jax.eval.report",
+    "report": "tailor_jax.eval.report_command",
     "tailor": "tailor_jax.primitives.cli",
     "primitives": "tailor_jax.primitives.cli",
 }
