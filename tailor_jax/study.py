@@ -37,6 +37,7 @@ import yaml
 from tailor_jax.config import apply_overrides, config_from_dict, read_yaml
 from tailor_jax.atomic import write_json
 from tailor_jax.errors import TailorError
+from tailor_jax.stage_cache import STAGE_FILE, read_stage
 
 STUDY_KEYS = ("base", "study_dir", "overrides", "grid", "threshold")
 REPLICATE_AXIS = "seed"
@@ -200,10 +201,10 @@ def cell_outcome(cell: Cell) -> str:
 def recorded_seconds(run_dir: Path) -> float:
     """Compute seconds a run's stages recorded (teacher stages counted inside their stage)."""
     total = 0.0
-    for stage_file in run_dir.glob("*/stage.json"):
+    for stage_file in run_dir.glob(f"*/{STAGE_FILE}"):
         try:
-            total += float(json.loads(stage_file.read_text()).get("seconds", 0.0))
-        except (json.JSONDecodeError, ValueError):
+            total += float((read_stage(stage_file.parent) or {}).get("seconds", 0.0))
+        except (TypeError, ValueError):
             pass
     return total
 

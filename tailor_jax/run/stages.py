@@ -105,23 +105,18 @@ def _primitive_warm_start(cfg: RunConfig, records: list[dict]) -> list[dict]:
 
 def diversity_stats(demos: Sequence[dict]) -> dict[str, Any]:
     """Counts per primitive, distinct-1/2/3 over whitespace tokens of the completions, mean length."""
+    from tailor_jax.primitives.metrics import distinct_n
+
     counts: dict[str, int] = {}
-    ngrams: dict[int, set] = {1: set(), 2: set(), 3: set()}
-    totals = {1: 0, 2: 0, 3: 0}
-    lengths = []
     for demo in demos:
         name = str(demo.get("primitive", "unknown"))
         counts[name] = counts.get(name, 0) + 1
-        words = demo["completion"].split()
-        lengths.append(len(words))
-        for n in ngrams:
-            grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-            ngrams[n].update(grams)
-            totals[n] += len(grams)
+    completions = [demo["completion"] for demo in demos]
+    lengths = [len(text.split()) for text in completions]
     stats: dict[str, Any] = {"num_demos": len(demos), "primitives": dict(sorted(counts.items())),
                              "num_primitives": len(counts)}
-    for n in ngrams:
-        stats[f"distinct_{n}"] = len(ngrams[n]) / totals[n] if totals[n] else 0.0
+    for n in (1, 2, 3):
+        stats[f"distinct_{n}"] = distinct_n(completions, n)
     stats["mean_words"] = sum(lengths) / len(lengths) if lengths else 0.0
     return stats
 
