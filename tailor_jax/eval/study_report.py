@@ -11,7 +11,6 @@ be made at any time, over a study still running (cells without results are liste
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path

@@ -45,3 +45,14 @@ from tailor_jax.run.stages import (
 )
 from tailor_jax.stage_cache import read_stage, stage_status, write_stage
 from tailor_jax.tasks import problem_key
+
+__all__ = [
+    "check_batches", "check_input_paths", "check_pool_sizes", "check_problem_sets", "check_schedules",
+    "memory_plan", "MESH_PRESETS", "REDISTILL_OPTIONS", "STAGES", "TEACHER_STAGES", "WARM_START_METHODS",
+    "DataSection", "EvalSection", "RunConfig", "WarmStartSection", "derived_seed", "grpo_config", "load_run_config",
+    "mesh_dict", "model_dir", "run_stages", "sft_config", "stage_dir", "teacher_config", "trained_models",
+    "STAGE_FUNCTIONS", "PlannedStage", "execute", "format_plan", "format_resolved", "plan", "register", "run",
+    "run_teacher", "LEGACY_MESHES", "accepted_hashes", "stage_hashes", "Interrupted", "diversity_stats",
+    "eval_records", "export_model", "run_data", "run_eval", "run_grpo", "run_report", "run_sft", "run_warm_start",
+    "train_keys", "warm_start_records", "read_stage", "stage_status", "write_stage", "problem_key",
+]
