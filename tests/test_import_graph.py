@@ -196,3 +196,18 @@ def test_the_cycle_check_catches_a_cycle():
     # the cycle this test was written against: eval.evaluate's CLI imported tailor_jax.run
     back = {**graph, "tailor_jax.eval.evaluate": graph["tailor_jax.eval.evaluate"] | {"tailor_jax.run"}}
     assert "tailor_jax.eval.evaluate" in find_cycle(back)
+
+
+def test_every_command_module_registers_its_command():
+    """`tailor-jax` finds each command in the module `cli.COMMANDS` names (`eval` and `report`
+    moved out of the modules they used to share with the evaluator and the run report)."""
+    import argparse
+
+    from tailor_jax.cli import COMMANDS, build_parser
+
+    graph = import_graph()
+    for name, module in COMMANDS.items():
+        assert module in graph, f"{name}: no module {module}"
+        parser = build_parser(name)
+        subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        assert callable(subparsers.choices[name].get_default("func")), f"{module} does not register {name}"
