@@ -4,6 +4,8 @@ from its predecessor's artefacts, and `run_pipeline` skips stages already done w
 settings.
 
     run_dir/questions.jsonl              the question pool (generated or copied from train_file)
+    run_dir/<stage>/stage.json           the stage cache's marker (tailor_jax.stage_cache; an older
+                                         done.json still counts as done)
     run_dir/analyse/summary.json         student accuracy per level, failures, its traces' metrics
                                          (or the reason analyse was skipped: no student)
     run_dir/analyse/samples.jsonl        every student sample, verified
