@@ -129,7 +129,12 @@ def evaluate(config_path: Path, test: list[dict]) -> dict:
     from flax import nnx
 
     model = nnx.merge(graphdef, restored.params, rest)
-    metrics = sft.answer_accuracy(model, test, cfg, task, tokenizer)
+    from tailor_jax.eval.evaluator import evaluate_policy
+    from tailor_jax.sampling import Sampler
+
+    metrics = evaluate_policy(Sampler(model, pad_id=tok_lib.pad_id(tokenizer)), task, tokenizer, test,
+                              prompt_style=cfg.data.prompt_style, think_prefill=cfg.data.think_prefill,
+                              max_new_tokens=cfg.max_new_tokens)
     by_level = {k.rsplit("/", 1)[1]: v for k, v in metrics.items() if k.startswith("eval/acc/")}
     return {"step": restored.step, "acc": metrics["eval/acc"], "by_level": by_level}
 

@@ -18,8 +18,8 @@ COMMANDS = {
     "convert": "tailor_jax.model.convert",
     "run": "tailor_jax.run",
     "study": "tailor_jax.study",
-    "eval": "tailor_jax.eval.evaluate",
-    "report": "tailor_jax.eval.report",
+    "eval": "tailor_jax.run.eval_command",
+    "report": "tailor_jax.eval.report_command",
     "tailor": "tailor_jax.tailor.cli",
     "primitives": "tailor_jax.tailor.cli",
 }

@@ -254,12 +254,10 @@ def config_hash(cfg: Any, length: int = 16) -> str:
 
 def dump_config(cfg: Any, path: str | Path) -> Path:
     """Write the resolved config as YAML (loadable again with `load_config`)."""
+    from tailor_jax.atomic import write_text
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=False)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=False))
     return path
 
 

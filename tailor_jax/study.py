@@ -36,7 +36,9 @@ from typing import Any
 import yaml
 
 from tailor_jax.config import apply_overrides, config_from_dict, read_yaml
+from tailor_jax.atomic import write_json
 from tailor_jax.errors import TailorError
+from tailor_jax.stage_cache import STAGE_FILE, read_stage
 
 STUDY_KEYS = ("base", "study_dir", "overrides", "grid", "threshold")
 REPLICATE_AXIS = "seed"
@@ -204,10 +206,10 @@ def cell_outcome(cell: Cell) -> str:
 def recorded_seconds(run_dir: Path) -> float:
     """Compute seconds a run's stages recorded (teacher stages counted inside their stage)."""
     total = 0.0
-    for stage_file in run_dir.glob("*/stage.json"):
+    for stage_file in run_dir.glob(f"*/{STAGE_FILE}"):
         try:
-            total += float(json.loads(stage_file.read_text()).get("seconds", 0.0))
-        except (json.JSONDecodeError, ValueError):
+            total += float((read_stage(stage_file.parent) or {}).get("seconds", 0.0))
+        except (TypeError, ValueError):
             pass
     return total
 
@@ -293,19 +295,28 @@ def _last_line(path: Path) -> str:
     return lines[-1].strip()[:300] if lines else "(no output)"
 
 
+def cell_stage_hashes(cell: Cell) -> dict[str, list[str]]:
+    """Per stage, the hashes a stage directory may hold and still be this cell's (today's and
+    the legacy ones): the report counts only stages finished under them."""
+    from tailor_jax import run as run_lib
+
+    cfg = config_from_dict(run_lib.RunConfig, cell.config)
+    return {stage: sorted(hashes) for stage, hashes in run_lib.accepted_hashes(cfg, run_lib.stage_hashes(cfg)).items()}
+
+
 def write_manifest(study: Study) -> Path:
-    """STUDY_DIR/study.json: the axes and cells (what the study report groups by)."""
+    """STUDY_DIR/study.json: the axes and cells (what the study report groups by), and each
+    cell's stage hashes (which of its results belong to its current config)."""
     manifest = {
         "study_file": str(study.path),
         "axes": {axis: [value for value, _ in entries] for axis, entries in study.axes.items()},
         "replicate_axis": REPLICATE_AXIS if REPLICATE_AXIS in study.axes else None,
         "threshold": study.threshold,
-        "cells": [{"name": c.name, "values": c.values, "overrides": c.overrides} for c in study.cells],
+        "cells": [{"name": c.name, "values": c.values, "overrides": c.overrides, "stage_hashes": cell_stage_hashes(c)}
+                  for c in study.cells],
     }
     path = study.study_dir / "study.json"
-    tmp = path.with_name("study.json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp.replace(path)
+    write_json(path, manifest)
     return path
 
 

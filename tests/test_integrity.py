@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from tailor_jax import run as run_lib
+from tailor_jax.run import driver as run_driver
 from tailor_jax.config import CheckpointConfig
 from tailor_jax.data.jsonl import write_jsonl
 from tailor_jax.errors import TailorError
@@ -285,7 +286,7 @@ def test_a_stopped_stage_starts_no_later_stage(tmp_path, monkeypatch):
             return "ok"
         return run
 
-    monkeypatch.setattr(run_lib, "STAGE_FUNCTIONS", {name: stage(name) for name in run_lib.STAGES})
+    monkeypatch.setattr(run_driver, "STAGE_FUNCTIONS", {name: stage(name) for name in run_lib.STAGES})
     with pytest.raises(NonFiniteError):
         run_lib.execute(micro_config(tmp_path), log=lambda message: None)
     assert calls == ["data", "warm_start", "sft"]

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from tailor_jax.eval import report as report_lib
-from tailor_jax.eval.evaluate import format_table, score_outcomes, write_result
+from tailor_jax.eval.evaluate import format_table, write_result
+from tailor_jax.eval.evaluator import score_outcomes
 from tailor_jax.train.metrics import MetricsWriter
 
 OUTCOMES = [
@@ -173,7 +174,7 @@ def test_evaluate_records_scores_decoded_completions():
     import types
 
     from tailor_jax.data import tokenizer as tok_lib
-    from tailor_jax.eval.evaluate import evaluate_records
+    from tailor_jax.eval.evaluator import evaluate_records
     from tailor_jax.tasks import get_task
 
     task = get_task("gf", p=11, steps="2-3")

@@ -17,6 +17,8 @@ import pytest
 import yaml
 
 from tailor_jax import run as run_lib
+from tailor_jax.run import checks as run_checks
+from tailor_jax.run import driver as run_driver
 from tailor_jax.data.jsonl import read_jsonl, write_jsonl
 from tailor_jax.errors import TailorError
 from tailor_jax.tasks import get_task
@@ -89,7 +91,7 @@ def test_run_directories_hashed_with_their_mesh_still_match(tmp_path, fake_stage
     """Before 2026-12-05 the hashes included the mesh (`auto` then meant fsdp over every device);
     such a directory must resume and skip as before, not be cleared as another config's."""
     calls, _ = fake_stages
-    monkeypatch.setattr(run_lib, "check_batches", lambda cfg: None)  # MICRO's 2 rows vs 8 devices
+    monkeypatch.setattr(run_checks, "check_batches", lambda cfg: None)  # MICRO's 2 rows vs 8 devices
     cfg = micro_config(tmp_path, mesh_preset="auto")
     old = run_lib.stage_hashes(cfg, legacy_mesh={"data": 1, "fsdp": -1, "tensor": 1})
     assert old["sft"] != run_lib.stage_hashes(cfg)["sft"]
@@ -122,7 +124,7 @@ def fake_stages(monkeypatch):
             return f"{name} ok"
         return stage
 
-    monkeypatch.setattr(run_lib, "STAGE_FUNCTIONS", {name: make(name) for name in run_lib.STAGES})
+    monkeypatch.setattr(run_driver, "STAGE_FUNCTIONS", {name: make(name) for name in run_lib.STAGES})
     return calls, interrupt_at
 
 
@@ -252,6 +254,7 @@ def test_eval_command_follows_level_overrides_and_excludes_the_pool(tmp_path, mo
     import argparse
 
     from tailor_jax.eval import evaluate
+    from tailor_jax.run import eval_command
 
     config = tmp_path / "micro.yaml"
     config.write_text(yaml.safe_dump({**MICRO, "run_dir": str(tmp_path), "data": {**MICRO["data"], "num_train": 400,
@@ -264,12 +267,12 @@ def test_eval_command_follows_level_overrides_and_excludes_the_pool(tmp_path, mo
     seen = []
     monkeypatch.setattr(evaluate, "evaluate_model", lambda path, task, records, **_: seen.append(records) or {})
     monkeypatch.setattr(evaluate, "describe", lambda *a, **k: "")
-    evaluate.run(argparse.Namespace(config=str(config), overrides=["eval.levels=[2,4]", "eval.per_level=25"],
+    eval_command.run(argparse.Namespace(config=str(config), overrides=["eval.levels=[2,4]", "eval.per_level=25"],
                                     checkpoint="unused", out=None))
     train = {run_lib.problem_key(r) for r in read_jsonl(tmp_path / "data" / "train.jsonl")}
     assert [r["k"] for r in seen[0]] == [2] * 25 + [4] * 25  # the overridden levels, not the run's [3]
     assert not train & {run_lib.problem_key(r) for r in seen[0]}
-    evaluate.run(argparse.Namespace(config=str(config), overrides=[], checkpoint="unused", out=None))
+    eval_command.run(argparse.Namespace(config=str(config), overrides=[], checkpoint="unused", out=None))
     assert seen[1] == run_lib.eval_records(cfg)  # unchanged config: the run's own eval problems
 
 

@@ -21,7 +21,7 @@ from tailor_jax import run as run_lib
 from tailor_jax.config import config_from_dict
 from tailor_jax.data.jsonl import read_jsonl
 from tailor_jax.eval import study_report
-from tailor_jax.study import load_study
+from tailor_jax.study import load_study, write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
@@ -218,16 +218,13 @@ def test_study_report_leaves_out_results_of_an_earlier_config(tmp_path):
     figures. Only stages done under the cell's current config count."""
     path = write_study(tmp_path, {"seed": [0, 1]})
     study = load_study(path)
-    cells = []
     for cell in study.cells:
         _fake_cell(study.study_dir, cell.name, 0.5, 0.9, [0.5, 0.9])
-        (cell.run_dir / "cell.yaml").write_text(yaml.safe_dump(cell.config, sort_keys=False))
         hashes = run_lib.stage_hashes(config_from_dict(run_lib.RunConfig, cell.config))
         for stage in ("data", "warm_start", "sft", "grpo", "eval"):
             (cell.run_dir / stage).mkdir(exist_ok=True)
             run_lib.write_stage(cell.run_dir / stage, {"hash": hashes[stage], "status": "done", "seconds": 10.0})
-        cells.append({"name": cell.name, "values": cell.values})
-    (study.study_dir / "study.json").write_text(json.dumps({"axes": {"seed": [0, 1]}, "replicate_axis": "seed", "cells": cells}))
+    write_manifest(study)  # what `tailor-jax study` writes before running any cell, with each cell's stage hashes
     stale = study.cells[1].run_dir
     run_lib.write_stage(stale / "sft", {"hash": "0" * 16, "status": "done", "seconds": 10.0})  # an earlier sft.steps
     run_lib.write_stage(stale / "grpo", {"hash": "0" * 16, "status": "done", "seconds": 10.0})

@@ -3,6 +3,7 @@ student/teacher path with a tiny random local checkpoint, proposal parsing, redi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections import Counter
@@ -17,6 +18,7 @@ from tailor_jax.cli import main as cli_main
 from tailor_jax.data import pipeline as data_pipeline
 from tailor_jax.data import tokenizer as tok_lib
 from tailor_jax.errors import TailorError
+from tailor_jax.eval.evaluator import Completions
 from tailor_jax.model import create_model, get_preset, save_pretrained
 from tailor_jax.primitives import all_primitives, compositions
 from tailor_jax.tailor import baselines, selection, teacher
@@ -255,19 +257,19 @@ def test_redistill_keeps_correct_samples_one_per_question_first(tiny_dir, monkey
     records = list(task.generate(6, 9))
     # The real model path, with the first sample of question 1 replaced by its target: the random
     # model (almost surely) solves nothing itself, and the one planted answer must come back.
-    real_sample = teacher.LocalModel.sample
+    real_complete = teacher.LocalModel.complete
     drawn = []
 
-    def sample_and_plant(self, prompts, **kwargs):
-        texts, finished = real_sample(self, prompts, **kwargs)
+    def complete_and_plant(self, prompts, **kwargs):
+        done = real_complete(self, prompts, **kwargs)
+        texts, finished = list(done.decoded), list(done.finished)
         assert len(texts) == len(prompts) * kwargs["num_samples"] == len(finished)
-        texts, finished = list(texts), list(finished)
         texts[1 * kwargs["num_samples"]] = task.target(records[1])[len(prompts[1].prefill):]
         finished[1 * kwargs["num_samples"]] = True
         drawn.extend(zip(prompts, texts, finished))
-        return texts, finished
+        return dataclasses.replace(done, decoded=texts, finished=finished)
 
-    monkeypatch.setattr(teacher.LocalModel, "sample", sample_and_plant)
+    monkeypatch.setattr(teacher.LocalModel, "complete", complete_and_plant)
     real = baselines.redistill(task, records, 3, tiny_dir, samples_per_question=2, max_new_tokens=8)
     verified = [(records[i // 2], prompt.prefill + text) for i, (prompt, text, done) in enumerate(drawn)
                 if done and task.reward("binary", records[i // 2], prompt.prefill + text) == 1.0]
@@ -279,14 +281,14 @@ def test_redistill_keeps_correct_samples_one_per_question_first(tiny_dir, monkey
     monkeypatch.undo()
 
     class FakePolicy:  # solves questions 0, 2, 4 in both samples (distinct texts), fails the rest
-        def sample(self, prompts, *, num_samples, **_):
+        def complete(self, prompts, *, num_samples, **_):
             texts = []
             for prompt in prompts:
                 record = next(r for r in records if task.question(r) in prompt.text)
                 index = records.index(record)
                 for s in range(num_samples):
                     texts.append(task.target(record) + " " * s if index % 2 == 0 else "<think>?</think>")
-            return texts, [True] * len(texts)
+            return Completions([p.prefill for p in prompts], texts, [True] * len(texts), [1] * len(texts), num_samples)
 
     monkeypatch.setattr(teacher.LocalModel, "load", classmethod(lambda cls, path: FakePolicy()))
     chosen = baselines.redistill(task, records, 4, "unused", samples_per_question=2)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from tailor_jax.atomic import open_for_write
 from tailor_jax.errors import TailorError
 
 
@@ -28,17 +28,11 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
     """Write records one per line; the file appears only once complete (temp file + rename),
     so an interrupted write never clobbers an existing file. Returns the count written."""
     path = check_writable(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     count = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
-                count += 1
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with open_for_write(path) as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
+            count += 1
     return count
 
 

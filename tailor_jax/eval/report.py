@@ -3,6 +3,8 @@
     tailor-jax report RUN_DIR                 # RUN_DIR/report.md, RUN_DIR/plots/*.png
     tailor-jax report RUN_A RUN_B --out DIR   # DIR/report.md, DIR/plots/*.png (runs overlaid)
 
+(the `tailor-jax report` command: `eval.report_command`)
+
 Everything is read from files a run leaves behind (`sft/metrics.jsonl`, `grpo/metrics.jsonl`,
 `eval/<model>.json`, `warm_start/stats.json`, `<stage>/stage.json`), so a report can be made
 again at any time. Plots use matplotlib's Agg backend (no display needed).
@@ -11,13 +13,13 @@ again at any time. Plots use matplotlib's Agg backend (no display needed).
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tailor_jax.atomic import write_text
 from tailor_jax.errors import TailorError
 from tailor_jax.eval.evaluate import format_table
 
@@ -348,9 +350,7 @@ def write_report(run_dir: str | Path) -> Path:
                   f"{ws['distinct_3']:.3f}; mean {ws['mean_words']:.1f} words per demonstration.", ""]
     lines += ["## Plots", "", *_embed(plots, base), ""]
     path = base / "report.md"
-    tmp = path.with_name("report.md.tmp")
-    tmp.write_text("\n".join(lines))
-    tmp.replace(path)
+    write_text(path, "\n".join(lines))
     return path
 
 
@@ -376,27 +376,5 @@ def write_comparison(run_dirs: Sequence[str | Path], out_dir: str | Path) -> Pat
         lines += ["Greedy accuracy (%) per level:", "", format_table(finals, label=_level_label(runs[0]["config"])), ""]
     lines += ["## Plots", "", *_embed(plots, out), ""]
     path = out / "report.md"
-    path.write_text("\n".join(lines))
+    write_text(path, "\n".join(lines))
     return path
-
-
-# ---------------------------------------------------------------------------------------
-# CLI.
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("report", help="write report.md and plots for one run, or overlay several runs")
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories of `tailor-jax run`, or one study directory")
-    parser.add_argument("--out", help="output directory when comparing several runs (default: ./report-compare)")
-    parser.set_defaults(func=run)
-
-
-def run(args) -> int:
-    from tailor_jax.eval import study_report
-
-    if len(args.run_dirs) == 1 and not args.out and study_report.is_study_dir(args.run_dirs[0]):
-        path = study_report.write_study_report(args.run_dirs[0])  # a `tailor-jax study` directory
-    elif len(args.run_dirs) == 1 and not args.out:
-        path = write_report(args.run_dirs[0])
-    else:
-        path = write_comparison(args.run_dirs, args.out or "report-compare")
-    print(f"wrote {path} and plots in {path.parent / 'plots'}", file=sys.stderr)
-    return 0

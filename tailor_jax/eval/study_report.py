@@ -11,12 +11,12 @@ be made at any time, over a study still running (cells without results are liste
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tailor_jax.atomic import write_json, write_text
 from tailor_jax.errors import TailorError
 from tailor_jax.eval import report as run_report
 
@@ -129,7 +129,7 @@ def load_study_dir(study_dir: str | Path) -> dict[str, Any]:
         label = " / ".join(str(v) for v in group.values()) or "all"
         run = run_report.load_run(study_dir / cell["name"]) if (study_dir / cell["name"]).is_dir() else None
         if run is not None:
-            drop_outdated(run)
+            drop_outdated(run, cell.get("stage_hashes"))
         entry = {**cell, "method": label, "replicate": cell["values"].get(replicate, cell["name"]), "run": run}
         cells.append(entry)
         methods.setdefault(label, []).append(entry)
@@ -137,27 +137,22 @@ def load_study_dir(study_dir: str | Path) -> dict[str, Any]:
             "threshold": float(manifest.get("threshold") or DEFAULT_THRESHOLD)}
 
 
-def drop_outdated(run: dict) -> None:
-    """Keep only the results of stages finished under the cell's current config.
+def drop_outdated(run: dict, accepted: dict[str, list[str]] | None) -> None:
+    """Keep only the results of stages finished under the cell's current config (`accepted`:
+    per stage, the hashes `tailor-jax study` recorded for the cell in study.json).
 
     A cell whose config changed (say, the study's `sft.steps`) keeps its old stage directories
     until the rerun overwrites them; their results must not enter the figures, nor those of a
     stage still running. `run["outdated"]` lists the stages left out."""
-    from tailor_jax import run as run_lib  # the run's stage hashes decide what is current
-
-    cell_config = run["dir"] / "cell.yaml"
-    if not cell_config.is_file():
-        run["outdated"] = []
+    outdated: list[str] = []
+    run["outdated"] = outdated
+    if accepted is None:  # a study.json written before the hashes were recorded: nothing to check against
         return
-    cfg = run_lib.load_run_config(cell_config)
-    accepted = run_lib.accepted_hashes(cfg, run_lib.stage_hashes(cfg))
-    outdated = []
     for stage in (*run_report.STAGES, "teacher"):
         info = run_report._read_json(run["dir"] / stage / "stage.json")
         if stage in accepted and info is not None and not (info.get("status") == "done" and info.get("hash") in accepted[stage]):
             outdated.append(stage)
             run["stages"][stage] = None
-    run["outdated"] = outdated
     if "warm_start" in outdated:
         run["warm_start"] = None
     if "sft" in outdated:
@@ -398,11 +393,9 @@ def write_study_report(study_dir: str | Path) -> Path:
     study = load_study_dir(study_dir)
     summary = summarize(study)
     plots = make_plots(study, summary, study["dir"] / "plots")
-    (study["dir"] / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False, default=str) + "\n")
+    write_json(study["dir"] / "summary.json", summary, allow_nan=False, default=str)
     path = study["dir"] / "report.md"
-    tmp = path.with_name("report.md.tmp")
-    tmp.write_text(markdown(study, summary, plots))
-    tmp.replace(path)
+    write_text(path, markdown(study, summary, plots))
     return path
 
 

@@ -72,6 +72,7 @@ def redistill(
 ) -> list[Example]:
     """Up to `budget` verified-correct samples of the policy (fewer if it solves too little:
     logged). Questions are taken in order."""
+    from tailor_jax.eval.evaluator import score_completions
     from tailor_jax.tailor.teacher import LocalModel
 
     if budget < 1:
@@ -81,15 +82,16 @@ def redistill(
     for start in range(0, len(records), chunk):
         block = records[start : start + chunk]
         prompts = [task.prompt(r, style=prompt_style) for r in block]
-        texts, finished = policy.sample(prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                                        num_samples=samples_per_question, seed=seed + start)
-        for j, (record, prompt) in enumerate(zip(block, prompts)):
+        done = policy.complete(prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                               num_samples=samples_per_question, seed=seed + start)
+        scores = score_completions(task, block, done)  # binary: 0 for a completion cut at max_new_tokens
+        texts = done.texts
+        for j in range(len(block)):
             correct = []
             for s in range(samples_per_question):
-                completion = prompt.prefill + texts[j * samples_per_question + s]
-                if finished[j * samples_per_question + s] and task.reward("binary", record, completion) == 1.0:
-                    if completion not in correct:
-                        correct.append(completion)
+                completion = texts[j * samples_per_question + s]
+                if scores[j, s] == 1.0 and completion not in correct:
+                    correct.append(completion)
             per_question.append(correct)
         if sum(map(bool, per_question)) >= budget:
             break

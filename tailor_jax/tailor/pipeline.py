@@ -34,6 +34,7 @@ import numpy as np
 from tailor_jax.config import dump_config
 from tailor_jax.data.jsonl import read_jsonl, write_jsonl
 from tailor_jax.errors import TailorError
+from tailor_jax.eval.evaluator import score_completions
 from tailor_jax.tailor import metrics as metrics_lib
 from tailor_jax.tailor.curate import curate, curate_markdown, question_states
 from tailor_jax.tailor.metrics import Example
@@ -70,17 +71,19 @@ def analyse(cfg: TailorConfig) -> AnalyseResult:
     student = LocalModel.load(cfg.student)
     acfg = cfg.analyse
     prompts = [task.prompt(r, style=cfg.prompt_style) for r in questions]
-    texts, finished = student.sample(prompts, max_new_tokens=acfg.max_new_tokens, temperature=acfg.temperature,
-                                     num_samples=acfg.samples_per_question, seed=cfg.seed)
+    done = student.complete(prompts, max_new_tokens=acfg.max_new_tokens, temperature=acfg.temperature,
+                            num_samples=acfg.samples_per_question, seed=cfg.seed)
+    scores = score_completions(task, questions, done)  # [question, sample] binary rewards
+    texts = done.texts
     samples, by_level, failures = [], defaultdict(list), []
     examples = []
-    for i, (record, prompt) in enumerate(zip(questions, prompts)):
+    for i, record in enumerate(questions):
         for s in range(acfg.samples_per_question):
             j = i * acfg.samples_per_question + s
-            completion = prompt.prefill + texts[j]
-            correct = task.reward("binary", record, completion, finished=finished[j]) == 1.0
+            completion = texts[j]
+            correct = bool(scores[i, s] == 1.0)
             samples.append({"id": record.get("id"), "sample": s, "completion": completion,
-                            "finished": finished[j], "correct": correct})
+                            "finished": done.finished[j], "correct": correct})
             by_level[str(task.difficulty(record))].append(correct)
             examples.append(Example(record, completion, None))
             if not correct and len(failures) < acfg.max_failures:
@@ -187,10 +190,10 @@ def synthesize(cfg: TailorConfig, discovery: DiscoverResult) -> SynthesizeResult
         chosen = questions[: tcfg.questions_per_primitive]
         for n, candidate in enumerate(teacher_candidates):
             prompts = [teacher_lib.conditioned_prompt(candidate.description, task.question(r), cfg.prompt_style) for r in chosen]
-            texts, _ = teacher.sample(prompts, max_new_tokens=tcfg.max_new_tokens, temperature=tcfg.temperature,
-                                      seed=cfg.seed + 1000 * (n + 1))
-            for record, prompt, text in zip(chosen, prompts, texts):
-                completion = teacher_lib.strip_instruction(prompt.prefill + text, candidate.description)
+            done = teacher.complete(prompts, max_new_tokens=tcfg.max_new_tokens, temperature=tcfg.temperature,
+                                    seed=cfg.seed + 1000 * (n + 1))
+            for record, text in zip(chosen, done.texts):
+                completion = teacher_lib.strip_instruction(text, candidate.description)
                 demos.append(Demo(record, candidate.name, "teacher", completion, candidate.description))
     write_jsonl(out / "demos.jsonl", [vars(d) for d in demos])  # shallow: asdict deep-copies every record
     mark_done(cfg, "synthesize")

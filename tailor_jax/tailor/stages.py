@@ -1,6 +1,7 @@
 """The Tailor pipeline's configs, stage results and shared stage helpers: stage directories,
-JSON artefacts, the per-stage done markers (`done.json`: the hash of the settings a stage's
-output depends on), the question pool and the SFT-set writer."""
+JSON artefacts, the per-stage done markers (the stage cache's `stage.json` holding the hash of the
+settings a stage's output depends on; an older `done.json` still counts), the question pool and
+the SFT-set writer."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
 
+from tailor_jax import atomic
 from tailor_jax.config import config_hash, config_to_dict, require
 from tailor_jax.data.jsonl import read_jsonl, write_jsonl
 from tailor_jax.errors import TailorError
 from tailor_jax.tailor import metrics as metrics_lib
 from tailor_jax.tailor.metrics import Example
+from tailor_jax.stage_cache import stage_status, write_stage
 from tailor_jax.tasks import Task, get_task
 
 log = logging.getLogger(__name__)
@@ -159,10 +162,7 @@ def say(message: str) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str))
-    tmp.replace(path)
+    atomic.write_json(path, data, ensure_ascii=False, default=str)
 
 
 def read_json(path: Path, stage: str) -> Any:
@@ -192,17 +192,13 @@ def stage_settings(cfg: TailorConfig, stage: str) -> dict:
 
 
 def mark_done(cfg: TailorConfig, stage: str) -> None:
-    write_json(stage_dir(cfg, stage) / "done.json", {"settings_hash": config_hash(stage_settings(cfg, stage))})
+    write_stage(stage_dir(cfg, stage), {"hash": config_hash(stage_settings(cfg, stage)), "status": "done"})
 
 
 def is_done(cfg: TailorConfig, stage: str) -> bool:
-    marker = Path(cfg.run_dir) / stage / "done.json"
-    if not marker.is_file():
-        return False
-    try:
-        return json.loads(marker.read_text()).get("settings_hash") == config_hash(stage_settings(cfg, stage))
-    except (json.JSONDecodeError, AttributeError):
-        return False
+    """Done with the same settings (the stage cache: `stage.json`, or an older `done.json`)."""
+    return stage_status(Path(cfg.run_dir) / stage, {config_hash(stage_settings(cfg, stage))}) == "done"
+
 
 
 def make_task(cfg: TailorConfig) -> Task:

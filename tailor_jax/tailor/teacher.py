@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tailor_jax.errors import TailorError
+from tailor_jax.eval.evaluator import Completions
 from tailor_jax.primitives.base import Primitive
 from tailor_jax.tasks.prompt import Prompt, render_prompt
 
@@ -39,7 +40,7 @@ class LocalModel:
         model = load_pretrained(path)
         return cls(model, tokenizer, Sampler(model, pad_id=tok_lib.pad_id(tokenizer)), str(path))
 
-    def sample(
+    def complete(
         self,
         prompts: Sequence[Prompt],
         *,
@@ -48,17 +49,21 @@ class LocalModel:
         num_samples: int = 1,
         seed: int = 0,
         max_prompt_tokens: int | None = None,
-    ) -> tuple[list[str], list[bool]]:
-        """Decoded completions (without the prompt's prefill), grouped by prompt, and whether
-        each ended with EOS. Prompts longer than `max_prompt_tokens` keep their last tokens."""
-        from tailor_jax.data import tokenizer as tok_lib
+    ) -> Completions:
+        """`num_samples` completions per prompt (the evaluator's `sample_completions`: `.texts`
+        with the prompt's prefill, `.decoded` without, `.finished`). Prompts longer than
+        `max_prompt_tokens` (default: what fits before `max_new_tokens`) keep their last tokens."""
+        from tailor_jax.eval.evaluator import sample_completions
 
         limit = max_prompt_tokens or max(16, self.model.config.max_position_embeddings - max_new_tokens)
-        ids = [tok_lib.encode_prompt(self.tokenizer, p)[-limit:] for p in prompts]
-        out = self.sampler.generate(ids, max_new_tokens=max_new_tokens, temperature=temperature,
-                                    num_samples=num_samples, eos_token_ids=[self.tokenizer.eos_token_id], seed=seed)
-        texts = self.tokenizer.batch_decode(out.tokens, skip_special_tokens=True)
-        return texts, [bool(f) for f in out.finished]
+        return sample_completions(self.sampler, self.tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                  temperature=temperature, num_samples=num_samples, seed=seed, max_prompt_tokens=limit)
+
+    def sample(self, prompts: Sequence[Prompt], **options) -> tuple[list[str], list[bool]]:
+        """Decoded completions (without the prompt's prefill), grouped by prompt, and whether
+        each ended with EOS (`complete`'s options)."""
+        done = self.complete(prompts, **options)
+        return done.decoded, done.finished
 
 
 # --- proposals ----------------------------------------------------------------------------------

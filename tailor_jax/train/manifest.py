@@ -24,6 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from etils import epath
 
+from tailor_jax.atomic import write_json
+
 MANIFEST_NAME = "tailor_manifest.json"
 MANIFEST_FORMAT = 2  # 1: {"files": {name: size}}; 2: {"files": {name: {"size": n, "crc32": c}}}
 _CHUNK_BYTES = 8 << 20
@@ -68,9 +70,7 @@ def write_manifest(step_dir: epath.Path) -> None:
     names = sorted(sizes, key=lambda name: -sizes[name])
     crcs = _checksums(step_dir, names)
     files = {name: {"size": sizes[name], "crc32": crcs[name]} for name in sorted(sizes)}
-    tmp = step_dir / (MANIFEST_NAME + ".tmp")
-    tmp.write_text(json.dumps({"format": MANIFEST_FORMAT, "files": files}, indent=0))
-    tmp.rename(step_dir / MANIFEST_NAME)
+    write_json(step_dir / MANIFEST_NAME, {"format": MANIFEST_FORMAT, "files": files}, indent=0)
 
 
 def check_manifest(step_dir: epath.Path) -> str | None:

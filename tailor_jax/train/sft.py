@@ -14,7 +14,6 @@ import functools
 import hashlib
 import itertools
 import json
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -204,10 +203,9 @@ def _train_tokenizer(cfg: SFTConfig, records: Sequence[dict], task: Task, run_di
         texts.append(prompt.text + completion)
         whole_words.update(record.get("symbols", {}).values() if isinstance(record.get("symbols"), dict) else ())
     tokenizer = tok_lib.train_bpe_tokenizer(texts, cfg.tokenizer.vocab_size, sorted(whole_words))
-    tmp = run_dir / "tokenizer.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tok_lib.save_tokenizer(tokenizer, tmp)
-    tmp.rename(own)
+    from tailor_jax.atomic import replace_dir
+
+    replace_dir(own, lambda tmp: tok_lib.save_tokenizer(tokenizer, tmp))
 
 
 def build_model(cfg: SFTConfig, tokenizer, mesh, rules) -> nnx.Module:
@@ -265,32 +263,13 @@ def evaluate(
         metrics["eval/loss"] = sums["nll_sum"] / denom
         metrics["eval/token_accuracy"] = sums["correct"] / denom
     if cfg.eval_samples and len(eval_records):
-        metrics.update(answer_accuracy(merge_model(graphdef, state), eval_records, cfg, task, tokenizer))
-    return metrics
+        from tailor_jax.eval.evaluator import evaluate_policy
+        from tailor_jax.sampling import Sampler
 
-
-def answer_accuracy(model, records: Sequence[dict], cfg: SFTConfig, task: Task, tokenizer) -> dict[str, float]:
-    """Greedy-decode the first `eval_samples` records; `eval/acc/<task>/<level>` and overall."""
-    from tailor_jax.sampling import Sampler
-
-    chosen = [records[i] for i in range(min(cfg.eval_samples, len(records)))]
-    prompts = [task.prompt(r, style=cfg.data.prompt_style, think_prefill=cfg.data.think_prefill) for r in chosen]
-    sampler = Sampler(model, pad_id=tok_lib.pad_id(tokenizer))
-    correct_by_level: dict[int, list[float]] = {}
-    for start in range(0, len(chosen), 64):
-        block = range(start, min(start + 64, len(chosen)))
-        out = sampler.generate(
-            [tok_lib.encode_prompt(tokenizer, prompts[i]) for i in block],
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=0.0,
-            eos_token_ids=[tokenizer.eos_token_id],
-        )
-        for i, tokens, finished in zip(block, out.tokens, out.finished):
-            text = prompts[i].prefill + tokenizer.decode(tokens, skip_special_tokens=True)
-            score = task.reward("binary", chosen[i], text, finished=bool(finished))
-            correct_by_level.setdefault(task.difficulty(chosen[i]), []).append(score)
-    metrics = {f"eval/acc/{task.name}/{level}": float(np.mean(v)) for level, v in sorted(correct_by_level.items())}
-    metrics["eval/acc"] = float(np.mean([s for v in correct_by_level.values() for s in v]))
+        sampler = Sampler(merge_model(graphdef, state), pad_id=tok_lib.pad_id(tokenizer))
+        chosen = [eval_records[i] for i in range(min(cfg.eval_samples, len(eval_records)))]
+        metrics.update(evaluate_policy(sampler, task, tokenizer, chosen, prompt_style=cfg.data.prompt_style,
+                                       think_prefill=cfg.data.think_prefill, max_new_tokens=cfg.max_new_tokens))
     return metrics
 
 

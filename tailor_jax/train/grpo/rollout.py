@@ -11,6 +11,7 @@ from itertools import islice
 import numpy as np
 
 from tailor_jax.data import tokenizer as tok_lib
+from tailor_jax.eval.evaluator import Completions, decode_completions, score_completions
 from tailor_jax.sampling import Sampler
 from tailor_jax.tasks import get_task
 from tailor_jax.train.grpo.config import GRPOConfig, RolloutConfig
@@ -74,16 +75,13 @@ def sample_round(cfg: GRPOConfig, sampler: Sampler, tokenizer, records: list[dic
         )
         for call, start in enumerate(range(0, len(ids), per_call))
     ]
-    finished = np.concatenate([np.asarray(out.finished, bool) for out in outs])
-    texts = [text for out in outs for text in tokenizer.batch_decode(out.tokens, skip_special_tokens=True)]
-    components = {name: np.zeros(len(texts), np.float32) for name in cfg.rewards}
-    for row, text in enumerate(texts):
-        record, prompt = records[row // g], prompts[row // g]
-        for name in cfg.rewards:
-            components[name][row] = task.reward(name, record, prompt.prefill + text, finished=bool(finished[row]))
+    done = Completions.concat([decode_completions(tokenizer, prompts[start : start + per_call], out, g)
+                               for out, start in zip(outs, range(0, len(ids), per_call))])
+    finished = np.asarray(done.finished, bool)
+    components = {name: score_completions(task, records, done, name).reshape(-1) for name in cfg.rewards}
     rewards = sum(cfg.rewards[name] * components[name] for name in cfg.rewards)
     return Rollout(
-        records=list(records), prompt_ids=[ids[row // g] for row in range(len(texts))],
+        records=list(records), prompt_ids=[ids[row // g] for row in range(len(finished))],
         tokens=np.concatenate([out.token_array for out in outs]), logprobs=np.concatenate([out.logprob_array for out in outs]),
         lengths=np.concatenate([np.asarray(out.lengths) for out in outs]), finished=finished,
         rewards=np.asarray(rewards, np.float32), components=components,

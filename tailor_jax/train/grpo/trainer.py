@@ -23,7 +23,8 @@ from tailor_jax.config import load_config
 from tailor_jax.data import tokenizer as tok_lib
 from tailor_jax.data.jsonl import read_jsonl
 from tailor_jax.errors import TailorError
-from tailor_jax.eval.accuracy import answer_accuracy, level_records
+from tailor_jax.eval.accuracy import level_records
+from tailor_jax.eval.evaluator import evaluate_policy
 from tailor_jax.parallel.mesh import create_mesh
 from tailor_jax.parallel.sharding import use_sharding
 from tailor_jax.sampling import Sampler
@@ -55,7 +56,7 @@ def evaluate(cfg: GRPOConfig, sampler: Sampler, graphdef, state: TrainState, eva
     if not eval_records:
         return {}
     sampler.update_weights(merge_model(graphdef, state))
-    return answer_accuracy(
+    return evaluate_policy(
         sampler, eval_task, tokenizer, eval_records, prompt_style=cfg.prompt_style,
         think_prefill=cfg.think_prefill, max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
     )
