@@ -30,11 +30,17 @@ def measure(model_dir: str, records_file: str) -> dict:
     from tailor_jax.data.jsonl import read_jsonl, write_jsonl
     from tailor_jax.eval import accuracy
     from tailor_jax.model.hf_io import load_pretrained
-    from tailor_jax.primitives import baselines
-    from tailor_jax.primitives import pipeline as tailor_pipeline
     from tailor_jax.sampling import Sampler
     from tailor_jax.tasks import get_task
-    from tailor_jax.train import grpo_trainer as gt
+
+    try:  # after issue 23: the Tailor pipeline in tailor/, GRPO as the train/grpo/ package
+        from tailor_jax.tailor import baselines
+        from tailor_jax.tailor import pipeline as tailor_pipeline
+        from tailor_jax.train import grpo as gt
+    except ImportError:  # the tree before
+        from tailor_jax.primitives import baselines
+        from tailor_jax.primitives import pipeline as tailor_pipeline
+        from tailor_jax.train import grpo_trainer as gt
 
     records = list(read_jsonl(records_file))
     per_level = {}
