@@ -18,6 +18,7 @@ from flax import nnx, struct
 from tailor_jax.errors import TailorError
 from tailor_jax.model.attention import AttentionMask, attention
 from tailor_jax.model.config import ModelConfig
+from tailor_jax.model.vocab_tiles import embed_lookup
 from jax.sharding import Mesh
 
 from tailor_jax.parallel.sharding import Rules, constrain, shard_state, state_shardings
@@ -284,7 +285,7 @@ class Transformer(nnx.Module):
             mask = AttentionMask(key_valid=slot_mask, cache_index=start)
 
         cos, sin = _rope(cfg, positions)
-        x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
+        x = embed_lookup(self.embed[...], tokens).astype(dt)
         x = constrain(x, ("batch", "length", "act_embed"))
         k_all = v_all = None
         if cache is not None:
@@ -329,9 +330,11 @@ class Transformer(nnx.Module):
         row_mask = AttentionMask(key_valid=jnp.concatenate([prefix_mask[row_prefix], mask], axis=1), static_offset=p)
         cos_p, sin_p = _rope(cfg, prefix_positions)
         cos, sin = _rope(cfg, positions)
-        embed = self.embed[...]
-        xp = constrain(jnp.take(embed, prefix_tokens.astype(jnp.int32), axis=0).astype(dt), ("batch", "length", "act_embed"))
-        x = constrain(jnp.take(embed, tokens.astype(jnp.int32), axis=0).astype(dt), ("batch", "length", "act_embed"))
+        # One lookup for prompts and continuations: one embedding gradient, not two summed.
+        flat = jnp.concatenate([prefix_tokens.reshape(-1), tokens.reshape(-1)]).astype(jnp.int32)
+        embedded = embed_lookup(self.embed[...], flat).astype(dt)
+        xp = constrain(embedded[: u * p].reshape(u, p, -1), ("batch", "length", "act_embed"))
+        x = constrain(embedded[u * p :].reshape(rows, length, -1), ("batch", "length", "act_embed"))
         run = remat_layer(_layer_with_prefix, cfg.remat)
         for layer in self.layers:
             xp, (k, v) = run(layer, xp, cos_p, sin_p, causal_p, None)

@@ -42,11 +42,12 @@ GIB = 2**30
 class MemoryConfig:
     """Memory knobs of a trainer config (`memory:` in the SFT / GRPO sections)."""
 
-    logprob_chunk: int = DEFAULT_CHUNK_TOKENS  # tokens per chunk of the vocabulary projection (model.logprobs)
+    logprob_chunk: int | None = DEFAULT_CHUNK_TOKENS  # tokens per chunk of the vocabulary projection (model.logprobs); null: by the vocabulary size
     device_memory_gib: float | None = None  # per-device memory; null: detected (GPU/TPU), unchecked on CPU
 
     def __post_init__(self):
-        require(self.logprob_chunk >= 1, f"memory.logprob_chunk must be >= 1, got {self.logprob_chunk}")
+        require(self.logprob_chunk is None or self.logprob_chunk >= 1,
+                f"memory.logprob_chunk must be >= 1 or null, got {self.logprob_chunk}")
         require(self.device_memory_gib is None or self.device_memory_gib > 0,
                 f"memory.device_memory_gib must be > 0 or null, got {self.device_memory_gib}")
 
@@ -160,7 +161,7 @@ def _supports(fn, name: str) -> bool:
 
 
 def sft_step(model: AbstractModel, rows: int, length: int, *, accum_steps: int = 1,
-             optimizer: OptimizerConfig | None = None, logprob_chunk: int = DEFAULT_CHUNK_TOKENS) -> StageEstimate:
+             optimizer: OptimizerConfig | None = None, logprob_chunk: int | None = DEFAULT_CHUNK_TOKENS) -> StageEstimate:
     """The SFT train step as `train.sft.train` jits it: `rows` per micro-batch, `accum_steps` micro-batches."""
     from tailor_jax.train import sft
     from tailor_jax.train.optim import make_optimizer
@@ -205,7 +206,7 @@ def _prompt_slots(rows: int, group: int) -> int:
 
 def grpo_update(model: AbstractModel, rows: int, prompt_len: int, completion_len: int, *, group: int = 8,
                 beta: float = 0.0, optimizer: OptimizerConfig | None = None,
-                logprob_chunk: int = DEFAULT_CHUNK_TOKENS) -> StageEstimate:
+                logprob_chunk: int | None = DEFAULT_CHUNK_TOKENS) -> StageEstimate:
     """One GRPO update micro-batch (`make_accumulate_fn`, jitted as the trainer does) of `rows`
     completions from ceil(rows / group) prompts; resident: the optimizer state (and the reference
     weights when beta > 0)."""
@@ -229,7 +230,7 @@ def grpo_update(model: AbstractModel, rows: int, prompt_len: int, completion_len
 
 
 def logprob_pass(model: AbstractModel, rows: int, prompt_len: int, completion_len: int, *, group: int = 8,
-                 resident: int = 0, logprob_chunk: int = DEFAULT_CHUNK_TOKENS) -> StageEstimate:
+                 resident: int = 0, logprob_chunk: int | None = DEFAULT_CHUNK_TOKENS) -> StageEstimate:
     """The old / reference log-prob pass (`make_logp_fn`) over one micro-batch."""
     from tailor_jax.train import grpo_trainer as gt
 
