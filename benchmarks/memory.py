@@ -133,7 +133,7 @@ def config_rows(path: Path, stages: list[str]) -> list[dict]:
                 continue
             estimates = mp.sft_plan(section, model_cfg, mesh, rules)
         else:
-            estimates = [e for e in mp.grpo_plan(section, model_cfg, mesh, rules)
+            estimates = [e for e in mp.grpo_plan(section, mp.grpo_model_config(model_cfg, getattr(section, "model", {})), mesh, rules)
                          if ("sampler" in stages and e.stage == "sampler") or ("logp" in stages and "log-probs" in e.stage)
                          or ("grpo" in stages and "update" in e.stage)]
         for e in estimates:

@@ -18,6 +18,24 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
+# How a model runs, never its shape: what a config may set on a pretrained checkpoint.
+RUNTIME_OPTIONS = ("remat", "attention", "attention_query_chunk")
+
+
+def check_runtime_options(options: dict[str, Any], where: str) -> None:
+    """One TailorError line for an option that is not a runtime option or has a bad value."""
+    unknown = sorted(set(options) - set(RUNTIME_OPTIONS))
+    if unknown:
+        raise TailorError(f"{where}: {', '.join(unknown)} cannot be set here; only {', '.join(RUNTIME_OPTIONS)} "
+                          "(how the model runs, not its shape)")
+    try:
+        ModelConfig(1, 1, 1, 1, 1, 1, 1, **options)
+    except TailorError as err:
+        raise TailorError(f"{where}: {str(err).removeprefix('model config: ')}") from None
+    except TypeError as err:
+        raise TailorError(f"{where}: {err}") from None
+
+
 def dtype_name(dtype: Any) -> str:
     """Canonical name ("float32", "bfloat16", "float16") of a dtype given as a string or a numpy/jax dtype."""
     name = dtype if isinstance(dtype, str) else jnp.dtype(dtype).name

@@ -55,6 +55,7 @@ from tailor_jax.train.grpo import (
     truncated_importance_weights,
 )
 from tailor_jax.train.guard import NonFiniteGuard, describe_last_checkpoint, finite_flag, keep_if_finite
+from tailor_jax.model.config import check_runtime_options
 from tailor_jax.train.memory_plan import MemoryConfig, check_trainer
 from tailor_jax.train.metrics import MetricsWriter, Progress, WandbConfig
 from tailor_jax.train.optim import make_optimizer
@@ -175,6 +176,9 @@ class GRPOConfig:
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig.auto)
     memory: MemoryConfig = dataclasses.field(default_factory=MemoryConfig)
+    # How the policy runs, never its shape: any of remat, attention, attention_query_chunk (model/config.py
+    # RUNTIME_OPTIONS); empty: the model's defaults. Enters the stage hash only when set.
+    model: dict[str, Any] = dataclasses.field(default_factory=dict)
     seed: int = 0
     steps: int = 100
     log_every: int = 1
@@ -194,6 +198,7 @@ class GRPOConfig:
         require(starts == sorted(set(starts)), f"curriculum start_steps must increase, got {starts}")
         require(self.task in LEVEL_OPTION, f"unknown task {self.task!r}; use one of {', '.join(LEVEL_OPTION)}")
         require(0 <= self.seed < 2**31, f"seed must be in [0, 2^31), got {self.seed}")
+        check_runtime_options(self.model, "grpo.model")
 
 
 # ---------------------------------------------------------------------------------------
@@ -566,7 +571,7 @@ def load_policy(cfg: GRPOConfig, mesh, rules):
     if not (init / "config.json").is_file():
         raise TailorError(f"init {init} has no config.json; point `init` at a Hugging Face-format model directory (e.g. SFT_RUN/model)")
     tokenizer = tok_lib.load_tokenizer(init)
-    model = load_pretrained(init, mesh=mesh, rules=rules)
+    model = load_pretrained(init, mesh=mesh, rules=rules, options=cfg.model)
     return model, tokenizer
 
 
@@ -601,7 +606,7 @@ def train(cfg: GRPOConfig) -> GRPOResult:
     if (Path(cfg.init) / "config.json").is_file():  # stops here, before the weights load, if a stage cannot fit
         from tailor_jax.model.hf_io import read_config
 
-        check_trainer("grpo", cfg, read_config(cfg.init), _log)
+        check_trainer("grpo", cfg, read_config(cfg.init).replace(**cfg.model), _log)
     if cfg.rollout.generation_batch_size % shards:
         raise TailorError(f"rollout.generation_batch_size ({cfg.rollout.generation_batch_size}) must be a multiple of the "
                           f"{shards}-way data parallelism; use 0 (one call) or a multiple of {shards}")

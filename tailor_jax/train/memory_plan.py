@@ -357,6 +357,15 @@ def sft_model_config(cfg) -> tuple[ModelConfig | None, str]:
     return model_cfg.replace(vocab_size=-(-vocab // 8) * 8), f"preset {cfg.model.preset}"
 
 
+def grpo_model_config(model_cfg: ModelConfig, options: dict[str, Any]) -> ModelConfig:
+    """The policy GRPO trains: the SFT stage's model as its export loads (runtime options at their
+    defaults: the export keeps the shape only), with the GRPO config's `model:` options."""
+    from tailor_jax.model.config import RUNTIME_OPTIONS
+
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.name in RUNTIME_OPTIONS}
+    return model_cfg.replace(**{**defaults, **options})
+
+
 def plan_mesh(mesh_cfg) -> tuple[Mesh | None, str]:
     """The config's mesh on this process's devices, or (None, why it cannot be built here)."""
     from tailor_jax.parallel.mesh import create_mesh
@@ -383,7 +392,8 @@ def run_memory_plan(stages: list[tuple[str, Any]], model_cfg: ModelConfig | None
             say(f"  {name}: skipped: {why_not}")
             continue
         rules = cfg.mesh.axis_rules()
-        part = sft_plan(cfg, model_cfg, mesh, rules) if name == "sft" else grpo_plan(cfg, model_cfg, mesh, rules)
+        part = (sft_plan(cfg, model_cfg, mesh, rules) if name == "sft"
+                else grpo_plan(cfg, grpo_model_config(model_cfg, cfg.model), mesh, rules))
         part = [dataclasses.replace(e, stage=f"{name}: {e.stage}") for e in part]
         say(format_table(part))
         check(part, limit_gib)  # before the next stage's compile
