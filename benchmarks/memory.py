@@ -37,6 +37,10 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--lengths", default="1024,2048,4096", help="completion lengths for --presets")
     p.add_argument("--rows", type=int, default=8, help="rows per micro-batch for --presets")
     p.add_argument("--configs", action="store_true", help="every shipped config on the mesh it names")
+    p.add_argument("--only", default="", help="with --configs: comma list of config names (file stems) to keep")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --configs: an override for every config, as on the tailor-jax command line "
+                        "(e.g. mesh_preset=tpu-v5e-8)")
     p.add_argument("--stages", default="sft,grpo,logp,sampler", help="comma list of sft, grpo, logp, sampler")
     p.add_argument("--devices", type=int, default=8, help="virtual CPU devices (for the configs' meshes)")
     p.add_argument("--remat", default=None, help="remat policy for --targets/--presets (none, full, dots, ...; default: the preset's)")
@@ -108,7 +112,7 @@ def preset_rows(name: str, rows: int, length: int, stages: list[str], args) -> l
 def config_rows(path: Path, stages: list[str]) -> list[dict]:
     from tailor_jax import run as run_lib
 
-    cfg = run_lib.load_run_config(path, [f"run_dir=/tmp/memory-bench/{path.stem}"])
+    cfg = run_lib.load_run_config(path, [f"run_dir=/tmp/memory-bench/{path.stem}", *ARGS.set])
     sft = run_lib.sft_config(cfg)
     model_cfg, why = mp.sft_model_config(sft)
     source = why
@@ -137,7 +141,7 @@ def config_rows(path: Path, stages: list[str]) -> list[dict]:
                          if ("sampler" in stages and e.stage == "sampler") or ("logp" in stages and "log-probs" in e.stage)
                          or ("grpo" in stages and "update" in e.stage)]
         for e in estimates:
-            out.append({"workload": path.stem, "model": source, "mesh": dict(mesh.shape), **e.as_dict(),
+            out.append({"workload": path.stem, "overrides": ARGS.set, "model": source, "mesh": dict(mesh.shape), **e.as_dict(),
                         "compile_s": round(time.perf_counter() - t0, 1)})
             print_row(out[-1])
             save(ARGS, PARTIAL + out)
@@ -179,7 +183,10 @@ def main() -> None:
             rows += preset_rows(name, args.rows, length, stages, args)
             PARTIAL[:] = rows
     if args.configs:
+        only = {n for n in args.only.split(",") if n}
         for path in sorted((ROOT / "configs").glob("*.yaml")):
+            if only and path.stem not in only:
+                continue
             rows += config_rows(path, stages)
             PARTIAL[:] = rows
     save(args, rows)

@@ -10,6 +10,8 @@ Parameter layout (logical axes in brackets; HF weights are transposed/reshaped i
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -91,6 +93,8 @@ def project(x: jax.Array, kernel: jax.Array, in_dims: int = 1, *, transposed: bo
     """
     lead, k = x.shape[: x.ndim - in_dims], int(np.prod(x.shape[x.ndim - in_dims :]))
     rows = x.reshape(-1, k)
+    if _WEIGHTS_AT_USE:
+        rows, kernel = jax.lax.optimization_barrier((rows, kernel))
     if transposed:
         out = kernel.shape[: kernel.ndim - in_dims]
         y = jax.lax.dot_general(rows, kernel.reshape(-1, k), (((1,), (1,)), ((), ())),
@@ -99,6 +103,27 @@ def project(x: jax.Array, kernel: jax.Array, in_dims: int = 1, *, transposed: bo
         out = kernel.shape[in_dims:]
         y = jnp.matmul(rows, kernel.reshape(k, -1), preferred_element_type=preferred_element_type)
     return y.reshape(*lead, *out)
+
+
+_WEIGHTS_AT_USE = False
+
+
+@contextlib.contextmanager
+def weights_at_use():
+    """While tracing inside: each matmul's weight waits for its input (an optimization barrier).
+
+    For the CPU compile that stands in for a device's memory (train/memory_plan.py): XLA:CPU runs a
+    bfloat16 matmul on float32 copies of its operands, and its scheduler makes the weights' copies
+    early, so every layer's float32 MLP kernels (1.25 GiB at qwen2.5-0.5b) would be counted at
+    once. A GPU/TPU program makes no such copies; tied to their inputs they are made one layer at
+    a time. Off otherwise: on a device the barrier would keep FSDP's weight gathers from starting early.
+    """
+    global _WEIGHTS_AT_USE
+    previous, _WEIGHTS_AT_USE = _WEIGHTS_AT_USE, True
+    try:
+        yield
+    finally:
+        _WEIGHTS_AT_USE = previous
 
 
 def _param(rngs: nnx.Rngs, shape: tuple[int, ...], fan_in: int | None, dtype, axes: tuple[str, ...]) -> nnx.Param:

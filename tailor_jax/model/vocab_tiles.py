@@ -62,16 +62,21 @@ def _lookup_bwd(tile_elements, residuals, d_out):
     flat_d = d_out.reshape(-1, width).astype(jnp.float32)
     tile = max(1, min(vocab, tile_elements // width))
 
-    def one(d_table, i):
+    # The gradient is carried as its bits (16-bit floats: uint16). Besides sparing XLA:CPU's float32
+    # copy, the carry's zero start then differs from the LM head's (model.logprobs), so XLA does not
+    # share one zero [V, H] buffer between the two loops and keep it alive from the first to the second.
+    def one(bits, i):
         start, fresh = tile_starts(i, tile, vocab)
         local = flat_ids - start
         mine = (flat_ids >= i * tile) & (local < tile)
         rows = jnp.zeros((tile, width), jnp.float32).at[jnp.where(mine, local, tile)].add(flat_d, mode="drop")
-        rows = jnp.where(fresh[:, None], rows.astype(dtype), slice_rows(d_table, start, tile))
-        return update_rows(d_table, rows, start), None
+        old = jax.lax.dynamic_slice_in_dim(bits, start, tile, axis=0)
+        rows = jnp.where(fresh[:, None], _as_bits(rows.astype(dtype)), old)
+        return jax.lax.dynamic_update_slice_in_dim(bits, rows, start, axis=0), None
 
-    d_table, _ = jax.lax.scan(one, jnp.zeros((vocab, width), dtype), jnp.arange(-(-vocab // tile)))
-    return d_table, None
+    zeros = _as_bits(jnp.zeros((vocab, width), dtype))
+    bits, _ = jax.lax.scan(one, zeros, jnp.arange(-(-vocab // tile)))
+    return _from_bits(bits, dtype), None
 
 
 embed_lookup.defvjp(_lookup_fwd, _lookup_bwd)

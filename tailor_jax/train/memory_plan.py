@@ -16,6 +16,7 @@ figures as estimates (docs/gpu.md compares them with a measured peak where one w
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -150,9 +151,13 @@ class AbstractModel:
     def compile(self, fn, *args, **jit_kwargs):
         # XLA:CPU drops the optimization barriers that remat and the chunked attention rely on, so a
         # CPU compile standing in for a device's memory keeps them (see model/attention.py).
-        options = CPU_KEEP_BARRIERS if jax.default_backend() == "cpu" else None
-        with use_sharding(self.mesh, self.rules):
-            return jax.jit(fn, **jit_kwargs).lower(*args).compile(compiler_options=options)
+        # Its bfloat16 matmuls also run on float32 copies of the weights, made just before use only
+        # when tied to their inputs (model/transformer.weights_at_use).
+        from tailor_jax.model.transformer import weights_at_use
+
+        cpu = jax.default_backend() == "cpu"
+        with use_sharding(self.mesh, self.rules), (weights_at_use() if cpu else contextlib.nullcontext()):
+            return jax.jit(fn, **jit_kwargs).lower(*args).compile(compiler_options=CPU_KEEP_BARRIERS if cpu else None)
 
 
 def _supports(fn, name: str) -> bool:
