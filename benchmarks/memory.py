@@ -122,7 +122,7 @@ def config_rows(path: Path, stages: list[str]) -> list[dict]:
         if not matches:
             print(f"{path.name}: skipped ({why})", file=sys.stderr)
             return []
-        model_cfg, source = get_preset(matches[0]), f"preset {matches[0]} (checkpoint not here)"
+        model_cfg, source = get_preset(matches[0]).replace(**sft.model.overrides), f"preset {matches[0]} (checkpoint not here)"
     out = []
     sections = [("sft", sft)] + ([("grpo", run_lib.grpo_config(cfg))] if cfg.grpo is not None else [])
     for name, section in sections:

@@ -348,7 +348,7 @@ def sft_model_config(cfg) -> tuple[ModelConfig | None, str]:
     if cfg.model.pretrained is not None:
         if not (Path(cfg.model.pretrained) / "config.json").is_file():
             return None, f"{cfg.model.pretrained} has no config.json here, so its shape is unknown"
-        return read_config(cfg.model.pretrained), cfg.model.pretrained
+        return read_config(cfg.model.pretrained).replace(**cfg.model.overrides), cfg.model.pretrained  # remat/attention only
     if cfg.tokenizer.path is not None:
         from tailor_jax.data.tokenizer import load_tokenizer
 
