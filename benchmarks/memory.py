@@ -45,6 +45,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--devices", type=int, default=8, help="virtual CPU devices (for the configs' meshes)")
     p.add_argument("--remat", default=None, help="remat policy for --targets/--presets (none, full, dots, ...; default: the preset's)")
     p.add_argument("--attention", default=None, help="attention implementation for --targets/--presets (default: the preset's)")
+    p.add_argument("--mlp-chunk", type=int, default=None, help="tokens per MLP chunk for --targets/--presets (default: the preset's, 0)")
     p.add_argument("--logprob-chunk", type=int, default=None, help="tokens per log-prob chunk (default: the library's)")
     p.add_argument("--out", default="benchmarks/results/memory.json")
     return p.parse_args()
@@ -90,7 +91,8 @@ def _chunk(args) -> dict:
 def preset_rows(name: str, rows: int, length: int, stages: list[str], args) -> list[dict]:
     """One device (a single GPU): the stages at `rows` x (`PROMPT` +) `length`."""
     mesh = create_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1])
-    options = {k: v for k, v in (("remat", args.remat), ("attention", args.attention)) if v is not None}
+    options = {k: v for k, v in (("remat", args.remat), ("attention", args.attention), ("mlp_chunk", args.mlp_chunk))
+               if v is not None}
     model = mp.AbstractModel.build(dataclasses.replace(get_preset(name), **options), mesh)
     out = []
     for stage in stages:

@@ -19,7 +19,7 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.floa
 
 
 # How a model runs, never its shape: what a config may set on a pretrained checkpoint.
-RUNTIME_OPTIONS = ("remat", "attention", "attention_query_chunk")
+RUNTIME_OPTIONS = ("remat", "attention", "attention_query_chunk", "mlp_chunk")
 
 
 def check_runtime_options(options: dict[str, Any], where: str) -> None:
@@ -72,6 +72,7 @@ class ModelConfig:
     remat: str = "none"  # one of REMAT_POLICIES; true/false are accepted as "full"/"none"
     attention: str = "auto"  # one of ATTENTION_IMPLEMENTATIONS
     attention_query_chunk: int = 64  # query rows per chunk of the dense/chunked attention (0: one block)
+    mlp_chunk: int = 0  # tokens (all rows) per chunk of the MLP, each recomputed in the backward pass (0: one block)
     architecture: str = "qwen2"
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
@@ -97,6 +98,8 @@ class ModelConfig:
             raise TailorError(
                 f"model config: attention must be one of {', '.join(ATTENTION_IMPLEMENTATIONS)}, got {self.attention!r}"
             )
+        if self.mlp_chunk < 0:
+            raise TailorError(f"model config: mlp_chunk must be >= 0, got {self.mlp_chunk}")
         if self.attention_query_chunk < 0:
             raise TailorError(f"model config: attention_query_chunk must be >= 0, got {self.attention_query_chunk}")
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",

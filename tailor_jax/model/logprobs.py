@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
-from tailor_jax.model.vocab_tiles import slice_rows, tile_starts, update_rows
+from tailor_jax.model.vocab_tiles import slice_rows, tile_starts, update_rows, zeros_when_ready
 from tailor_jax.parallel.sharding import constrain
 
 # Tokens per chunk, all rows together; None: as many as keep one float32 [tokens, V] block at about
@@ -224,7 +224,7 @@ def _tiled_bwd(temperature, transposed, step, want_entropy, want_correct, residu
         d_weight = update_rows(d_weight, d_w, start, vocab_axis)
         return (d_weight, d_hidden + d_h), None
 
-    init = (jnp.zeros(weight.shape, weight.dtype), jnp.zeros(hidden.shape, jnp.float32))
+    init = (zeros_when_ready(weight.shape, weight.dtype, g_logp), zeros_when_ready(hidden.shape, jnp.float32, g_logp))
     (d_weight, d_hidden), _ = jax.lax.scan(one, init, jnp.arange(n))
     return d_hidden.astype(hidden.dtype), d_weight, None
 

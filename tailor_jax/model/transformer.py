@@ -211,13 +211,33 @@ class MLP(nnx.Module):
         self.gate_kernel = _param(rngs, (h, f), h, pd, ("embed", "mlp"))
         self.up_kernel = _param(rngs, (h, f), h, pd, ("embed", "mlp"))
         self.down_kernel = _param(rngs, (f, h), f, pd, ("mlp", "embed"))
+        self.chunk = config.mlp_chunk
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dt = x.dtype
-        gate = project(x, self.gate_kernel[...].astype(dt))
-        up = project(x, self.up_kernel[...].astype(dt))
-        hidden = constrain(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
-        return project(hidden, self.down_kernel[...].astype(dt))
+        kernels = tuple(k[...].astype(dt) for k in (self.gate_kernel, self.up_kernel, self.down_kernel))
+        rows, length, width = x.shape
+        step = _divisor_at_most(length, self.chunk // max(rows, 1)) if self.chunk else length
+        if step >= length:
+            return _mlp(x, *kernels)
+        # Sequence chunks of `step` positions (all rows), one after the other, each recomputed in
+        # the backward pass: the [tokens, intermediate] activations exist for one chunk at a time.
+        chunks = jnp.swapaxes(x.reshape(rows, length // step, step, width), 0, 1)
+        run = jax.checkpoint(lambda chunk: _mlp(chunk, *kernels))
+        out = jax.lax.map(run, chunks)
+        return constrain(jnp.swapaxes(out, 0, 1).reshape(rows, length, -1), ("batch", "length", "act_embed"))
+
+
+def _mlp(x: jax.Array, gate_kernel: jax.Array, up_kernel: jax.Array, down_kernel: jax.Array) -> jax.Array:
+    gate = project(x, gate_kernel)
+    up = project(x, up_kernel)
+    hidden = constrain(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
+    return project(hidden, down_kernel)
+
+
+def _divisor_at_most(n: int, limit: int) -> int:
+    """The largest divisor of n that is <= limit (at least 1)."""
+    return max([d for d in range(1, min(n, max(limit, 1)) + 1) if n % d == 0])
 
 
 class DecoderLayer(nnx.Module):
