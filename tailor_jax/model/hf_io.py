@@ -277,7 +277,7 @@ def load_pretrained(
 
     `dtype` sets the parameter dtype (default: the checkpoint's); the compute dtype follows it unless
     `compute_dtype` is given. `options` sets how the model runs, never its shape: any of
-    `RUNTIME_OPTIONS` (remat, attention, attention_query_chunk). With `mesh`, each parameter is created directly in its sharding from the
+    `RUNTIME_OPTIONS` (remat, attention, attention_query_chunk, mlp_chunk). With `mesh`, each parameter is created directly in its sharding from the
     logical-axis `rules` (default `DEFAULT_RULES`); without, on the default device.
     """
     path = Path(path)

@@ -176,7 +176,7 @@ class GRPOConfig:
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig.auto)
     memory: MemoryConfig = dataclasses.field(default_factory=MemoryConfig)
-    # How the policy runs, never its shape: any of remat, attention, attention_query_chunk (model/config.py
+    # How the policy runs, never its shape: any of remat, attention, attention_query_chunk, mlp_chunk (model/config.py
     # RUNTIME_OPTIONS); empty: the model's defaults. Enters the stage hash only when set.
     model: dict[str, Any] = dataclasses.field(default_factory=dict)
     seed: int = 0
