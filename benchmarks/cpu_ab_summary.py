@@ -14,7 +14,7 @@ def figure(bench: str, result: dict) -> tuple[str, list[float]]:
     ours = result["results"][0] if "results" in result else result["systems"][0]
     if bench == "sampler":
         return "tok_per_s (higher is faster)", [ours["tokens"] / s for s in ours["seconds"]]
-    return "seconds per step (lower is faster)", list(ours["seconds"])
+    return "seconds per step (lower is faster)", list(ours["steps_s"])
 
 
 def main(folder: Path) -> None:
@@ -25,8 +25,9 @@ def main(folder: Path) -> None:
             for path in sorted(folder.glob(f"{bench}_{side}*.json")):
                 result = json.loads(path.read_text())
                 unit, values = figure(bench, result)
-                runs.setdefault(side, []).append({"file": path.name, "commit": result.get("commit"), "values": values,
-                                                  "median": statistics.median(values)})
+                phases = {k: v for k, v in result["results"][0].items() if k.endswith("_s_median")}
+                runs.setdefault(side, []).append({"file": path.name, "commit": result.get("commit"), "date": result.get("date"),
+                                                  "values": values, "median": statistics.median(values), **phases})
         if not runs:
             continue
         old = [r["median"] for r in runs.get("old", [])]
