@@ -37,10 +37,15 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--lengths", default="1024,2048,4096", help="completion lengths for --presets")
     p.add_argument("--rows", type=int, default=8, help="rows per micro-batch for --presets")
     p.add_argument("--configs", action="store_true", help="every shipped config on the mesh it names")
+    p.add_argument("--only", default="", help="with --configs: comma list of config names (file stems) to keep")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --configs: an override for every config, as on the tailor-jax command line "
+                        "(e.g. mesh_preset=tpu-v5e-8)")
     p.add_argument("--stages", default="sft,grpo,logp,sampler", help="comma list of sft, grpo, logp, sampler")
     p.add_argument("--devices", type=int, default=8, help="virtual CPU devices (for the configs' meshes)")
     p.add_argument("--remat", default=None, help="remat policy for --targets/--presets (none, full, dots, ...; default: the preset's)")
     p.add_argument("--attention", default=None, help="attention implementation for --targets/--presets (default: the preset's)")
+    p.add_argument("--mlp-chunk", type=int, default=None, help="tokens per MLP chunk for --targets/--presets (default: the preset's, 0)")
     p.add_argument("--logprob-chunk", type=int, default=None, help="tokens per log-prob chunk (default: the library's)")
     p.add_argument("--out", default="benchmarks/results/memory.json")
     return p.parse_args()
@@ -86,7 +91,8 @@ def _chunk(args) -> dict:
 def preset_rows(name: str, rows: int, length: int, stages: list[str], args) -> list[dict]:
     """One device (a single GPU): the stages at `rows` x (`PROMPT` +) `length`."""
     mesh = create_mesh(MeshConfig(data=1, fsdp=1, tensor=1), jax.devices()[:1])
-    options = {k: v for k, v in (("remat", args.remat), ("attention", args.attention)) if v is not None}
+    options = {k: v for k, v in (("remat", args.remat), ("attention", args.attention), ("mlp_chunk", args.mlp_chunk))
+               if v is not None}
     model = mp.AbstractModel.build(dataclasses.replace(get_preset(name), **options), mesh)
     out = []
     for stage in stages:
@@ -108,7 +114,7 @@ def preset_rows(name: str, rows: int, length: int, stages: list[str], args) -> l
 def config_rows(path: Path, stages: list[str]) -> list[dict]:
     from tailor_jax import run as run_lib
 
-    cfg = run_lib.load_run_config(path, [f"run_dir=/tmp/memory-bench/{path.stem}"])
+    cfg = run_lib.load_run_config(path, [f"run_dir=/tmp/memory-bench/{path.stem}", *ARGS.set])
     sft = run_lib.sft_config(cfg)
     model_cfg, why = mp.sft_model_config(sft)
     source = why
@@ -118,7 +124,7 @@ def config_rows(path: Path, stages: list[str]) -> list[dict]:
         if not matches:
             print(f"{path.name}: skipped ({why})", file=sys.stderr)
             return []
-        model_cfg, source = get_preset(matches[0]), f"preset {matches[0]} (checkpoint not here)"
+        model_cfg, source = get_preset(matches[0]).replace(**sft.model.overrides), f"preset {matches[0]} (checkpoint not here)"
     out = []
     sections = [("sft", sft)] + ([("grpo", run_lib.grpo_config(cfg))] if cfg.grpo is not None else [])
     for name, section in sections:
@@ -133,11 +139,11 @@ def config_rows(path: Path, stages: list[str]) -> list[dict]:
                 continue
             estimates = mp.sft_plan(section, model_cfg, mesh, rules)
         else:
-            estimates = [e for e in mp.grpo_plan(section, model_cfg, mesh, rules)
+            estimates = [e for e in mp.grpo_plan(section, mp.grpo_model_config(model_cfg, getattr(section, "model", {})), mesh, rules)
                          if ("sampler" in stages and e.stage == "sampler") or ("logp" in stages and "log-probs" in e.stage)
                          or ("grpo" in stages and "update" in e.stage)]
         for e in estimates:
-            out.append({"workload": path.stem, "model": source, "mesh": dict(mesh.shape), **e.as_dict(),
+            out.append({"workload": path.stem, "overrides": ARGS.set, "model": source, "mesh": dict(mesh.shape), **e.as_dict(),
                         "compile_s": round(time.perf_counter() - t0, 1)})
             print_row(out[-1])
             save(ARGS, PARTIAL + out)
@@ -179,7 +185,10 @@ def main() -> None:
             rows += preset_rows(name, args.rows, length, stages, args)
             PARTIAL[:] = rows
     if args.configs:
+        only = {n for n in args.only.split(",") if n}
         for path in sorted((ROOT / "configs").glob("*.yaml")):
+            if only and path.stem not in only:
+                continue
             rows += config_rows(path, stages)
             PARTIAL[:] = rows
     save(args, rows)

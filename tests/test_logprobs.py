@@ -143,3 +143,18 @@ def test_gradient_keeps_no_full_logits_alive():
 
     assert temp(untiled) > full_bytes
     assert temp(tiled) < full_bytes / 4
+
+
+@pytest.mark.parametrize("tile_elements", [1, 7 * 4, 1000])  # tiles of 1 row; 7 rows (the last shifted); one tile
+def test_embed_lookup_gradient_matches_take(tile_elements):
+    """The embedding lookup's gradient, built a vocabulary tile at a time, equals jnp.take's."""
+    from tailor_jax.model.vocab_tiles import embed_lookup
+
+    rng = np.random.default_rng(4)
+    table = jnp.asarray(rng.normal(size=(V, 4)), jnp.float32)
+    ids = jnp.asarray(rng.integers(0, V, size=(ROWS, 40)), jnp.int32)
+    cotangent = jnp.asarray(rng.normal(size=(ROWS, 40, 4)), jnp.float32)
+    got = jax.grad(lambda t: (embed_lookup(t, ids, tile_elements) * cotangent).sum())(table)
+    want = jax.grad(lambda t: (jnp.take(t, ids, axis=0) * cotangent).sum())(table)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), **TOL)
+    np.testing.assert_array_equal(np.asarray(embed_lookup(table, ids)), np.asarray(jnp.take(table, ids, axis=0)))

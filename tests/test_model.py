@@ -230,3 +230,23 @@ def test_config_errors():
         CONFIG.replace(architecture="mamba")
     with pytest.raises(TailorError, match="unsupported dtype"):
         CONFIG.replace(dtype="int8")
+
+
+def test_mlp_chunks_keep_outputs_and_gradients():
+    """`mlp_chunk` runs the MLP a sequence chunk at a time (each recomputed in the backward pass):
+    the loss and every gradient equal the one-block MLP's, for chunks that divide the length and
+    chunk sizes that do not (the largest divisor below is used)."""
+    config = ModelConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_layers=2, num_heads=2,
+                         num_kv_heads=1, head_dim=8)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 40, size=(2, 12)), jnp.int32)
+
+    def value_and_grads(mlp_chunk):
+        graphdef, params, rest = nnx.split(Transformer(config.replace(mlp_chunk=mlp_chunk), rngs=nnx.Rngs(0)), nnx.Param, ...)
+        return jax.value_and_grad(lambda p: (nnx.merge(graphdef, p, rest)(tokens)[0] ** 2).mean())(params)
+
+    want, want_grads = value_and_grads(0)
+    for chunk in (8, 10):  # 2 rows: 4 positions per chunk; 5 -> 4 (the largest divisor of 12 below)
+        got, got_grads = value_and_grads(chunk)
+        np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
+        for a, b in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)

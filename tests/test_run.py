@@ -87,6 +87,24 @@ def test_new_options_left_off_keep_the_hashes(tmp_path):
     assert [changed[s] == hashes[s] for s in ("data", "warm_start", "sft", "grpo")] == [True, True, False, False]
 
 
+def test_grpo_model_options_enter_the_hash_only_when_set(tmp_path):
+    """grpo.model (remat / attention of the policy, added 2026-12-06): left empty, the GRPO hash
+    is the one older run directories hold; set, only the GRPO stage's hash changes; a shape
+    option or a bad value is one clear line."""
+    cfg = run_lib.load_run_config("configs/quickstart.yaml", [f"run_dir={tmp_path}"])
+    hashes = run_lib.stage_hashes(cfg)
+    assert hashes["grpo"] == "b28e1bd3357a6afd"  # as at 945197d, before grpo.model existed
+    empty = run_lib.stage_hashes(run_lib.load_run_config("configs/quickstart.yaml", [f"run_dir={tmp_path}", "grpo.model={}"]))
+    assert empty == hashes
+    remat = run_lib.load_run_config("configs/quickstart.yaml", [f"run_dir={tmp_path}", "grpo.model={remat: full}"])
+    assert run_lib.grpo_config(remat).model == {"remat": "full"}
+    changed = run_lib.stage_hashes(remat)
+    assert [changed[s] == hashes[s] for s in ("data", "warm_start", "sft", "grpo")] == [True, True, True, False]
+    for bad, says in (("{hidden_size: 64}", "hidden_size cannot be set here"), ("{remat: sometimes}", "remat must be one of")):
+        with pytest.raises(TailorError, match=says):
+            run_lib.grpo_config(run_lib.load_run_config("configs/quickstart.yaml", [f"run_dir={tmp_path}", f"grpo.model={bad}"]))
+
+
 def test_run_directories_hashed_with_their_mesh_still_match(tmp_path, fake_stages, monkeypatch):
     """Before 2026-12-05 the hashes included the mesh (`auto` then meant fsdp over every device);
     such a directory must resume and skip as before, not be cleared as another config's."""

@@ -91,6 +91,6 @@ def test_a_pipeline_directory_from_before_the_shared_cache_is_still_done(tmp_pat
     assert all(P.is_done(cfg, stage) for stage in P.STAGES)
     changed = dataclasses.replace(cfg, budget=3)
     assert P.is_done(changed, "analyse") and not P.is_done(changed, "curate")  # the budget is curate's only
-    P._mark_done(changed, "curate")
+    P.mark_done(changed, "curate")
     assert P.is_done(changed, "curate") and not P.is_done(cfg, "curate")
     assert json.loads((tmp_path / "curate" / "stage.json").read_text())["status"] == "done"

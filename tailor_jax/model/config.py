@@ -18,6 +18,24 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
+# How a model runs, never its shape: what a config may set on a pretrained checkpoint.
+RUNTIME_OPTIONS = ("remat", "attention", "attention_query_chunk", "mlp_chunk")
+
+
+def check_runtime_options(options: dict[str, Any], where: str) -> None:
+    """One TailorError line for an option that is not a runtime option or has a bad value."""
+    unknown = sorted(set(options) - set(RUNTIME_OPTIONS))
+    if unknown:
+        raise TailorError(f"{where}: {', '.join(unknown)} cannot be set here; only {', '.join(RUNTIME_OPTIONS)} "
+                          "(how the model runs, not its shape)")
+    try:
+        ModelConfig(1, 1, 1, 1, 1, 1, 1, **options)
+    except TailorError as err:
+        raise TailorError(f"{where}: {str(err).removeprefix('model config: ')}") from None
+    except TypeError as err:
+        raise TailorError(f"{where}: {err}") from None
+
+
 def dtype_name(dtype: Any) -> str:
     """Canonical name ("float32", "bfloat16", "float16") of a dtype given as a string or a numpy/jax dtype."""
     name = dtype if isinstance(dtype, str) else jnp.dtype(dtype).name
@@ -54,6 +72,7 @@ class ModelConfig:
     remat: str = "none"  # one of REMAT_POLICIES; true/false are accepted as "full"/"none"
     attention: str = "auto"  # one of ATTENTION_IMPLEMENTATIONS
     attention_query_chunk: int = 64  # query rows per chunk of the dense/chunked attention (0: one block)
+    mlp_chunk: int = 0  # tokens (all rows) per chunk of the MLP, each recomputed in the backward pass (0: one block)
     architecture: str = "qwen2"
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
@@ -79,6 +98,8 @@ class ModelConfig:
             raise TailorError(
                 f"model config: attention must be one of {', '.join(ATTENTION_IMPLEMENTATIONS)}, got {self.attention!r}"
             )
+        if self.mlp_chunk < 0:
+            raise TailorError(f"model config: mlp_chunk must be >= 0, got {self.mlp_chunk}")
         if self.attention_query_chunk < 0:
             raise TailorError(f"model config: attention_query_chunk must be >= 0, got {self.attention_query_chunk}")
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",

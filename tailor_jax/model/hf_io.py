@@ -23,7 +23,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from tailor_jax.errors import TailorError
-from tailor_jax.model.config import ModelConfig, dtype_name
+from tailor_jax.model.config import RUNTIME_OPTIONS, ModelConfig, dtype_name
 from tailor_jax.model.transformer import Transformer
 from tailor_jax.parallel.sharding import Rules, state_shardings
 
@@ -267,7 +267,6 @@ def abstract_model(config: ModelConfig) -> Transformer:
     return nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
 
 
-RUNTIME_OPTIONS = ("remat", "attention", "attention_query_chunk")
 
 
 def load_pretrained(
@@ -278,7 +277,7 @@ def load_pretrained(
 
     `dtype` sets the parameter dtype (default: the checkpoint's); the compute dtype follows it unless
     `compute_dtype` is given. `options` sets how the model runs, never its shape: any of
-    `RUNTIME_OPTIONS` (remat, attention, attention_query_chunk). With `mesh`, each parameter is created directly in its sharding from the
+    `RUNTIME_OPTIONS` (remat, attention, attention_query_chunk, mlp_chunk). With `mesh`, each parameter is created directly in its sharding from the
     logical-axis `rules` (default `DEFAULT_RULES`); without, on the default device.
     """
     path = Path(path)

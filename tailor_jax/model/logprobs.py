@@ -6,9 +6,11 @@ pipeline's scoring all call `token_logprobs`. The float32 logits of a whole batc
 are never built: the sequence is cut into chunks of about `chunk_tokens` tokens (all rows
 together), and each chunk's logits [rows, step, V] are made, reduced to per-token numbers and
 dropped before the next chunk (vocabulary tiling, as in Cut Cross-Entropy or MaxText). The
-backward pass (a custom VJP) recomputes each chunk's logits the same way and accumulates the
-LM-head gradient in float32, so a gradient keeps no chunk's logits alive either: at qwen2.5-0.5b
-shapes one [4, 1024, V] float32 logits array alone is 2.3 GiB, a chunk of 1024 tokens 0.6 GiB.
+backward pass (a custom VJP) runs over vocabulary tiles instead: each tile's logits [rows, T, tile]
+(as many elements as one forward chunk) are recomputed from the saved log-sum-exp, and the tile's
+rows of the LM-head gradient are finished at once, so a gradient keeps neither the logits nor a
+float32 [V, H] accumulator alive: at qwen2.5-0.5b shapes one [4, 1024, V] float32 logits array
+alone is 2.3 GiB, a forward chunk of 1024 tokens 0.6 GiB, a float32 [V, H] 0.5 GiB.
 
 Numerics match the plain computation (`log_softmax(hidden @ W / temperature)`): the same
 float32 matmul (compute-dtype inputs, float32 accumulation) and float32 softmax statistics.
@@ -24,9 +26,14 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
+from tailor_jax.model.vocab_tiles import slice_rows, tile_starts, update_rows, zeros_when_ready
 from tailor_jax.parallel.sharding import constrain
 
-DEFAULT_CHUNK_TOKENS = 1024  # tokens per chunk, all rows together (see docs/gpu.md: memory vs speed)
+# Tokens per chunk, all rows together; None: as many as keep one float32 [tokens, V] block at about
+# LOGITS_PER_CHUNK elements (220 tokens, 128 MiB, for Qwen2.5's vocabulary; the whole batch for a
+# small vocabulary). See docs/gpu.md for memory vs speed.
+DEFAULT_CHUNK_TOKENS: int | None = None
+LOGITS_PER_CHUNK = 1 << 25
 
 
 class TokenStats(NamedTuple):
@@ -44,8 +51,13 @@ def logprobs_from_logits(logits: jax.Array, targets: jax.Array, temperature: flo
     return picked - jax.nn.logsumexp(scaled, axis=-1)
 
 
-def chunk_length(rows: int, length: int, chunk_tokens: int) -> int:
-    """Sequence positions per chunk: about `chunk_tokens` tokens over all rows, at least 1, at most `length`."""
+def chunk_length(rows: int, length: int, chunk_tokens: int | None, vocab: int | None = None) -> int:
+    """Sequence positions per chunk: about `chunk_tokens` tokens over all rows (None: about
+    LOGITS_PER_CHUNK / `vocab`), at least 1, at most `length`."""
+    if chunk_tokens is None:
+        if vocab is None:
+            raise ValueError("chunk_length: chunk_tokens=None needs the vocabulary size")
+        chunk_tokens = max(1, LOGITS_PER_CHUNK // vocab)
     return max(1, min(length, chunk_tokens // max(rows, 1)))
 
 
@@ -56,7 +68,7 @@ def token_logprobs(
     *,
     temperature: float = 1.0,
     transposed: bool = False,
-    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    chunk_tokens: int | None = DEFAULT_CHUNK_TOKENS,
     entropy: bool = False,
     correct: bool = False,
 ) -> TokenStats:
@@ -69,10 +81,10 @@ def token_logprobs(
     """
     if hidden.ndim != 3 or targets.shape != hidden.shape[:2]:
         raise ValueError(f"hidden [rows, T, H] {hidden.shape} and targets [rows, T] {targets.shape} do not match")
-    if chunk_tokens < 1:
-        raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+    if chunk_tokens is not None and chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be >= 1 or None, got {chunk_tokens}")
     rows, length = targets.shape
-    step = chunk_length(rows, length, chunk_tokens)
+    step = chunk_length(rows, length, chunk_tokens, weight.shape[0] if transposed else weight.shape[-1])
     out = _tiled(hidden, weight, targets.astype(jnp.int32), float(temperature), bool(transposed), step,
                  bool(entropy), bool(correct))
     return TokenStats(out[0], out[1] if entropy else None, out[2] if correct else None)
@@ -116,7 +128,7 @@ def _forward(hidden, weight, targets, temperature, transposed, step, want_entrop
 
     def one(_, i):
         h, t = _chunk(hidden_p, i, step), _chunk(targets_p, i, step)
-        logits, scaled, lse = _scaled_logits(h, weight, temperature, transposed)
+        logits, scaled, lse = _scaled_logits(h, _per_iteration(weight, i), temperature, transposed)
         picked = jnp.take_along_axis(scaled, t[..., None], axis=-1, mode="clip")[..., 0]
         outs = [picked - lse, lse]
         if want_entropy:
@@ -145,49 +157,76 @@ def _tiled_fwd(hidden, weight, targets, temperature, transposed, step, want_entr
     # symbolic_zeros: the arguments come as CustomVJPPrimal(value, perturbed)
     hidden, weight, targets = hidden.value, weight.value, targets.value
     outs, lse = _forward(hidden, weight, targets, temperature, transposed, step, want_entropy, want_correct)
-    return outs, (hidden, weight, targets, lse)
+    return outs, (hidden, weight, targets, lse, outs[1])
+
+
+def vocab_tile(rows: int, length: int, step: int, vocab: int) -> int:
+    """Vocabulary columns per tile of the backward pass: its [rows, length, tile] float32 blocks hold
+    about as many elements as one forward chunk [rows, step, V]."""
+    return max(1, min(vocab, rows * step * vocab // max(rows * length, 1)))
+
+
+def _per_iteration(x: jax.Array, i: jax.Array) -> jax.Array:
+    """`x` tied to loop iteration `i`, so XLA cannot hoist its uses out of the loop: XLA:CPU widens a
+    bfloat16 matmul operand to float32, and hoisted, that widened copy of the whole LM head
+    (0.5 GiB at qwen2.5-0.5b) would live through the loop."""
+    return jax.lax.optimization_barrier((x, i))[0]
 
 
 def _tiled_bwd(temperature, transposed, step, want_entropy, want_correct, residuals, cotangents):
-    hidden, weight, targets, lse = residuals
+    """The gradient one vocabulary tile at a time (as Cut Cross-Entropy does): each tile's logits
+    [rows, T, tile] are recomputed from the saved log-sum-exp, and its rows of the LM-head gradient
+    are finished in one matmul over every token and written in the weight's dtype. So no float32
+    [V, H] accumulator exists (at qwen2.5-0.5b it is 0.5 GiB), only the small float32 hidden-state
+    gradient [rows, T, H] is accumulated over tiles."""
+    hidden, weight, targets, lse, ent = residuals
     g_logp, g_ent, _ = cotangents
     # An output nobody differentiates (e.g. the entropy as a metric) arrives as a symbolic zero: skip its term.
     use_ent = want_entropy and not isinstance(g_ent, SymbolicZero)
     if isinstance(g_logp, SymbolicZero):
         g_logp = jnp.zeros(targets.shape, jnp.float32)
-    length = targets.shape[1]
-    n = -(-length // step)
-    total = n * step
-    hidden_p, targets_p, lse_p = _padded(hidden, total), _padded(targets, total), _padded(lse, total)
-    g_logp_p = _padded(g_logp.astype(jnp.float32), total)  # zero cotangent on the padding
-    g_ent_p = _padded(g_ent.astype(jnp.float32), total) if use_ent else None
-    vocab = weight.shape[0] if transposed else weight.shape[-1]
+    rows, length = targets.shape
+    vocab_axis = 0 if transposed else weight.ndim - 1
+    vocab = weight.shape[vocab_axis]
+    tile = vocab_tile(rows, length, step, vocab)
+    n = -(-vocab // tile)
+    g_logp = g_logp.astype(jnp.float32)[..., None]
+    g_ent = g_ent.astype(jnp.float32)[..., None] if use_ent else None
+    flat_h = hidden.reshape(-1, hidden.shape[-1])
 
     def one(carry, i):
         d_weight, d_hidden = carry
-        h, t, lse_c = _chunk(hidden_p, i, step), _chunk(targets_p, i, step), _chunk(lse_p, i, step)
-        _, scaled, _ = _scaled_logits(h, weight, temperature, transposed)
-        logp_all = scaled - lse_c[..., None]
+        # The last tile is shifted left to end at V; its columns an earlier tile covered (not `fresh`)
+        # get no gradient here.
+        start, fresh = tile_starts(i, tile, vocab)
+        columns = start + jnp.arange(tile, dtype=jnp.int32)
+        w = slice_rows(_per_iteration(weight, i), start, tile, vocab_axis)
+        scaled = _project(hidden, w, transposed)
+        scaled = scaled if temperature == 1.0 else scaled / temperature
+        logp_all = scaled - lse[..., None]
         probs = jnp.exp(logp_all)
-        onehot = (jnp.arange(vocab, dtype=jnp.int32) == t[..., None]).astype(jnp.float32)
-        d_scaled = _chunk(g_logp_p, i, step)[..., None] * (onehot - probs)
+        d_scaled = g_logp * ((columns == targets[..., None]).astype(jnp.float32) - probs)
         if use_ent:  # dH/ds_j = -p_j (log p_j + H)
-            ent = -jnp.sum(probs * logp_all, axis=-1, keepdims=True)
-            d_scaled = d_scaled - _chunk(g_ent_p, i, step)[..., None] * probs * (logp_all + ent)
+            d_scaled = d_scaled - g_ent * probs * (logp_all + ent[..., None])
+        d_scaled = jnp.where(fresh, d_scaled, 0.0)
         d_logits = (d_scaled if temperature == 1.0 else d_scaled / temperature).astype(weight.dtype)
-        # d hidden = d_logits @ W^T; d W = h^T @ d_logits (float32 accumulation over chunks).
-        # As 2-D matmuls: XLA:CPU runs them faster than einsums with free batch axes (see `project`).
-        flat_d, flat_h = d_logits.reshape(-1, vocab), h.reshape(-1, h.shape[-1])
-        d_h = jax.lax.dot_general(flat_d, weight, (((1,), (0 if transposed else 1,)), ((), ())),
-                                  preferred_element_type=jnp.float32).reshape(h.shape)
+        # d hidden += d_logits @ W_tile^T; d W_tile = h^T @ d_logits, as 2-D matmuls (XLA:CPU runs them
+        # faster than einsums with free batch axes, see `project`).
+        flat_d = d_logits.reshape(-1, tile)
+        d_h = jax.lax.dot_general(flat_d, w, (((1,), (vocab_axis,)), ((), ())),
+                                  preferred_element_type=jnp.float32).reshape(hidden.shape)
         first, second = (flat_d, flat_h) if transposed else (flat_h, flat_d)
         d_w = jax.lax.dot_general(first, second, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-        d_hidden = jax.lax.dynamic_update_slice_in_dim(d_hidden, d_h.astype(hidden.dtype), i * step, axis=1)
-        return (d_weight + d_w, d_hidden), None
+        # Columns an earlier tile covered keep that tile's gradient (a select, not an add: XLA:CPU
+        # would run a bfloat16 add on a float32 copy of the whole d_weight).
+        keep = fresh[:, None] if transposed else fresh[None, :]
+        d_w = jnp.where(keep, d_w.astype(weight.dtype), slice_rows(d_weight, start, tile, vocab_axis))
+        d_weight = update_rows(d_weight, d_w, start, vocab_axis)
+        return (d_weight, d_hidden + d_h), None
 
-    init = (jnp.zeros(weight.shape, jnp.float32), jnp.zeros(hidden_p.shape, hidden.dtype))
+    init = (zeros_when_ready(weight.shape, weight.dtype, g_logp), zeros_when_ready(hidden.shape, jnp.float32, g_logp))
     (d_weight, d_hidden), _ = jax.lax.scan(one, init, jnp.arange(n))
-    return d_hidden[:, :length], d_weight.astype(weight.dtype), None
+    return d_hidden.astype(hidden.dtype), d_weight, None
 
 
 _tiled.defvjp(_tiled_fwd, _tiled_bwd, symbolic_zeros=True)

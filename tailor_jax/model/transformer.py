@@ -10,6 +10,8 @@ Parameter layout (logical axes in brackets; HF weights are transposed/reshaped i
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +20,7 @@ from flax import nnx, struct
 from tailor_jax.errors import TailorError
 from tailor_jax.model.attention import AttentionMask, attention
 from tailor_jax.model.config import ModelConfig
+from tailor_jax.model.vocab_tiles import embed_lookup
 from jax.sharding import Mesh
 
 from tailor_jax.parallel.sharding import Rules, constrain, shard_state, state_shardings
@@ -90,6 +93,8 @@ def project(x: jax.Array, kernel: jax.Array, in_dims: int = 1, *, transposed: bo
     """
     lead, k = x.shape[: x.ndim - in_dims], int(np.prod(x.shape[x.ndim - in_dims :]))
     rows = x.reshape(-1, k)
+    if _WEIGHTS_AT_USE:
+        rows, kernel = jax.lax.optimization_barrier((rows, kernel))
     if transposed:
         out = kernel.shape[: kernel.ndim - in_dims]
         y = jax.lax.dot_general(rows, kernel.reshape(-1, k), (((1,), (1,)), ((), ())),
@@ -98,6 +103,27 @@ def project(x: jax.Array, kernel: jax.Array, in_dims: int = 1, *, transposed: bo
         out = kernel.shape[in_dims:]
         y = jnp.matmul(rows, kernel.reshape(k, -1), preferred_element_type=preferred_element_type)
     return y.reshape(*lead, *out)
+
+
+_WEIGHTS_AT_USE = False
+
+
+@contextlib.contextmanager
+def weights_at_use():
+    """While tracing inside: each matmul's weight waits for its input (an optimization barrier).
+
+    For the CPU compile that stands in for a device's memory (train/memory_plan.py): XLA:CPU runs a
+    bfloat16 matmul on float32 copies of its operands, and its scheduler makes the weights' copies
+    early, so every layer's float32 MLP kernels (1.25 GiB at qwen2.5-0.5b) would be counted at
+    once. A GPU/TPU program makes no such copies; tied to their inputs they are made one layer at
+    a time. Off otherwise: on a device the barrier would keep FSDP's weight gathers from starting early.
+    """
+    global _WEIGHTS_AT_USE
+    previous, _WEIGHTS_AT_USE = _WEIGHTS_AT_USE, True
+    try:
+        yield
+    finally:
+        _WEIGHTS_AT_USE = previous
 
 
 def _param(rngs: nnx.Rngs, shape: tuple[int, ...], fan_in: int | None, dtype, axes: tuple[str, ...]) -> nnx.Param:
@@ -185,13 +211,33 @@ class MLP(nnx.Module):
         self.gate_kernel = _param(rngs, (h, f), h, pd, ("embed", "mlp"))
         self.up_kernel = _param(rngs, (h, f), h, pd, ("embed", "mlp"))
         self.down_kernel = _param(rngs, (f, h), f, pd, ("mlp", "embed"))
+        self.chunk = config.mlp_chunk
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dt = x.dtype
-        gate = project(x, self.gate_kernel[...].astype(dt))
-        up = project(x, self.up_kernel[...].astype(dt))
-        hidden = constrain(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
-        return project(hidden, self.down_kernel[...].astype(dt))
+        kernels = tuple(k[...].astype(dt) for k in (self.gate_kernel, self.up_kernel, self.down_kernel))
+        rows, length, width = x.shape
+        step = _divisor_at_most(length, self.chunk // max(rows, 1)) if self.chunk else length
+        if step >= length:
+            return _mlp(x, *kernels)
+        # Sequence chunks of `step` positions (all rows), one after the other, each recomputed in
+        # the backward pass: the [tokens, intermediate] activations exist for one chunk at a time.
+        chunks = jnp.swapaxes(x.reshape(rows, length // step, step, width), 0, 1)
+        run = jax.checkpoint(lambda chunk: _mlp(chunk, *kernels))
+        out = jax.lax.map(run, chunks)
+        return constrain(jnp.swapaxes(out, 0, 1).reshape(rows, length, -1), ("batch", "length", "act_embed"))
+
+
+def _mlp(x: jax.Array, gate_kernel: jax.Array, up_kernel: jax.Array, down_kernel: jax.Array) -> jax.Array:
+    gate = project(x, gate_kernel)
+    up = project(x, up_kernel)
+    hidden = constrain(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
+    return project(hidden, down_kernel)
+
+
+def _divisor_at_most(n: int, limit: int) -> int:
+    """The largest divisor of n that is <= limit (at least 1)."""
+    return max([d for d in range(1, min(n, max(limit, 1)) + 1) if n % d == 0])
 
 
 class DecoderLayer(nnx.Module):
@@ -284,7 +330,7 @@ class Transformer(nnx.Module):
             mask = AttentionMask(key_valid=slot_mask, cache_index=start)
 
         cos, sin = _rope(cfg, positions)
-        x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
+        x = embed_lookup(self.embed[...], tokens).astype(dt)
         x = constrain(x, ("batch", "length", "act_embed"))
         k_all = v_all = None
         if cache is not None:
@@ -329,9 +375,11 @@ class Transformer(nnx.Module):
         row_mask = AttentionMask(key_valid=jnp.concatenate([prefix_mask[row_prefix], mask], axis=1), static_offset=p)
         cos_p, sin_p = _rope(cfg, prefix_positions)
         cos, sin = _rope(cfg, positions)
-        embed = self.embed[...]
-        xp = constrain(jnp.take(embed, prefix_tokens.astype(jnp.int32), axis=0).astype(dt), ("batch", "length", "act_embed"))
-        x = constrain(jnp.take(embed, tokens.astype(jnp.int32), axis=0).astype(dt), ("batch", "length", "act_embed"))
+        # One lookup for prompts and continuations: one embedding gradient, not two summed.
+        flat = jnp.concatenate([prefix_tokens.reshape(-1), tokens.reshape(-1)]).astype(jnp.int32)
+        embedded = embed_lookup(self.embed[...], flat).astype(dt)
+        xp = constrain(embedded[: u * p].reshape(u, p, -1), ("batch", "length", "act_embed"))
+        x = constrain(embedded[u * p :].reshape(rows, length, -1), ("batch", "length", "act_embed"))
         run = remat_layer(_layer_with_prefix, cfg.remat)
         for layer in self.layers:
             xp, (k, v) = run(layer, xp, cos_p, sin_p, causal_p, None)

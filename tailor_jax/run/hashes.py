@@ -75,4 +75,6 @@ def _grpo_hash_part(cfg: RunConfig) -> dict:
     grpo["eval"] = _without(grpo["eval"], "exclude_file")
     if not grpo["rollout"]["generation_batch_size"]:  # 0 (added 2026-12-06): older hashes still match
         grpo["rollout"] = _without(grpo["rollout"], "generation_batch_size")
+    if not grpo["model"]:  # the runtime model options (added 2026-12-06): unset, older hashes still match
+        grpo = _without(grpo, "model")
     return grpo

@@ -16,6 +16,7 @@ figures as estimates (docs/gpu.md compares them with a measured peak where one w
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -42,11 +43,12 @@ GIB = 2**30
 class MemoryConfig:
     """Memory knobs of a trainer config (`memory:` in the SFT / GRPO sections)."""
 
-    logprob_chunk: int = DEFAULT_CHUNK_TOKENS  # tokens per chunk of the vocabulary projection (model.logprobs)
+    logprob_chunk: int | None = DEFAULT_CHUNK_TOKENS  # tokens per chunk of the vocabulary projection (model.logprobs); null: by the vocabulary size
     device_memory_gib: float | None = None  # per-device memory; null: detected (GPU/TPU), unchecked on CPU
 
     def __post_init__(self):
-        require(self.logprob_chunk >= 1, f"memory.logprob_chunk must be >= 1, got {self.logprob_chunk}")
+        require(self.logprob_chunk is None or self.logprob_chunk >= 1,
+                f"memory.logprob_chunk must be >= 1 or null, got {self.logprob_chunk}")
         require(self.device_memory_gib is None or self.device_memory_gib > 0,
                 f"memory.device_memory_gib must be > 0 or null, got {self.device_memory_gib}")
 
@@ -149,9 +151,13 @@ class AbstractModel:
     def compile(self, fn, *args, **jit_kwargs):
         # XLA:CPU drops the optimization barriers that remat and the chunked attention rely on, so a
         # CPU compile standing in for a device's memory keeps them (see model/attention.py).
-        options = CPU_KEEP_BARRIERS if jax.default_backend() == "cpu" else None
-        with use_sharding(self.mesh, self.rules):
-            return jax.jit(fn, **jit_kwargs).lower(*args).compile(compiler_options=options)
+        # Its bfloat16 matmuls also run on float32 copies of the weights, made just before use only
+        # when tied to their inputs (model/transformer.weights_at_use).
+        from tailor_jax.model.transformer import weights_at_use
+
+        cpu = jax.default_backend() == "cpu"
+        with use_sharding(self.mesh, self.rules), (weights_at_use() if cpu else contextlib.nullcontext()):
+            return jax.jit(fn, **jit_kwargs).lower(*args).compile(compiler_options=CPU_KEEP_BARRIERS if cpu else None)
 
 
 def _supports(fn, name: str) -> bool:
@@ -160,7 +166,7 @@ def _supports(fn, name: str) -> bool:
 
 
 def sft_step(model: AbstractModel, rows: int, length: int, *, accum_steps: int = 1,
-             optimizer: OptimizerConfig | None = None, logprob_chunk: int = DEFAULT_CHUNK_TOKENS) -> StageEstimate:
+             optimizer: OptimizerConfig | None = None, logprob_chunk: int | None = DEFAULT_CHUNK_TOKENS) -> StageEstimate:
     """The SFT train step as `train.sft.train` jits it: `rows` per micro-batch, `accum_steps` micro-batches."""
     from tailor_jax.train import sft
     from tailor_jax.train.optim import make_optimizer
@@ -205,11 +211,11 @@ def _prompt_slots(rows: int, group: int) -> int:
 
 def grpo_update(model: AbstractModel, rows: int, prompt_len: int, completion_len: int, *, group: int = 8,
                 beta: float = 0.0, optimizer: OptimizerConfig | None = None,
-                logprob_chunk: int = DEFAULT_CHUNK_TOKENS) -> StageEstimate:
+                logprob_chunk: int | None = DEFAULT_CHUNK_TOKENS) -> StageEstimate:
     """One GRPO update micro-batch (`make_accumulate_fn`, jitted as the trainer does) of `rows`
     completions from ceil(rows / group) prompts; resident: the optimizer state (and the reference
     weights when beta > 0)."""
-    from tailor_jax.train import grpo as gt
+    from tailor_jax.train.grpo import update as gt
     from tailor_jax.train.optim import make_optimizer
 
     tx = make_optimizer(optimizer or OptimizerConfig(), 1000)
@@ -229,9 +235,9 @@ def grpo_update(model: AbstractModel, rows: int, prompt_len: int, completion_len
 
 
 def logprob_pass(model: AbstractModel, rows: int, prompt_len: int, completion_len: int, *, group: int = 8,
-                 resident: int = 0, logprob_chunk: int = DEFAULT_CHUNK_TOKENS) -> StageEstimate:
+                 resident: int = 0, logprob_chunk: int | None = DEFAULT_CHUNK_TOKENS) -> StageEstimate:
     """The old / reference log-prob pass (`make_logp_fn`) over one micro-batch."""
-    from tailor_jax.train import grpo as gt
+    from tailor_jax.train.grpo import update as gt
 
     kwargs = {"chunk_tokens": logprob_chunk} if _supports(gt.make_logp_fn, "chunk_tokens") else {}
     fn = gt.make_logp_fn(model.graphdef, 1.0, **kwargs)
@@ -342,7 +348,7 @@ def sft_model_config(cfg) -> tuple[ModelConfig | None, str]:
     if cfg.model.pretrained is not None:
         if not (Path(cfg.model.pretrained) / "config.json").is_file():
             return None, f"{cfg.model.pretrained} has no config.json here, so its shape is unknown"
-        return read_config(cfg.model.pretrained), cfg.model.pretrained
+        return read_config(cfg.model.pretrained).replace(**cfg.model.overrides), cfg.model.pretrained  # remat/attention only
     if cfg.tokenizer.path is not None:
         from tailor_jax.data.tokenizer import load_tokenizer
 
@@ -354,6 +360,15 @@ def sft_model_config(cfg) -> tuple[ModelConfig | None, str]:
     except TypeError as err:
         raise TailorError(f"model.overrides: {err}; use ModelConfig field names such as hidden_size") from None
     return model_cfg.replace(vocab_size=-(-vocab // 8) * 8), f"preset {cfg.model.preset}"
+
+
+def grpo_model_config(model_cfg: ModelConfig, options: dict[str, Any]) -> ModelConfig:
+    """The policy GRPO trains: the SFT stage's model as its export loads (runtime options at their
+    defaults: the export keeps the shape only), with the GRPO config's `model:` options."""
+    from tailor_jax.model.config import RUNTIME_OPTIONS
+
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.name in RUNTIME_OPTIONS}
+    return model_cfg.replace(**{**defaults, **options})
 
 
 def plan_mesh(mesh_cfg) -> tuple[Mesh | None, str]:
@@ -382,7 +397,8 @@ def run_memory_plan(stages: list[tuple[str, Any]], model_cfg: ModelConfig | None
             say(f"  {name}: skipped: {why_not}")
             continue
         rules = cfg.mesh.axis_rules()
-        part = sft_plan(cfg, model_cfg, mesh, rules) if name == "sft" else grpo_plan(cfg, model_cfg, mesh, rules)
+        part = (sft_plan(cfg, model_cfg, mesh, rules) if name == "sft"
+                else grpo_plan(cfg, grpo_model_config(model_cfg, cfg.model), mesh, rules))
         part = [dataclasses.replace(e, stage=f"{name}: {e.stage}") for e in part]
         say(format_table(part))
         check(part, limit_gib)  # before the next stage's compile

@@ -124,11 +124,15 @@ def make_train_step(
             grads = jax.tree.map(jnp.add, grads, m_grads)
             return (grads, nll + m_nll, count + m_count, correct + m_correct), None
 
-        zeros = jax.tree.map(jnp.zeros_like, state.params)
-        init = (zeros, jnp.zeros(()), jnp.zeros(()), jnp.zeros(()))
-        (grads, nll, count, correct), _ = jax.lax.scan(accumulate, init, micro)
+        if accum_steps == 1:  # no zero-initialised gradient buffer to add into
+            (nll, (count, correct)), grads = value_and_grad_fn(state.params, graphdef, state.rest, batch)
+        else:
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            init = (zeros, jnp.zeros(()), jnp.zeros(()), jnp.zeros(()))
+            (grads, nll, count, correct), _ = jax.lax.scan(accumulate, init, micro)
         denom = jnp.maximum(count, 1.0)
-        grads = jax.tree.map(lambda g: g / denom, grads)
+        # in the parameters' dtype: dividing by the float32 count would make a float32 copy of every gradient
+        grads = jax.tree.map(lambda g: (g / denom).astype(g.dtype), grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         grad_norm = optax.tree.norm(grads)

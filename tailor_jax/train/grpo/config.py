@@ -10,6 +10,7 @@ from tailor_jax.tasks import task_names
 from tailor_jax.parallel.mesh import MeshConfig
 from tailor_jax.tasks.rewards import REWARD_FUNCTIONS
 from tailor_jax.train.grpo.loss import KL_ESTIMATORS, LOSS_AGGREGATIONS, REWARD_SCALINGS
+from tailor_jax.model.config import check_runtime_options
 from tailor_jax.train.memory_plan import MemoryConfig
 from tailor_jax.train.metrics import WandbConfig
 
@@ -124,6 +125,9 @@ class GRPOConfig:
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig.auto)
     memory: MemoryConfig = dataclasses.field(default_factory=MemoryConfig)
+    # How the policy runs, never its shape: any of remat, attention, attention_query_chunk, mlp_chunk (model/config.py
+    # RUNTIME_OPTIONS); empty: the model's defaults. Enters the stage hash only when set.
+    model: dict[str, Any] = dataclasses.field(default_factory=dict)
     seed: int = 0
     steps: int = 100
     log_every: int = 1
@@ -143,4 +147,5 @@ class GRPOConfig:
         require(starts == sorted(set(starts)), f"curriculum start_steps must increase, got {starts}")
         require(self.task in task_names(), f"unknown task {self.task!r}; use one of {', '.join(task_names())}")
         require(0 <= self.seed < 2**31, f"seed must be in [0, 2^31), got {self.seed}")
+        check_runtime_options(self.model, "grpo.model")
 

@@ -69,7 +69,7 @@ def load_policy(cfg: GRPOConfig, mesh, rules):
     if not (init / "config.json").is_file():
         raise TailorError(f"init {init} has no config.json; point `init` at a Hugging Face-format model directory (e.g. SFT_RUN/model)")
     tokenizer = tok_lib.load_tokenizer(init)
-    model = load_pretrained(init, mesh=mesh, rules=rules)
+    model = load_pretrained(init, mesh=mesh, rules=rules, options=cfg.model)
     return model, tokenizer
 
 
@@ -101,7 +101,7 @@ def train(cfg: GRPOConfig) -> GRPOResult:
     if (Path(cfg.init) / "config.json").is_file():  # stops here, before the weights load, if a stage cannot fit
         from tailor_jax.model.hf_io import read_config
 
-        check_trainer("grpo", cfg, read_config(cfg.init), _log)
+        check_trainer("grpo", cfg, read_config(cfg.init).replace(**cfg.model), _log)
     if cfg.rollout.generation_batch_size % shards:
         raise TailorError(f"rollout.generation_batch_size ({cfg.rollout.generation_batch_size}) must be a multiple of the "
                           f"{shards}-way data parallelism; use 0 (one call) or a multiple of {shards}")
