@@ -36,6 +36,19 @@ def test_score_outcomes_matches_hand_counts():
     assert r["mean_length_by_level"] == {"6": 15.0, "7": 40.0}
 
 
+def test_truncated_share_by_level_and_in_the_report(tmp_path):
+    cut = [{**o, "truncated": i in (1, 2)} for i, o in enumerate(OUTCOMES)]  # one of level 6, one of level 7
+    r = score_outcomes(cut)
+    assert r["truncated"] == pytest.approx(2 / 5)
+    assert r["truncated_by_level"] == {"6": 0.5, "7": pytest.approx(1 / 3)}
+    assert "truncated" not in score_outcomes(OUTCOMES)  # outcomes that do not say stay silent
+    run = _fake_run(tmp_path, "cut", improve=0.4, seed=0)
+    write_result({**r, "max_new_tokens": 192}, run / "eval" / "sft.json")
+    text = report_lib.write_report(run).read_text()
+    assert ("**Cut at the generation budget:** sft 40.0% of greedy completions reached eval.max_new_tokens = 192 "
+            "without an end token") in text
+
+
 def test_score_outcomes_without_pass_k_or_kinds():
     plain = [{**o, "pass": None, "kind": None} for o in OUTCOMES]
     r = score_outcomes(plain)
@@ -105,6 +118,7 @@ def test_write_report_makes_plots_and_tables(tmp_path):
     assert "GRPO vs SFT: 60.0% -> 100.0% (+40.0 points)" in text
     assert "sft (evaluation)" in text and "pass@" in text
     assert "step 0: 30.0%, step 20: 70.0%" in text
+    assert "Cut at the generation budget" not in text  # no outcome was truncated
     # 20 logged reward steps: the report compares 5-step means, not two single noisy steps
     rewards = [r["reward"] for r in report_lib.load_run(run)["grpo_metrics"] if "reward" in r]
     assert len(rewards) == 20
@@ -195,10 +209,13 @@ def test_evaluate_records_scores_decoded_completions():
             else:
                 right = i < len(records) - 1
                 rows += [encode(wrong[i]), encode(task.target(records[i]) if right else wrong[i]), encode(wrong[i])]
-        return types.SimpleNamespace(tokens=rows, finished=[True] * len(rows), lengths=[len(r) for r in rows])
+        # greedy rows of problems 0 and 1 end without an end token (cut at max_new_tokens)
+        finished = [num_samples > 1 or index_of[tuple(p)] > 1 for p in prompts for _ in range(num_samples)]
+        return types.SimpleNamespace(tokens=rows, finished=finished, lengths=[len(r) for r in rows])
 
     outcomes = evaluate_records(types.SimpleNamespace(generate=generate), task, tokenizer, records, pass_k=3, chunk=4)
-    assert [o["correct"] for o in outcomes] == [True, False, True, False, True, False]
+    assert [o["correct"] for o in outcomes] == [False, False, True, False, True, False]  # problem 0: right but cut
+    assert [o["truncated"] for o in outcomes] == [True, True, False, False, False, False]
     assert [o["pass"] for o in outcomes] == [True, True, True, True, True, False]
     assert [o["level"] for o in outcomes] == [task.difficulty(r) for r in records]
     assert [o["kind"] for o in outcomes] == [r["kind"] for r in records]

@@ -171,12 +171,12 @@ def test_seed_varies_data_init_and_sampling(tmp_path):
 
 # ---------------------------------------------------------------------------------------
 # The report's numbers.
-def _fake_cell(study_dir: Path, name: str, sft_acc: float, rl_acc: float, curve: list[float]) -> None:
+def _fake_cell(study_dir: Path, name: str, sft_acc: float, rl_acc: float, curve: list[float], **extra) -> None:
     cell = study_dir / name
     (cell / "eval").mkdir(parents=True)
     (cell / "grpo").mkdir()
     for model, acc in (("sft", sft_acc), ("grpo", rl_acc)):
-        (cell / "eval" / f"{model}.json").write_text(json.dumps({"acc": acc, "acc_by_level": {"3": acc}}))
+        (cell / "eval" / f"{model}.json").write_text(json.dumps({"acc": acc, "acc_by_level": {"3": acc}, **extra}))
     lines = [{"step": 10 * i, "time": 0.0, "eval/acc": a, **({"step_time": 2.0} if i else {})} for i, a in enumerate(curve)]
     (cell / "grpo" / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
 
@@ -210,6 +210,18 @@ def test_study_report_statistics_by_hand(tmp_path):
     assert "after SFT (%): +0.0 points" in text and "the interval includes 0" in text
     for plot in ("rl_accuracy_by_step", "rl_accuracy_by_seconds", "accuracy"):
         assert (study_dir / "plots" / f"{plot}.png").stat().st_size > 5000
+
+
+def test_study_report_shows_completions_cut_at_the_budget(tmp_path):
+    study_dir = tmp_path / "s"
+    _fake_cell(study_dir, "a", 0.5, 0.6, [0.5, 0.6], truncated=0.25)
+    _fake_cell(study_dir, "b", 0.5, 0.6, [0.5, 0.6], truncated=0.0)
+    cells = [{"name": "a", "values": {"seed": 0, "method": "long"}}, {"name": "b", "values": {"seed": 0, "method": "short"}}]
+    (study_dir / "study.json").write_text(json.dumps({"axes": {"seed": [0], "method": ["long", "short"]},
+                                                       "replicate_axis": "seed", "threshold": 0.8, "cells": cells}))
+    text = study_report.write_study_report(study_dir).read_text()
+    assert "## Greedy completions cut at eval.max_new_tokens (%, scored wrong)" in text
+    assert "| long | 25.0 (n=1) | 25.0 (n=1) |" in text and "| short | 0.0 (n=1) | 0.0 (n=1) |" in text
 
 
 def test_study_report_leaves_out_results_of_an_earlier_config(tmp_path):

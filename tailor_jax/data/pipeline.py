@@ -78,6 +78,31 @@ def record_to_text(task: Task, record: dict, style: str, think_prefill: bool):
     return prompt, completion
 
 
+def completion_lengths(task: Task, tokenizer, records: Sequence[dict], style: str, think_prefill: bool,
+                       limit: int = 2000) -> list[int]:
+    """Tokens a model writes for each record's completion (after any prefill, end token
+    included): what its generation budget must hold. At most `limit` records, evenly spaced."""
+    sample = records[:: max(1, -(-len(records) // limit))]
+    lengths = []
+    for record in sample:
+        prompt, completion = record_to_text(task, record, style, think_prefill)
+        lengths.append(len(tok_lib.encode_completion(tokenizer, completion, prompt)))
+    return lengths
+
+
+def budget_shortfall(lengths: Sequence[int], budget: int, knob: str) -> str | None:
+    """A warning when some of `lengths` (tokens a model must write, end token included) exceed
+    the generation budget `knob` = `budget`: such completions are cut there and score as wrong,
+    so an evaluation or a rollout at that budget under-reports the model. None when all fit."""
+    over = sum(n > budget for n in lengths)
+    if not over:
+        return None
+    p95 = int(np.percentile(lengths, 95))
+    return (f"{over} of {len(lengths)} demonstrations checked ({over / len(lengths):.0%}) need more than "
+            f"{knob}={budget} tokens (longest {max(lengths)}, 95th percentile {p95}); a model that writes them out "
+            f"is cut there and scored wrong: raise {knob} to at least {max(lengths)}")
+
+
 def make_tokenize_fn(task: Task, tokenizer, config: PipelineConfig) -> Callable[[dict], dict]:
     def tokenize(record: dict) -> dict:
         prompt, completion = record_to_text(task, record, config.prompt_style, config.think_prefill)

@@ -94,4 +94,8 @@ def describe(result: dict, task_name: str, name: str = "model") -> str:
                                                                         "acc_by_level": result["pass_at_k_by_level"]}},
                                   label=label))
     parts.append(f"mean completion length: {result['mean_length']:.1f} tokens over {result['num_problems']} problems")
+    if result.get("truncated"):
+        parts.append(f"{100 * result['truncated']:.1f}% of greedy completions were cut at max_new_tokens = "
+                     f"{result.get('max_new_tokens', '?')} without an end token (scored wrong); raise it if they were "
+                     "still reasoning")
     return "\n\n".join(parts)

@@ -96,7 +96,8 @@ def evaluate_records(
 ) -> list[dict]:
     """Per-problem outcomes: greedy correctness and length, plus pass@k over `pass_k` samples at
     `temperature` (seed `seed` + the chunk's first index). Outcome: {"level", "kind", "correct",
-    "length", "pass"} (pass None when pass_k is 0)."""
+    "length", "truncated", "pass"} (truncated: the greedy completion was cut at `max_new_tokens`
+    without an end token; pass None when pass_k is 0)."""
     prompts = [task.prompt(r, style=prompt_style, think_prefill=think_prefill) for r in records]
     outcomes = []
     for start in range(0, len(records), chunk):
@@ -111,7 +112,8 @@ def evaluate_records(
             passed = [bool(s) for s in score_completions(task, block_records, sampled).max(axis=1) > 0]
         for j, record in enumerate(block_records):
             outcomes.append({"level": task.difficulty(record), "kind": record.get("kind"), "correct": bool(correct[j]),
-                             "length": int(greedy.lengths[j]), "pass": passed[j]})
+                             "length": int(greedy.lengths[j]), "truncated": not greedy.finished[j],
+                             "pass": passed[j]})
     return outcomes
 
 
@@ -123,9 +125,11 @@ def score_outcomes(outcomes: Sequence[dict]) -> dict[str, Any]:
     """Aggregate per-problem outcomes into the evaluation result.
 
     Each outcome: {"level": int, "kind": str | None, "correct": bool (greedy), "length": int
-    (tokens), "pass": bool | None (any of k samples correct; None when pass@k is off)}.
+    (tokens), "truncated": bool (greedy completion cut at max_new_tokens; optional), "pass":
+    bool | None (any of k samples correct; None when pass@k is off)}.
     Result: acc, acc_by_level, acc_by_kind, acc_by_kind_level, pass_at_k (+ by level),
-    mean_length (+ by level), num_problems, num_by_level. Level keys are strings (JSON).
+    mean_length (+ by level), truncated (+ by level: the share of greedy completions cut at
+    max_new_tokens, which score as wrong), num_problems, num_by_level. Level keys are strings (JSON).
     """
     by_level: dict[int, list[dict]] = {}
     by_kind: dict[str, list[dict]] = {}
@@ -148,6 +152,10 @@ def score_outcomes(outcomes: Sequence[dict]) -> dict[str, Any]:
             for k, v in sorted(by_kind.items())
         },
     }
+    if outcomes and all("truncated" in o for o in outcomes):
+        result["truncated"] = mean_or_zero([float(o["truncated"]) for o in outcomes])
+        result["truncated_by_level"] = {str(lv): mean_or_zero([float(o["truncated"]) for o in by_level[lv]])
+                                        for lv in levels}
     if outcomes and all(o.get("pass") is not None for o in outcomes):
         result["pass_at_k"] = mean_or_zero([float(o["pass"]) for o in outcomes])
         result["pass_at_k_by_level"] = {str(lv): mean_or_zero([float(o["pass"]) for o in by_level[lv]]) for lv in levels}
@@ -156,13 +164,16 @@ def score_outcomes(outcomes: Sequence[dict]) -> dict[str, Any]:
 
 def policy_metrics(outcomes: Sequence[dict], task_name: str, pass_k: int = 0) -> dict[str, float]:
     """The trainers' evaluation metrics: `eval/acc/<task>/<level>` and `eval/acc` (greedy),
-    `eval/pass@<k>/<task>/<level>` when `pass_k`, `eval/mean_length` (greedy, in tokens)."""
+    `eval/pass@<k>/<task>/<level>` when `pass_k`, `eval/mean_length` (greedy, in tokens) and
+    `eval/truncated` (share of greedy completions cut at max_new_tokens)."""
     result = score_outcomes(outcomes)
     metrics = {f"eval/acc/{task_name}/{level}": acc for level, acc in result["acc_by_level"].items()}
     metrics["eval/acc"] = result["acc"]
     for level, value in result.get("pass_at_k_by_level", {}).items() if pass_k else ():
         metrics[f"eval/pass@{pass_k}/{task_name}/{level}"] = value
     metrics["eval/mean_length"] = result["mean_length"]
+    if "truncated" in result:
+        metrics["eval/truncated"] = result["truncated"]
     return metrics
 
 

@@ -248,6 +248,13 @@ def _eval_tables(run: dict) -> list[str]:
     lengths = ", ".join(f"{m} {r['mean_length']:.1f}" for m, r in results.items())
     parts += ["", f"Mean completion length (tokens, greedy): {lengths}. Problems per level: "
               + ", ".join(f"{lv}: {n}" for lv, n in next(iter(results.values()))["num_by_level"].items()) + "."]
+    cut = {m: r["truncated"] for m, r in results.items() if r.get("truncated")}
+    if cut:
+        budgets = sorted({str(results[m].get("max_new_tokens", "?")) for m in cut})
+        parts += ["", "**Cut at the generation budget:** " + ", ".join(f"{m} {100 * v:.1f}%" for m, v in cut.items())
+                  + f" of greedy completions reached eval.max_new_tokens = {'/'.join(budgets)} without an end token "
+                  "and count as wrong. If the model was still reasoning, raise eval.max_new_tokens; if it loops, "
+                  "that is its error."]
     if "sft" in results and "grpo" in results:
         delta = 100 * (results["grpo"]["acc"] - results["sft"]["acc"])
         parts += ["", f"**GRPO vs SFT: {100 * results['sft']['acc']:.1f}% -> {100 * results['grpo']['acc']:.1f}% "

@@ -92,6 +92,8 @@ def cell_metrics(run: dict, threshold: float) -> dict[str, float]:
             out[f"{label}/{level}"] = acc
         if "pass_at_k" in result:
             out[f"{label.replace('acc', 'pass')}@{result.get('pass_k')}"] = result["pass_at_k"]
+        if "truncated" in result:  # share of greedy completions cut at eval.max_new_tokens (scored wrong)
+            out[f"{model}_truncated"] = result["truncated"]
     if "sft_acc" in out and "rl_acc" in out:
         out["rl_gain"] = out["rl_acc"] - out["sft_acc"]
     steps, acc = run_report.series(run["grpo_metrics"], "eval/acc")
@@ -369,6 +371,11 @@ def markdown(study: dict, summary: dict, plots: dict[str, Path]) -> str:
     if passes:
         lines += ["", "## pass@k (%)", "", "| method | " + " | ".join(passes) + " |", "|---|" + "---|" * len(passes)]
         lines += [f"| {label} | " + " | ".join(_fmt(m.get(k)) for k in passes) + " |" for label, m in methods.items()]
+    cut = [k for k in ("sft_truncated", "grpo_truncated") if any((m.get(k) or {}).get("mean") for m in methods.values())]
+    if cut:  # a truncated completion scores as wrong: say how much of each accuracy that explains
+        lines += ["", "## Greedy completions cut at eval.max_new_tokens (%, scored wrong)", "",
+                  "| method | " + " | ".join(k.replace("_truncated", "") for k in cut) + " |", "|---|" + "---|" * len(cut)]
+        lines += [f"| {label} | " + " | ".join(_fmt(m.get(k)) for k in cut) + " |" for label, m in methods.items()]
     ws = [k for k in WARM_START_METRICS if any(f"warm_start/{k}" in m for m in methods.values())]
     if ws:
         lines += ["", "## Warm-start data", "", "| method | " + " | ".join(ws) + " |", "|---|" + "---|" * len(ws)]

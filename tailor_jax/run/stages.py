@@ -142,7 +142,11 @@ def run_sft(cfg: RunConfig, out: Path) -> str:
     from tailor_jax.train.state import merge_model
 
     sft_cfg = sft_config(cfg)
-    result = sft_lib.train(sft_cfg)
+    budgets = {"sft.max_new_tokens": sft_cfg.max_new_tokens} if sft_cfg.eval_samples else {}
+    if cfg.grpo is not None:
+        budgets["grpo.rollout.max_new_tokens"] = grpo_config(cfg).rollout.max_new_tokens
+    budgets["eval.max_new_tokens"] = cfg.eval.max_new_tokens
+    result = sft_lib.train(sft_cfg, generation_budgets=budgets)
     if int(result.state.step) < sft_cfg.steps:
         raise Interrupted(f"SFT stopped at step {int(result.state.step)} of {sft_cfg.steps}")
     export_model(merge_model(result.graphdef, result.state), result.tokenizer, model_dir(cfg, "sft"))
@@ -198,7 +202,8 @@ def run_eval(cfg: RunConfig, out: Path) -> str:
             )
             eval_lib.write_result(result, result_path)
         result = json.loads(result_path.read_text())
-        parts.append(f"{name} acc {result['acc']:.3f}")
+        cut = f" ({100 * result['truncated']:.0f}% cut at {cfg.eval.max_new_tokens} tokens)" if result.get("truncated") else ""
+        parts.append(f"{name} acc {result['acc']:.3f}{cut}")
     return f"{len(records)} held-out problems (levels {', '.join(map(str, cfg.eval.levels))}): " + ", ".join(parts)
 
 

@@ -322,6 +322,18 @@ def restored_data_state(data_state: dict, step: int) -> dict:
     return states[jax.process_index()]
 
 
+def short_budgets(cfg: SFTConfig, task: Task, tokenizer, records: Sequence[dict],
+                  budgets: dict[str, int] | None = None) -> list[str]:
+    """A warning per generation budget ({knob: max_new_tokens}; default: this config's own
+    evaluation budget when it decodes) that some demonstrations do not fit."""
+    if budgets is None:
+        budgets = {"max_new_tokens": cfg.max_new_tokens} if cfg.eval_samples else {}
+    if not budgets:
+        return []
+    lengths = pipeline.completion_lengths(task, tokenizer, records, cfg.data.prompt_style, cfg.data.think_prefill)
+    return [w for knob, budget in budgets.items() if (w := pipeline.budget_shortfall(lengths, budget, knob))]
+
+
 @dataclasses.dataclass
 class SFTResult:
     metrics: dict[str, float]  # the last logged training and evaluation metrics
@@ -330,8 +342,10 @@ class SFTResult:
     tokenizer: Any
 
 
-def train(cfg: SFTConfig) -> SFTResult:
-    """Run (or resume) SFT as configured."""
+def train(cfg: SFTConfig, *, generation_budgets: dict[str, int] | None = None) -> SFTResult:
+    """Run (or resume) SFT as configured. `generation_budgets` ({knob: max_new_tokens}, default:
+    this config's own evaluation budget when it evaluates accuracy) are checked against the
+    demonstrations' lengths at the start: a budget shorter than them gets a warning line."""
     check_run_dir(cfg.run_dir)
     task = get_task(cfg.data.task, **cfg.data.task_options)
     records = load_records(cfg.data, "train")  # a missing file fails here, before anything is written
@@ -354,6 +368,8 @@ def train(cfg: SFTConfig) -> SFTResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(cfg, records, task, run_dir)
     open_run_dir(cfg)
+    for warning in short_budgets(cfg, task, tokenizer, records, generation_budgets):
+        _log(f"warning: {warning}")
 
     planned, _ = sft_model_config(cfg)
     if planned is not None:  # stops here, before the weights load, if a stage cannot fit the device
