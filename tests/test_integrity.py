@@ -330,6 +330,22 @@ def test_kk_counts_match_the_generator():
     assert get_task("kk", people=3, depth=1).max_distinct(3) == 0  # depth 1: never a unique solution
 
 
+def test_gf_counts_match_the_generator_and_a_gf_pool_too_large_fails_the_plan(tmp_path):
+    """One step over GF(11), one kind: 11 given values x 3 ops x 10 constants = 330 problems; the
+    generator reaches every one of them and no more, and the run's plan refuses a larger pool."""
+    task = get_task("gf", p=11, steps=1, kind="evaluation")
+    assert task.max_distinct(1) == 330 and get_task("gf", p=11, steps=1).max_distinct(1) == 660
+    assert get_task("gf", p=13, steps=2).max_distinct(2) == 2 * 13 * 36**2
+    assert len({(r["given"], str(r["ops"])) for r in task.generate(330, seed=0)}) == 330
+    with pytest.raises(TailorError, match="found only 330 distinct problems"):
+        list(task.generate(331, seed=0))
+    cfg = run_lib.load_run_config(ROOT / "configs" / "quickstart.yaml",
+                                  [f"run_dir={tmp_path}", "task_options={p: 11, kind: evaluation}", "data.train_options.steps=1",
+                                   "data.num_train=400"])
+    with pytest.raises(TailorError, match=r"data.num_train: gf at steps=1 .*has at most 330 distinct problems"):
+        run_lib.plan(cfg)
+
+
 @pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_config_runs_its_data_stage(config, tmp_path):
     """The whole data stage at the config's own sizes (each takes a few seconds at most)."""

@@ -85,6 +85,14 @@ class GFChain(Task):
         self.symbols = symbol_table(p, symbol_seed)
 
     # --- data -------------------------------------------------------------------------
+    def level_range(self) -> tuple[int, int]:
+        """The chain lengths `generate` draws from, uniformly per problem."""
+        return self.steps
+
+    def max_distinct(self, level: int) -> int:
+        """The distinct problems at `level` steps: kind x given value x (op, nonzero constant) per step."""
+        return len(self.kinds) * self.p * (len(OPS) * (self.p - 1)) ** int(level)
+
     def generate(self, num: int, seed: int) -> Iterator[dict]:
         """Yield `num` distinct problems (no repeated kind/ops/given) from one seeded stream."""
         rng = np.random.default_rng(seed)
