@@ -18,8 +18,12 @@ implementation can build only the part of the mask it needs:
            its blocks (chunked otherwise), chunked on CPU; with a KV cache (query offset only
            known at run time): dense on CPU, xla elsewhere.
 
+The sampler's decode step over a prompt cache shared by a prompt's G rows has its own kernel,
+`shared_prompt_attention` (one query per row; no choice of implementation).
+
 Masked scores are the float32 minimum, not -inf, so a query that may see no key (a padding
-position) gets a finite average instead of NaN, in every implementation here.
+position) gets a finite average instead of NaN, in every implementation above
+(`shared_prompt_attention` uses -inf: its rows always see their own newest slot).
 """
 
 from __future__ import annotations
