@@ -11,9 +11,10 @@ the same rows, and the `sample` workload (16 prompts x G = 8 x 128 new tokens). 
   before 2026-12-03;
 - `rope_product`: rope's rotate_half as a product with a signed permutation.
 
-The variants are swapped in by replacing `project` / `apply_rope` in the model and decode
-modules before tracing; the timed calls then alternate between variants, so each median
-compares runs under about the same machine load. Prints one JSON line per variant and a table.
+The variants are swapped in by replacing `project` / `apply_rope` in the model module (whose
+layers also run the sampler's decode step) before tracing; the timed calls then alternate between
+variants, so each median compares runs under about the same machine load. Prints one JSON line
+per variant and a table.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import numpy as np
 from tailor_jax.model import create_model, get_preset, transformer
 from tailor_jax.parallel.mesh import MeshConfig, create_mesh
 from tailor_jax.parallel.sharding import use_sharding
-from tailor_jax.sampling import Sampler, decode
+from tailor_jax.sampling import Sampler
 from tailor_jax.train import grpo as gt
 from tailor_jax.train.state import split_model
 
@@ -66,9 +67,8 @@ VARIANTS = {
 def build(name: str, rows: dict, prompts: list[list[int]]) -> dict:
     """Trace and compile the three timed calls with the variant's functions swapped in."""
     originals = {k: getattr(transformer, k) for k in ("project", "apply_rope")}
-    for module in (transformer, decode):
-        for k, fn in {**originals, **VARIANTS[name]}.items():
-            setattr(module, k, fn)
+    for k, fn in {**originals, **VARIANTS[name]}.items():
+        setattr(transformer, k, fn)
     try:
         mesh_cfg = MeshConfig()
         mesh, rules = create_mesh(mesh_cfg), mesh_cfg.axis_rules()
@@ -90,9 +90,8 @@ def build(name: str, rows: dict, prompts: list[list[int]]) -> dict:
             jax.block_until_ready(call())
         return calls
     finally:
-        for module in (transformer, decode):
-            for k, fn in originals.items():
-                setattr(module, k, fn)
+        for k, fn in originals.items():
+            setattr(transformer, k, fn)
 
 
 def main() -> None:

@@ -18,8 +18,12 @@ implementation can build only the part of the mask it needs:
            its blocks (chunked otherwise), chunked on CPU; with a KV cache (query offset only
            known at run time): dense on CPU, xla elsewhere.
 
+The sampler's decode step over a prompt cache shared by a prompt's G rows has its own kernel,
+`shared_prompt_attention` (one query per row; no choice of implementation).
+
 Masked scores are the float32 minimum, not -inf, so a query that may see no key (a padding
-position) gets a finite average instead of NaN, in every implementation here.
+position) gets a finite average instead of NaN, in every implementation above
+(`shared_prompt_attention` uses -inf: its rows always see their own newest slot).
 """
 
 from __future__ import annotations
@@ -122,6 +126,42 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask, *,
     if impl in ("xla", "cudnn"):
         return dot_product_attention(q, k, v, mask, impl)
     return splash_attention(q, k, v, mask)
+
+
+def shared_prompt_attention(q, prompt_k, prompt_v, prompt_mask, own_k, own_v, own_valid) -> jax.Array:
+    """One new query per row over its prompt's keys (shared by the G rows of that prompt) and the
+    row's own completion keys, in one softmax: the sampler's decode step (`Attention.decode_step`).
+
+    q [R, Hkv, g, D] (R = B * G rows; row r continues prompt r // G); prompt_k [B, Hkv, D, P],
+    prompt_v [B, Hkv, P, D], prompt_mask bool [B, P]; own_k [R, Hkv, D, N], own_v [R, Hkv, N, D],
+    own_valid bool [N] (the same slots for every row). Keys are stored transposed ([D, slots]) and
+    values not, the layouts these products read fastest on CPU. Returns [R, Hkv, g, D] in q's
+    dtype; scores and softmax are float32. A row always sees its own newest slot, so no row is
+    fully masked and -inf is safe here.
+    """
+    batch, rows = prompt_mask.shape[0], q.shape[0]
+    group, (_, kv_heads, q_per_kv, head_dim) = rows // batch, q.shape
+    dtype = q.dtype
+    q = q.astype(jnp.float32) * head_dim**-0.5
+    # Prompt part: the G rows of a prompt share its keys -> one [G * g, D] x [D, P] product.
+    q_grouped = q.reshape(batch, group, kv_heads, q_per_kv, head_dim)
+    prompt_scores = jnp.einsum("bjkgd,bkdp->bjkgp", q_grouped, prompt_k.astype(jnp.float32))
+    prompt_scores = jnp.where(prompt_mask[:, None, None, None, :], prompt_scores, -jnp.inf)
+    # Own part: multiply-and-reduce (a matrix-vector product per row and head).
+    own_scores = jnp.sum(q[..., None] * own_k.astype(jnp.float32)[:, :, None], axis=-2)  # [R, Hkv, g, N]
+    own_scores = jnp.where(own_valid, own_scores, -jnp.inf)
+
+    prompt_scores = prompt_scores.reshape(rows, kv_heads, q_per_kv, -1)
+    top = jnp.maximum(jnp.max(prompt_scores, axis=-1), jnp.max(own_scores, axis=-1))[..., None]
+    prompt_weights = jnp.exp(prompt_scores - top)
+    own_weights = jnp.exp(own_scores - top)
+    norm = jnp.sum(prompt_weights, axis=-1) + jnp.sum(own_weights, axis=-1)  # [R, Hkv, g]
+    prompt_out = jnp.einsum(
+        "bjkgp,bkpd->bjkgd", prompt_weights.reshape(batch, group, kv_heads, q_per_kv, -1),
+        prompt_v.astype(jnp.float32),
+    ).reshape(rows, kv_heads, q_per_kv, head_dim)
+    own_out = jnp.sum(own_weights[..., None] * own_v.astype(jnp.float32)[:, :, None], axis=-2)
+    return ((prompt_out + own_out) / norm[..., None]).astype(dtype)
 
 
 def _block_attention(q, k, v, mask: AttentionMask, start: int, end: int, keys: int):

@@ -1,5 +1,9 @@
 """Flax NNX decoder for the Qwen2 / Llama 3 family, with a KV cache for decoding.
 
+One layer definition serves every use: training and prefill (`DecoderLayer.__call__`), and the
+sampler's decode step over a prompt cache shared by a group of rows (`Transformer.decode_step`,
+whose caches sampling/decode.py keeps); both run the same norm/attention/MLP/residual wiring.
+
 Parameter layout (logical axes in brackets; HF weights are transposed/reshaped into it on load):
   embed [vocab, embed], lm_head [embed, vocab] (untied only), final_norm [norm]
   layers[i].attn: q_kernel [embed, q_heads, head_dim], k/v_kernel [embed, kv_heads, head_dim],
@@ -10,16 +14,16 @@ Parameter layout (logical axes in brackets; HF weights are transposed/reshaped i
 
 from __future__ import annotations
 
-import contextlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
 from tailor_jax.errors import TailorError
-from tailor_jax.model.attention import AttentionMask, attention
+from tailor_jax.model.attention import AttentionMask, attention, shared_prompt_attention
 from tailor_jax.model.config import ModelConfig
+from tailor_jax.model.projection import project
+from tailor_jax.model.rope import apply_rope, rotary
 from tailor_jax.model.vocab_tiles import embed_lookup
 from jax.sharding import Mesh
 
@@ -52,78 +56,15 @@ def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> KVC
     )
 
 
-def rope_inv_freq(config: ModelConfig) -> np.ndarray:
-    """Rotary inverse frequencies [head_dim // 2] (float32), with Llama-3 / linear scaling if configured."""
-    dim = config.head_dim
-    inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
-    scaling = config.rope_scaling or {}
-    kind = scaling.get("rope_type", scaling.get("type", "default"))
-    if kind == "default":
-        return inv_freq.astype(np.float32)
-    if kind == "linear":
-        return (inv_freq / scaling["factor"]).astype(np.float32)
-    if kind == "llama3":
-        factor = scaling["factor"]
-        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
-        old_len = scaling["original_max_position_embeddings"]
-        wavelen = 2 * np.pi / inv_freq
-        scaled = np.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
-        smooth = (old_len / wavelen - low) / (high - low)
-        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
-        return np.where(medium, smoothed, scaled).astype(np.float32)
-    raise TailorError(f"unsupported rope_scaling type {kind!r}: supported are default, linear, llama3")
+@struct.dataclass
+class FusedWeights:
+    """One layer's projections joined for decoding, where a step multiplies only a few rows and
+    its CPU time goes to the number of operations: two projections instead of five. Heads and MLP
+    columns keep their own axes, so a tensor-parallel layout of the model carries over."""
 
-
-def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """Rotate halves of the last axis of x [B, T, N, D] by cos/sin [B, T, D/2] (HF `rotate_half` layout)."""
-    x1, x2 = jnp.split(x, 2, axis=-1)
-    cos, sin = cos[:, :, None, :].astype(x.dtype), sin[:, :, None, :].astype(x.dtype)
-    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-
-
-def project(x: jax.Array, kernel: jax.Array, in_dims: int = 1, *, transposed: bool = False,
-            preferred_element_type=None) -> jax.Array:
-    """Contract the last `in_dims` axes of x with the leading `in_dims` axes of `kernel` (its
-    trailing ones when `transposed`), as one 2-D matmul [rows, K] x [K, N].
-
-    XLA:CPU runs the same contraction written as an einsum with extra free axes ("bth,hf->btf")
-    markedly slower: a bench-tiny GRPO update micro-batch took 1.23-1.28x as long
-    (benchmarks/cpu_layout_ab.py). The reshapes are free.
-    """
-    lead, k = x.shape[: x.ndim - in_dims], int(np.prod(x.shape[x.ndim - in_dims :]))
-    rows = x.reshape(-1, k)
-    if _WEIGHTS_AT_USE:
-        rows, kernel = jax.lax.optimization_barrier((rows, kernel))
-    if transposed:
-        out = kernel.shape[: kernel.ndim - in_dims]
-        y = jax.lax.dot_general(rows, kernel.reshape(-1, k), (((1,), (1,)), ((), ())),
-                                preferred_element_type=preferred_element_type)
-    else:
-        out = kernel.shape[in_dims:]
-        y = jnp.matmul(rows, kernel.reshape(k, -1), preferred_element_type=preferred_element_type)
-    return y.reshape(*lead, *out)
-
-
-_WEIGHTS_AT_USE = False
-
-
-@contextlib.contextmanager
-def weights_at_use():
-    """While tracing inside: each matmul's weight waits for its input (an optimization barrier).
-
-    For the CPU compile that stands in for a device's memory (train/memory_plan.py): XLA:CPU runs a
-    bfloat16 matmul on float32 copies of its operands, and its scheduler makes the weights' copies
-    early, so every layer's float32 MLP kernels (1.25 GiB at qwen2.5-0.5b) would be counted at
-    once. A GPU/TPU program makes no such copies; tied to their inputs they are made one layer at
-    a time. Off otherwise: on a device the barrier would keep FSDP's weight gathers from starting early.
-    """
-    global _WEIGHTS_AT_USE
-    previous, _WEIGHTS_AT_USE = _WEIGHTS_AT_USE, True
-    try:
-        yield
-    finally:
-        _WEIGHTS_AT_USE = previous
+    qkv: jax.Array  # [H, Hkv, G + 2, D] (`Attention.fused_qkv`)
+    qkv_bias: jax.Array | None  # [Hkv, G + 2, D] or None
+    gate_up: jax.Array  # [H, 2, F] (`MLP.fused_gate_up`)
 
 
 def _param(rngs: nnx.Rngs, shape: tuple[int, ...], fan_in: int | None, dtype, axes: tuple[str, ...]) -> nnx.Param:
@@ -169,6 +110,34 @@ class Attention(nnx.Module):
             y = y + getattr(self, f"{name}_bias")[...].astype(dt)
         return constrain(y, ("batch", "length", heads_axis, None))
 
+    def _qkv(self, x: jax.Array, cos: jax.Array, sin: jax.Array, fused: FusedWeights | None = None):
+        """Rotated queries [B, T, Hkv, G, D] (grouped by KV head) and keys, values [B, T, Hkv, D]:
+        three projections, or with `fused` (decoding) one into the joined q/k/v kernel."""
+        cfg = self.config
+        batch, length, _ = x.shape
+        groups = cfg.num_heads // cfg.num_kv_heads
+        if fused is None:
+            q = self._project(x, "q", "act_heads")
+            k = self._project(x, "k", "act_kv_heads")
+            v = self._project(x, "v", "act_kv_heads")
+        else:
+            qkv = project(x, fused.qkv.astype(x.dtype))  # [B, T, Hkv, G + 2, D]
+            if cfg.attention_bias:
+                qkv = qkv + fused.qkv_bias.astype(x.dtype)
+            q = qkv[:, :, :, :groups].reshape(batch, length, cfg.num_heads, cfg.head_dim)
+            k, v = qkv[:, :, :, groups], qkv[:, :, :, groups + 1]
+        q = apply_rope(q, cos, sin).reshape(batch, length, cfg.num_kv_heads, groups, cfg.head_dim)
+        return q, apply_rope(k, cos, sin), v
+
+    def _output(self, out: jax.Array) -> jax.Array:
+        """The output projection of the attention result [B, T, Hkv, G, D] -> [B, T, H]."""
+        cfg = self.config
+        out = out.reshape(out.shape[0], out.shape[1], cfg.num_heads, cfg.head_dim)
+        y = project(out, self.o_kernel[...].astype(out.dtype), in_dims=2)
+        if cfg.attention_out_bias:
+            y = y + self.o_bias[...].astype(out.dtype)
+        return y
+
     def __call__(
         self,
         x: jax.Array,  # [B, T, H] compute dtype
@@ -181,10 +150,7 @@ class Attention(nnx.Module):
         """Output [B, T, H], and the updated cache (k_all, v_all) or, without a cache, this call's
         rotated keys and values [B, T, Hkv, D]."""
         cfg = self.config
-        batch, length, _ = x.shape
-        q = apply_rope(self._project(x, "q", "act_heads"), cos, sin)
-        k = apply_rope(self._project(x, "k", "act_kv_heads"), cos, sin)
-        v = self._project(x, "v", "act_kv_heads")
+        q, k, v = self._qkv(x, cos, sin)
         new_cache = (k, v)
         if prefix is not None:
             k, v = jnp.concatenate([prefix[0], k], axis=1), jnp.concatenate([prefix[1], v], axis=1)
@@ -194,15 +160,46 @@ class Attention(nnx.Module):
             v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), (layer, 0, index, 0, 0))
             new_cache = (k_all, v_all)
             k, v = k_all[layer].astype(x.dtype), v_all[layer].astype(x.dtype)
-        # Grouped-query attention without repeating K/V: queries become [B, T, Hkv, G, D].
-        groups = cfg.num_heads // cfg.num_kv_heads
-        q = q.reshape(batch, length, cfg.num_kv_heads, groups, cfg.head_dim)
+        # Grouped-query attention without repeating K/V: queries are [B, T, Hkv, G, D].
         out = attention(q, k, v, mask, implementation=cfg.attention, query_chunk=cfg.attention_query_chunk)
-        out = out.reshape(batch, length, cfg.num_heads, cfg.head_dim)
-        y = project(out, self.o_kernel[...].astype(x.dtype), in_dims=2)
-        if cfg.attention_out_bias:
-            y = y + self.o_bias[...].astype(x.dtype)
-        return y, new_cache
+        return self._output(out), new_cache
+
+    def decode_step(
+        self,
+        x: jax.Array,  # [R, 1, H]: one new token per row
+        cos: jax.Array,
+        sin: jax.Array,
+        fused: FusedWeights,
+        prompt: tuple[jax.Array, jax.Array, jax.Array],  # this layer's shared prompt cache (k, v, mask)
+        own: tuple[jax.Array, jax.Array],  # this layer's completion cache (k, v) of every row
+        index: jax.Array,  # int32 scalar: the completion slot this token's key/value go to
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """Output [R, 1, H] over the shared prompt cache plus each row's completion cache (layouts
+        at `shared_prompt_attention`), and the completion cache with this token written."""
+        q, k, v = self._qkv(x, cos, sin, fused)
+        own_k, own_v = own
+        own_k = jax.lax.dynamic_update_slice(own_k, k[:, 0, :, :, None].astype(own_k.dtype), (0, 0, 0, index))
+        own_v = jax.lax.dynamic_update_slice(own_v, v[:, 0, :, None, :].astype(own_v.dtype), (0, 0, index, 0))
+        own_valid = jnp.arange(own_k.shape[-1], dtype=jnp.int32) <= index
+        out = shared_prompt_attention(q[:, 0], *prompt, own_k, own_v, own_valid)
+        return self._output(out[:, None]), (own_k, own_v)
+
+    def fused_qkv(self) -> tuple[jax.Array, jax.Array | None]:
+        """q/k/v kernels joined per KV head, [H, Hkv, G + 2, D] (the G query heads of the group,
+        then k, then v), and the biases likewise [Hkv, G + 2, D] (None without biases)."""
+        kv = self.config.num_kv_heads
+        q = _per_kv_head(self.q_kernel[...], kv, 1)  # [H, Hkv, G, D]
+        kernel = jnp.concatenate([q, self.k_kernel[...][:, :, None], self.v_kernel[...][:, :, None]], axis=2)
+        kernel = constrain(kernel, ("embed", "kv_heads", None, "head_dim"))
+        if not self.config.attention_bias:
+            return kernel, None
+        qb = _per_kv_head(self.q_bias[...], kv, 0)
+        return kernel, jnp.concatenate([qb, self.k_bias[...][:, None], self.v_bias[...][:, None]], axis=1)
+
+
+def _per_kv_head(x: jax.Array, kv_heads: int, axis: int) -> jax.Array:
+    """Split the heads axis of x into [kv_heads, heads // kv_heads] (head n -> kv head n // G)."""
+    return x.reshape(x.shape[:axis] + (kv_heads, x.shape[axis] // kv_heads) + x.shape[axis + 1 :])
 
 
 class MLP(nnx.Module):
@@ -213,9 +210,13 @@ class MLP(nnx.Module):
         self.down_kernel = _param(rngs, (f, h), f, pd, ("mlp", "embed"))
         self.chunk = config.mlp_chunk
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, gate_up: jax.Array | None = None) -> jax.Array:
+        """`gate_up` (decoding): the gate and up kernels joined (`fused_gate_up`), one projection
+        instead of two."""
         dt = x.dtype
         kernels = tuple(k[...].astype(dt) for k in (self.gate_kernel, self.up_kernel, self.down_kernel))
+        if gate_up is not None:
+            return _mlp(x, *kernels, gate_up=gate_up.astype(dt))
         rows, length, width = x.shape
         step = _divisor_at_most(length, self.chunk // max(rows, 1)) if self.chunk else length
         if step >= length:
@@ -227,10 +228,18 @@ class MLP(nnx.Module):
         out = jax.lax.map(run, chunks)
         return constrain(jnp.swapaxes(out, 0, 1).reshape(rows, length, -1), ("batch", "length", "act_embed"))
 
+    def fused_gate_up(self) -> jax.Array:
+        """The gate and up kernels joined, [H, 2, F] (MLP columns keep their own axis)."""
+        return constrain(jnp.stack([self.gate_kernel[...], self.up_kernel[...]], axis=1), ("embed", None, "mlp"))
 
-def _mlp(x: jax.Array, gate_kernel: jax.Array, up_kernel: jax.Array, down_kernel: jax.Array) -> jax.Array:
-    gate = project(x, gate_kernel)
-    up = project(x, up_kernel)
+
+def _mlp(x: jax.Array, gate_kernel: jax.Array, up_kernel: jax.Array, down_kernel: jax.Array,
+         gate_up: jax.Array | None = None) -> jax.Array:
+    if gate_up is None:
+        gate, up = project(x, gate_kernel), project(x, up_kernel)
+    else:
+        joined = project(x, gate_up)  # [..., 2, F]
+        gate, up = joined[..., 0, :], joined[..., 1, :]
     hidden = constrain(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
     return project(hidden, down_kernel)
 
@@ -249,10 +258,25 @@ class DecoderLayer(nnx.Module):
         self.mlp = MLP(config, rngs)
 
     def __call__(self, x, cos, sin, mask, cache, prefix=None):
-        attn_out, new_cache = self.attn(self.input_norm(x), cos, sin, mask, cache, prefix)
+        """Training, prefill and the model's cached decoding (see `Attention.__call__`)."""
+        return self._residual(x, lambda h: self.attn(h, cos, sin, mask, cache, prefix), self.mlp)
+
+    def decode_step(self, x, cos, sin, fused: FusedWeights, prompt, own, index):
+        """The sampler's decode step over a shared prompt cache (see `Attention.decode_step`)."""
+        return self._residual(x, lambda h: self.attn.decode_step(h, cos, sin, fused, prompt, own, index),
+                              lambda h: self.mlp(h, gate_up=fused.gate_up))
+
+    def _residual(self, x, attend, feed_forward):
+        """The layer's wiring, shared by every use: x + attend(norm(x)), then + feed_forward(norm(x)).
+        `attend` returns (output, cache); returns (x, cache)."""
+        attn_out, cache = attend(self.input_norm(x))
         x = constrain(x + attn_out, ("batch", "length", "act_embed"))
-        x = constrain(x + self.mlp(self.post_attn_norm(x)), ("batch", "length", "act_embed"))
-        return x, new_cache
+        x = constrain(x + feed_forward(self.post_attn_norm(x)), ("batch", "length", "act_embed"))
+        return x, cache
+
+    def fused_weights(self) -> FusedWeights:
+        qkv, qkv_bias = self.attn.fused_qkv()
+        return FusedWeights(qkv=qkv, qkv_bias=qkv_bias, gate_up=self.mlp.fused_gate_up())
 
 
 REMAT_POLICIES = {
@@ -279,11 +303,6 @@ def _layer_no_cache(layer: DecoderLayer, x, cos, sin, mask):
 
 def _layer_with_prefix(layer: DecoderLayer, x, cos, sin, mask, prefix):
     return layer(x, cos, sin, mask, None, prefix)
-
-
-def _rope(cfg: ModelConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
-    angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(rope_inv_freq(cfg))
-    return jnp.cos(angles), jnp.sin(angles)
 
 
 class Transformer(nnx.Module):
@@ -329,7 +348,7 @@ class Transformer(nnx.Module):
             slot_mask = jax.lax.dynamic_update_slice(cache.mask, valid, (0, start))
             mask = AttentionMask(key_valid=slot_mask, cache_index=start)
 
-        cos, sin = _rope(cfg, positions)
+        cos, sin = rotary(cfg, positions)
         x = embed_lookup(self.embed[...], tokens).astype(dt)
         x = constrain(x, ("batch", "length", "act_embed"))
         k_all = v_all = None
@@ -373,8 +392,8 @@ class Transformer(nnx.Module):
         causal_p = AttentionMask(key_valid=prefix_mask)
         # A continuation's query t is key slot p + t after its prompt's p slots: causal with offset p.
         row_mask = AttentionMask(key_valid=jnp.concatenate([prefix_mask[row_prefix], mask], axis=1), static_offset=p)
-        cos_p, sin_p = _rope(cfg, prefix_positions)
-        cos, sin = _rope(cfg, positions)
+        cos_p, sin_p = rotary(cfg, prefix_positions)
+        cos, sin = rotary(cfg, positions)
         # One lookup for prompts and continuations: one embedding gradient, not two summed.
         flat = jnp.concatenate([prefix_tokens.reshape(-1), tokens.reshape(-1)]).astype(jnp.int32)
         embedded = embed_lookup(self.embed[...], flat).astype(dt)
@@ -385,6 +404,35 @@ class Transformer(nnx.Module):
             xp, (k, v) = run(layer, xp, cos_p, sin_p, causal_p, None)
             x, _ = run(layer, x, cos, sin, row_mask, (k[row_prefix], v[row_prefix]))
         return self.final_norm(xp), self.final_norm(x)
+
+    def fused_decode_weights(self) -> tuple[FusedWeights, ...]:
+        """Every layer's joined projections for `decode_step` (build once per sampler call)."""
+        return tuple(layer.fused_weights() for layer in self.layers)
+
+    def decode_step(
+        self,
+        tokens: jax.Array,  # int32 [R]: one new token per row
+        positions: jax.Array,  # int32 [R]
+        fused: tuple[FusedWeights, ...],  # `fused_decode_weights()`
+        prompt: tuple[jax.Array, jax.Array, jax.Array],  # k [layers, B, Hkv, D, P], v [layers, B, Hkv, P, D], mask [B, P]
+        own: tuple[tuple[jax.Array, ...], tuple[jax.Array, ...]],  # per layer k [R, Hkv, D, N], v [R, Hkv, N, D]
+        index: jax.Array,  # int32 scalar: the completion slot to write
+    ) -> tuple[jax.Array, tuple[tuple[jax.Array, ...], tuple[jax.Array, ...]]]:
+        """Logits float32 [R, V] for one new token per row after a prompt cache shared by the
+        G = R / B rows of each prompt (row r continues prompt r // G), and the completion caches
+        with this token written at `index`. Row r attends the valid slots of its prompt and its
+        own completion slots [0, index]. The sampler's default decode (sampling/decode.py)."""
+        prompt_k, prompt_v, prompt_mask = prompt
+        cos, sin = rotary(self.config, positions[:, None])
+        x = embed_lookup(self.embed[...], tokens[:, None].astype(jnp.int32)).astype(self.config.compute_dtype)
+        x = constrain(x, ("batch", "length", "act_embed"))
+        new_k, new_v = [], []
+        for i, layer in enumerate(self.layers):
+            x, (k, v) = layer.decode_step(x, cos, sin, fused[i], (prompt_k[i], prompt_v[i], prompt_mask),
+                                          (own[0][i], own[1][i]), index)
+            new_k.append(k)
+            new_v.append(v)
+        return self.logits(self.final_norm(x))[:, 0], (tuple(new_k), tuple(new_v))
 
     def hidden_states(self, tokens: jax.Array, positions: jax.Array | None = None, **kwargs) -> jax.Array:
         """Final-norm hidden states [B, T, H] (no LM head; see `model.logprobs` for log-probs)."""

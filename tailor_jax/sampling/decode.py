@@ -1,4 +1,4 @@
-"""One decode step over a shared prompt cache plus a per-row completion cache.
+"""The caches of the sampler's decode loop: a shared prompt cache plus a per-row completion cache.
 
 With group sampling the G rows of a prompt have the same prompt keys/values. Instead of copying
 them G times into one cache (and reading every copy at every step), the prompt cache stays at B
@@ -6,12 +6,14 @@ rows and each of the B * G rows keeps only its own completion keys/values. Atten
 softmax over both parts. Decode on CPU is bound by reading the cache, so this halves or better
 the attention cost of the `sample` workload.
 
-The step reuses the model's own parameters, norms, rotary embedding and lm head. A decode step
-multiplies only a few rows, so on CPU its time goes to the number of operations rather than to
-arithmetic: `fuse_decode_weights` joins each layer's q/k/v kernels into one and its gate/up
-kernels into one, once per sampler call, so a layer runs two projections instead of five.
-Only the attention and MLP wiring for one new token per row is written here. Tests check it against Hugging Face
-greedy decoding and against the model's own cached path (`Sampler(..., share_prompt_cache=False)`).
+This module only holds, creates and grows those caches; the step itself is the model's own:
+`Transformer.decode_step` runs each `DecoderLayer` (the same norm/attention/MLP/residual wiring
+as training and prefill) with `Attention.decode_step` and `model.attention.shared_prompt_attention`.
+A decode step multiplies only a few rows, so on CPU its time goes to the number of operations
+rather than to arithmetic: `Transformer.fused_decode_weights` joins each layer's q/k/v kernels
+into one and its gate/up kernels into one, once per sampler call, so a layer runs two
+projections instead of five. Tests check the step against Hugging Face greedy decoding and
+against the model's cached path (`Sampler(..., share_prompt_cache=False)`).
 """
 
 from __future__ import annotations
@@ -21,8 +23,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from tailor_jax.model import Transformer
-from tailor_jax.model.transformer import apply_rope, project, rope_inv_freq
-from tailor_jax.parallel.sharding import constrain
+from tailor_jax.model.transformer import FusedWeights
 
 
 @struct.dataclass
@@ -71,44 +72,9 @@ def grow_completion_cache(cache: CompletionCache, capacity: int) -> CompletionCa
     )
 
 
-@struct.dataclass
-class DecodeWeights:
-    """Per layer: q/k/v kernels joined per KV head, [H, Hkv, G + 2, D] (q heads of the group, then
-    k, then v; biases [Hkv, G + 2, D] or None), and gate/up kernels joined, [H, 2, F]. Heads and
-    MLP columns keep their own axes, so a tensor-parallel layout of the model carries over."""
-
-    qkv: tuple[jax.Array, ...]
-    qkv_bias: tuple[jax.Array, ...] | None
-    gate_up: tuple[jax.Array, ...]
-
-
-def _per_kv_head(x: jax.Array, kv_heads: int, axis: int) -> jax.Array:
-    """Split the heads axis of x into [kv_heads, heads // kv_heads] (head n -> kv head n // G)."""
-    return x.reshape(x.shape[:axis] + (kv_heads, x.shape[axis] // kv_heads) + x.shape[axis + 1 :])
-
-
-def fuse_decode_weights(model: Transformer) -> DecodeWeights:
-    cfg = model.config
-    kv = cfg.num_kv_heads
-    qkv, biases, gate_up = [], [], []
-    for layer in model.layers:
-        attn = layer.attn
-        q = _per_kv_head(attn.q_kernel[...], kv, 1)  # [H, Hkv, G, D]
-        qkv.append(constrain(
-            jnp.concatenate([q, attn.k_kernel[...][:, :, None], attn.v_kernel[...][:, :, None]], axis=2),
-            ("embed", "kv_heads", None, "head_dim"),
-        ))
-        if cfg.attention_bias:
-            qb = _per_kv_head(attn.q_bias[...], kv, 0)
-            biases.append(jnp.concatenate([qb, attn.k_bias[...][:, None], attn.v_bias[...][:, None]], axis=1))
-        mlp = layer.mlp
-        gate_up.append(constrain(jnp.stack([mlp.gate_kernel[...], mlp.up_kernel[...]], axis=1), ("embed", None, "mlp")))
-    return DecodeWeights(qkv=tuple(qkv), qkv_bias=tuple(biases) if cfg.attention_bias else None, gate_up=tuple(gate_up))
-
-
 def decode_step(
     model: Transformer,
-    weights: DecodeWeights,
+    weights: tuple[FusedWeights, ...],  # `model.fused_decode_weights()`
     tokens: jax.Array,  # int32 [R]
     positions: jax.Array,  # int32 [R]
     prompt: PromptCache,
@@ -119,66 +85,6 @@ def decode_step(
     Row r belongs to prompt r // G (G = R / B): it attends the valid slots of that prompt's cache
     and its own completion slots [0, index].
     """
-    cfg = model.config
-    dt = cfg.compute_dtype
-    rows = tokens.shape[0]
-    batch = prompt.mask.shape[0]
-    group = rows // batch
-    kv_heads, q_per_kv, head_dim = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
-    index = completion.index
-    capacity = completion.k[0].shape[-1]
-    own_valid = jnp.arange(capacity, dtype=jnp.int32) <= index  # [N], same for every row
-    scale = head_dim**-0.5
-
-    angles = positions.astype(jnp.float32)[:, None, None] * jnp.asarray(rope_inv_freq(cfg))
-    cos, sin = jnp.cos(angles), jnp.sin(angles)  # [R, 1, D/2]
-    x = jnp.take(model.embed[...], tokens[:, None], axis=0).astype(dt)  # [R, 1, H]
-    x = constrain(x, ("batch", "length", "act_embed"))
-    new_k, new_v = [], []
-    for i, layer in enumerate(model.layers):
-        attn = layer.attn
-        h = layer.input_norm(x)
-        qkv = project(h, weights.qkv[i].astype(dt))  # [R, 1, Hkv, G + 2, D]
-        if cfg.attention_bias:
-            qkv = qkv + weights.qkv_bias[i].astype(dt)
-        q = apply_rope(qkv[:, :, :, :q_per_kv].reshape(rows, 1, cfg.num_heads, head_dim), cos, sin)[:, 0]
-        k = apply_rope(qkv[:, :, :, q_per_kv], cos, sin)[:, 0]  # [R, Hkv, D]
-        v = qkv[:, 0, :, q_per_kv + 1]
-        own_k = jax.lax.dynamic_update_slice(completion.k[i], k[:, :, :, None].astype(completion.k[i].dtype),
-                                             (0, 0, 0, index))
-        own_v = jax.lax.dynamic_update_slice(completion.v[i], v[:, :, None, :].astype(completion.v[i].dtype),
-                                             (0, 0, index, 0))
-        new_k.append(own_k)
-        new_v.append(own_v)
-        q = q.reshape(rows, kv_heads, q_per_kv, head_dim).astype(jnp.float32) * scale
-
-        # Prompt part: the G rows of a prompt share its keys -> one [G * q_per_kv, D] x [D, P] product.
-        q_grouped = q.reshape(batch, group, kv_heads, q_per_kv, head_dim)
-        prompt_scores = jnp.einsum("bjkgd,bkdp->bjkgp", q_grouped, prompt.k[i].astype(jnp.float32))
-        prompt_scores = jnp.where(prompt.mask[:, None, None, None, :], prompt_scores, -jnp.inf)
-        # Own part: multiply-and-reduce (a matrix-vector product per row and head).
-        own_scores = jnp.sum(q[..., None] * own_k.astype(jnp.float32)[:, :, None], axis=-2)  # [R, Hkv, g, N]
-        own_scores = jnp.where(own_valid, own_scores, -jnp.inf)
-
-        prompt_scores = prompt_scores.reshape(rows, kv_heads, q_per_kv, -1)
-        top = jnp.maximum(jnp.max(prompt_scores, axis=-1), jnp.max(own_scores, axis=-1))[..., None]
-        prompt_weights = jnp.exp(prompt_scores - top)
-        own_weights = jnp.exp(own_scores - top)
-        norm = jnp.sum(prompt_weights, axis=-1) + jnp.sum(own_weights, axis=-1)  # [R, Hkv, g]
-        prompt_out = jnp.einsum(
-            "bjkgp,bkpd->bjkgd", prompt_weights.reshape(batch, group, kv_heads, q_per_kv, -1),
-            prompt.v[i].astype(jnp.float32),
-        ).reshape(rows, kv_heads, q_per_kv, head_dim)
-        own_out = jnp.sum(own_weights[..., None] * own_v.astype(jnp.float32)[:, :, None], axis=-2)
-        out = ((prompt_out + own_out) / norm[..., None]).astype(dt).reshape(rows, 1, cfg.num_heads, head_dim)
-
-        y = project(out, attn.o_kernel[...].astype(dt), in_dims=2)
-        if cfg.attention_out_bias:
-            y = y + attn.o_bias[...].astype(dt)
-        x = constrain(x + y, ("batch", "length", "act_embed"))
-        gate_up = project(layer.post_attn_norm(x), weights.gate_up[i].astype(dt))
-        hidden = constrain(jax.nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1], ("batch", "length", "act_mlp"))
-        x = constrain(x + project(hidden, layer.mlp.down_kernel[...].astype(dt)),
-                      ("batch", "length", "act_embed"))
-    logits = model.logits(model.final_norm(x))[:, 0]
-    return logits, CompletionCache(k=tuple(new_k), v=tuple(new_v), index=index + 1)
+    logits, (k, v) = model.decode_step(tokens, positions, weights, (prompt.k, prompt.v, prompt.mask),
+                                       (completion.k, completion.v), completion.index)
+    return logits, CompletionCache(k=k, v=v, index=completion.index + 1)

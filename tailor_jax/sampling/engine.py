@@ -36,7 +36,7 @@ from tailor_jax.errors import TailorError
 from tailor_jax.model import KVCache, Transformer, init_cache
 from tailor_jax.parallel.sharding import Rules, constrain, logical_sharding, put_global, use_sharding
 from tailor_jax.sampling.decode import (
-    decode_step, empty_completion_cache, fuse_decode_weights, grow_completion_cache, prompt_cache_from_model_cache,
+    decode_step, empty_completion_cache, grow_completion_cache, prompt_cache_from_model_cache,
 )
 from tailor_jax.sampling.buckets import bucket, check_prompts, pad_prompts, stop_sequence_array
 from tailor_jax.sampling.ops import SamplingParams, sample_tokens
@@ -146,7 +146,7 @@ def _sample_program(
     lengths_in = _repeat_rows(prompt_lengths, num_samples, 0)
     if share_prompt_cache:
         prompt_cache = prompt_cache_from_model_cache(cache.k, cache.v, cache.mask)
-        weights = fuse_decode_weights(model)
+        weights = model.fused_decode_weights()
         cache = empty_completion_cache(model, rows, segment_ends[0], cache.k.dtype)
     else:
         cache = KVCache(

@@ -29,7 +29,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from tailor_jax.config import OptimizerConfig, require
+from tailor_jax.config import OptimizerConfig
 from tailor_jax.errors import TailorError
 from tailor_jax.model.attention import CPU_KEEP_BARRIERS
 from tailor_jax.model.config import ModelConfig
@@ -37,20 +37,6 @@ from tailor_jax.model.logprobs import DEFAULT_CHUNK_TOKENS
 from tailor_jax.parallel.sharding import Rules, logical_sharding, state_shardings, use_sharding
 
 GIB = 2**30
-
-
-@dataclasses.dataclass(frozen=True)
-class MemoryConfig:
-    """Memory knobs of a trainer config (`memory:` in the SFT / GRPO sections)."""
-
-    logprob_chunk: int | None = DEFAULT_CHUNK_TOKENS  # tokens per chunk of the vocabulary projection (model.logprobs); null: by the vocabulary size
-    device_memory_gib: float | None = None  # per-device memory; null: detected (GPU/TPU), unchecked on CPU
-
-    def __post_init__(self):
-        require(self.logprob_chunk is None or self.logprob_chunk >= 1,
-                f"memory.logprob_chunk must be >= 1 or null, got {self.logprob_chunk}")
-        require(self.device_memory_gib is None or self.device_memory_gib > 0,
-                f"memory.device_memory_gib must be > 0 or null, got {self.device_memory_gib}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,8 +138,8 @@ class AbstractModel:
         # XLA:CPU drops the optimization barriers that remat and the chunked attention rely on, so a
         # CPU compile standing in for a device's memory keeps them (see model/attention.py).
         # Its bfloat16 matmuls also run on float32 copies of the weights, made just before use only
-        # when tied to their inputs (model/transformer.weights_at_use).
-        from tailor_jax.model.transformer import weights_at_use
+        # when tied to their inputs (model/projection.weights_at_use).
+        from tailor_jax.model.projection import weights_at_use
 
         cpu = jax.default_backend() == "cpu"
         with use_sharding(self.mesh, self.rules), (weights_at_use() if cpu else contextlib.nullcontext()):
@@ -168,7 +154,7 @@ def _supports(fn, name: str) -> bool:
 def sft_step(model: AbstractModel, rows: int, length: int, *, accum_steps: int = 1,
              optimizer: OptimizerConfig | None = None, logprob_chunk: int | None = DEFAULT_CHUNK_TOKENS) -> StageEstimate:
     """The SFT train step as `train.sft.train` jits it: `rows` per micro-batch, `accum_steps` micro-batches."""
-    from tailor_jax.train import sft
+    from tailor_jax.train import sft_step as sft
     from tailor_jax.train.optim import make_optimizer
     from tailor_jax.train.state import TrainState
 

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from tailor_jax.config import CheckpointConfig, OptimizerConfig, require
 from tailor_jax.data.tokenizer import MIN_VOCAB_SIZE
 from tailor_jax.parallel.mesh import MeshConfig
-from tailor_jax.train.memory_plan import MemoryConfig
+from tailor_jax.train.memory_config import MemoryConfig
 from tailor_jax.train.metrics import WandbConfig
 
 

@@ -11,7 +11,7 @@ from tailor_jax.parallel.mesh import MeshConfig
 from tailor_jax.tasks.rewards import REWARD_FUNCTIONS
 from tailor_jax.train.grpo.loss import KL_ESTIMATORS, LOSS_AGGREGATIONS, REWARD_SCALINGS
 from tailor_jax.model.config import check_runtime_options
-from tailor_jax.train.memory_plan import MemoryConfig
+from tailor_jax.train.memory_config import MemoryConfig
 from tailor_jax.train.metrics import WandbConfig
 
 
