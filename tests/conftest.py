@@ -1,5 +1,6 @@
 """Test setup: 8 virtual CPU devices (sharding tests) before JAX is imported anywhere, and one
-XLA compilation cache shared by the `tailor-jax` subprocesses the tests start."""
+XLA compilation cache per session, shared by the test process and the `tailor-jax` processes
+the tests start."""
 
 import atexit
 import os
@@ -11,16 +12,15 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import jax  # noqa: E402  (after the flags above)
-
 # Kill/resume, multihost and CLI tests start many processes that compile the same tiny programs
-# (an uninterrupted run, the killed run, its resume). They share one persistent compilation cache,
-# fresh per session, so a later process loads the executables an earlier one compiled: the same
-# compiled code, so bitwise comparisons between the runs keep their meaning. The test process
-# itself does not use it (it was configured at `import jax` above, before the variables were
-# set): tests there read compiled memory analyses, and its own jit caches already share work.
+# (an uninterrupted run, the killed run, its resume), and tests in this process build the same
+# programs again through fresh closures. With a persistent compilation cache, fresh for each
+# session, only the first compiles; the others load its executable. That is the same compiled
+# code, so bitwise comparisons between runs keep their meaning (and compiled memory analyses read
+# the same). Set JAX_COMPILATION_CACHE_DIR yourself to keep a cache between sessions, or
+# JAX_ENABLE_COMPILATION_CACHE=false to compile everything.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _cache_dir = tempfile.mkdtemp(prefix="tailor-jax-tests-xla-cache-")
     atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")

@@ -268,7 +268,7 @@ def test_micro_study_killed_mid_cell_finishes_with_the_same_numbers(tmp_path):
     # Two cells that compute the same thing (`report` only decides whether a run writes its own
     # report.md): the second is killed in the middle of GRPO and rerun, the first ran uninterrupted.
     # Its cell processes compile the same programs: the later ones load them from the session's
-    # compilation cache (tests/conftest.py), which keeps this test at about half a minute idle.
+    # compilation cache (tests/conftest.py).
     path = write_study(tmp_path, {"report": [False, True]})
     study_dir = tmp_path / "study"
     first, second = study_dir / "report-false", study_dir / "report-true"
