@@ -308,6 +308,12 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "tailor_jax.cli", "sft", *args], capture_output=True, text=True, timeout=300)
 
 
+def _snapshot(run_dir: Path) -> dict:
+    return {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+
+
+# In process (`cli.main`, what the command runs): a subprocess per case would spend its seconds
+# importing JAX. The command itself, as a process, is checked once below.
 @pytest.mark.parametrize(
     "override, message",
     [
@@ -321,10 +327,20 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
         ("data.train_file=/nonexistent/train.jsonl", "/nonexistent/train.jsonl not found"),
     ],
 )
-def test_bad_configs_give_one_clear_line(gf_run, override, message):
-    before = {p: p.stat().st_mtime_ns for p in (gf_run / "A").rglob("*")}
-    result = _cli(str(gf_run / "config.yaml"), f"run_dir={gf_run / 'A'}", override)
+def test_bad_configs_give_one_clear_line(gf_run, capsys, override, message):
+    from tailor_jax import cli
+
+    before = _snapshot(gf_run / "A")
+    assert cli.main(["sft", str(gf_run / "config.yaml"), f"run_dir={gf_run / 'A'}", override]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], lines
+    assert _snapshot(gf_run / "A") == before  # nothing touched
+
+
+def test_bad_config_from_the_command_line_is_one_line_with_exit_2(gf_run):
+    before = _snapshot(gf_run / "A")
+    result = _cli(str(gf_run / "config.yaml"), f"run_dir={gf_run / 'A'}", "batch_size=0")
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and message in lines[0], result.stderr
-    assert {p: p.stat().st_mtime_ns for p in (gf_run / "A").rglob("*")} == before  # nothing touched
+    assert len(lines) == 1 and "batch_size must be >= 1" in lines[0], result.stderr
+    assert _snapshot(gf_run / "A") == before
