@@ -146,9 +146,9 @@ def config_rows(path: Path, stages: list[str]) -> list[dict]:
                 continue
             estimates = mp.sft_plan(section, model_cfg, mesh, rules)
         else:
-            estimates = [e for e in mp.grpo_plan(section, mp.grpo_model_config(model_cfg, getattr(section, "model", {})), mesh, rules)
-                         if ("sampler" in stages and e.stage == "sampler") or ("logp" in stages and "log-probs" in e.stage)
-                         or ("grpo" in stages and "update" in e.stage)]
+            programs = tuple(p for p, s in (("sampler", "sampler"), ("logp", "logp"), ("update", "grpo")) if s in stages)
+            estimates = mp.grpo_plan(section, mp.grpo_model_config(model_cfg, getattr(section, "model", {})), mesh, rules,
+                                     programs=programs)
         for e in estimates:
             out.append({"workload": path.stem, "overrides": ARGS.set, "model": source, "mesh": dict(mesh.shape), **e.as_dict(),
                         "compile_s": round(time.perf_counter() - t0, 1)})

@@ -400,9 +400,12 @@ def sft_plan(cfg, model_cfg: ModelConfig, mesh: Mesh, rules: Rules | None) -> li
                      logprob_chunk=cfg.memory.logprob_chunk)]
 
 
-def grpo_plan(cfg, model_cfg: ModelConfig, mesh: Mesh, rules: Rules | None, prompt_len: int = 256) -> list[StageEstimate]:
-    """The GRPO config's sampler, reference pass (beta > 0) and update micro-batch at its widest."""
+def grpo_plan(cfg, model_cfg: ModelConfig, mesh: Mesh, rules: Rules | None, prompt_len: int = 256,
+              programs: tuple[str, ...] = ("sampler", "logp", "update")) -> list[StageEstimate]:
+    """The GRPO config's sampler, reference pass (beta > 0) and update micro-batch at its widest
+    (those of them named in `programs`)."""
     from tailor_jax.sampling.buckets import bucket
+    from tailor_jax.train.optim import make_optimizer
 
     model = AbstractModel.build(model_cfg, mesh, rules, exact=cfg.memory.estimate == "exact")
     g = cfg.rollout.num_generations
@@ -410,14 +413,16 @@ def grpo_plan(cfg, model_cfg: ModelConfig, mesh: Mesh, rules: Rules | None, prom
     micro = cfg.dash.micro_batch_size or rows
     completion = bucket(cfg.rollout.max_new_tokens, minimum=16)
     chunk = cfg.memory.logprob_chunk
-    update = grpo_update(model, micro, prompt_len, completion, group=g, beta=cfg.loss.beta, optimizer=cfg.optimizer,
-                         logprob_chunk=chunk)
-    out = [sampler_program(model, cfg.rollout.prompts_per_step, prompt_len, completion, group=g,
-                           resident=update.optimizer)]
-    if cfg.loss.beta > 0:
-        out.append(logprob_pass(model, micro, prompt_len, completion, group=g, resident=update.optimizer,
-                                logprob_chunk=chunk))
-    out.append(update)
+    optimizer = _nbytes_per_device(model.opt_state(make_optimizer(cfg.optimizer, 1000)))
+    out = []
+    if "sampler" in programs:
+        out.append(sampler_program(model, cfg.rollout.prompts_per_step, prompt_len, completion, group=g,
+                                   resident=optimizer))
+    if cfg.loss.beta > 0 and "logp" in programs:
+        out.append(logprob_pass(model, micro, prompt_len, completion, group=g, resident=optimizer, logprob_chunk=chunk))
+    if "update" in programs:
+        out.append(grpo_update(model, micro, prompt_len, completion, group=g, beta=cfg.loss.beta,
+                               optimizer=cfg.optimizer, logprob_chunk=chunk))
     return out
 
 
