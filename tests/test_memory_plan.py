@@ -71,3 +71,36 @@ def test_memory_keys_leave_the_stage_hashes(tmp_path):
     assert run_lib.grpo_config(tuned).memory.device_memory_gib == 40
     assert run_lib.sft_config(tuned).memory.logprob_chunk == 256
     assert run_lib.stage_hashes(tuned) == run_lib.stage_hashes(base)
+
+
+def test_extrapolate_is_exact_on_lines_and_flags_points_off_them():
+    line = [(10 + 3 * n, 7 * n, 0, 100 + 20 * n) for n in (1, 2, 3)]
+    fit = mp.extrapolate((1, 2, 3), line, 28)
+    assert fit.figures == (94, 196, 0, 660) and fit.error == 0.0
+    # the 1-layer point off the 2-3 line: flagged; the line through 2 and 3 layers (20 per layer) is used
+    bent = [(0, 0, 0, 100), (0, 0, 0, 160), (0, 0, 0, 180)]
+    fit = mp.extrapolate((1, 2, 3), bent, 5)
+    assert fit.figures[3] == 180 + 2 * 20 and fit.error == pytest.approx(40 / 180)
+
+
+@pytest.mark.parametrize("stage", ["sft", "grpo"])
+def test_extrapolated_estimate_matches_the_full_compile(stage):
+    # 6 layers: the estimate compiles 1, 2, 3 layers and extrapolates; exact compiles all 6
+    config = get_preset("tiny").replace(vocab_size=1024, num_layers=6, remat="full")
+    mesh = create_mesh(MeshConfig(data=1, fsdp=1, tensor=1))
+
+    def estimate(exact):
+        model = mp.AbstractModel.build(config, mesh, exact=exact)
+        if stage == "sft":
+            return mp.sft_step(model, 2, 128)
+        return mp.grpo_update(model, 8, 16, 256, group=2)
+
+    exact, fitted = estimate(True), estimate(False)
+    assert exact.method == "compiled" and fitted.method == "extrapolated from 1,2,3 layers"
+    assert fitted.fit_error <= mp.FIT_TOLERANCE, fitted.fit_points
+    assert (fitted.params, fitted.optimizer, fitted.resident) == (exact.params, exact.optimizer, exact.resident)
+    for name in ("arguments", "outputs", "aliased"):  # the parameters' and optimizer's buffers: exactly linear
+        assert getattr(fitted, name) == getattr(exact, name), name
+    three_layers = dict(fitted.fit_points)[3][3]
+    assert exact.temporaries > three_layers  # the layers' share is there to be extrapolated
+    assert abs(fitted.temporaries - exact.temporaries) <= 0.05 * exact.temporaries, (fitted, exact)

@@ -12,6 +12,15 @@ the start of `tailor-jax sft` / `grpo` (`check_plan`): a stage over the device's
 run with one line naming the stage, the estimate, the limit and the knobs to turn.
 On CPU the analysis is of XLA:CPU's program; GPU/TPU programs differ in fusion, so treat the
 figures as estimates (docs/gpu.md compares them with a measured peak where one was measured).
+
+The model's layers are an unrolled Python loop, so a compile's time grows with the layer count
+(the 28-layer qwen2.5-1.5b SFT step took 47 minutes on a loaded 2-core CPU). By default
+(`memory.estimate: extrapolate`) each program is therefore compiled with the same config cut to
+`FIT_LAYERS` (1, 2, 3) decoder layers, everything else identical (widths, vocabulary, rows,
+tokens, remat, chunks, mesh), and each figure of the analysis is extrapolated linearly in the
+layer count (`extrapolate`); parameters, optimizer state and what stays resident are computed from
+the full model's abstract shapes. `memory.estimate: exact` (`benchmarks/memory.py --exact`)
+compiles the whole model.
 """
 
 from __future__ import annotations
@@ -37,6 +46,8 @@ from tailor_jax.model.logprobs import DEFAULT_CHUNK_TOKENS
 from tailor_jax.parallel.sharding import Rules, logical_sharding, state_shardings, use_sharding
 
 GIB = 2**30
+FIT_LAYERS = (1, 2, 3)  # decoder layers of the compiles an extrapolated estimate is fitted to
+FIT_TOLERANCE = 0.02  # how far (relative) the 1-layer point may lie off the 2-3-layer line before a warning
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +64,9 @@ class StageEstimate:
     temporaries: int
     resident: int = 0  # held outside this program while it runs (see the module docstring)
     knobs: str = ""  # what to turn when it does not fit
+    method: str = "compiled"  # or "extrapolated from 1,2,3 layers"
+    fit_error: float = 0.0  # extrapolated: the largest relative distance of a fitted point from the line
+    fit_points: tuple = ()  # extrapolated: (layers, (arguments, outputs, aliased, temporaries)) per compile
 
     @property
     def peak(self) -> int:
@@ -61,7 +75,9 @@ class StageEstimate:
     def as_dict(self) -> dict[str, Any]:
         gib = {k: round(getattr(self, k) / GIB, 3) for k in
                ("params", "optimizer", "arguments", "outputs", "aliased", "temporaries", "resident", "peak")}
-        return {"stage": self.stage, "shape": self.shape, **{f"{k}_gib": v for k, v in gib.items()}}
+        return {"stage": self.stage, "shape": self.shape, **{f"{k}_gib": v for k, v in gib.items()},
+                "method": self.method, "fit_error": round(self.fit_error, 4),
+                **({"fit_temporaries_gib": {n: round(p[3] / GIB, 4) for n, p in self.fit_points}} if self.fit_points else {})}
 
 
 def _nbytes_per_device(tree) -> int:
@@ -81,6 +97,34 @@ def _analysis(compiled) -> tuple[int, int, int, int]:
             int(m.temp_size_in_bytes))
 
 
+@dataclasses.dataclass(frozen=True)
+class Fit:
+    """Analysis figures (arguments, outputs, aliased, temporaries) extrapolated to a layer count."""
+
+    figures: tuple[int, int, int, int]
+    error: float  # the largest relative distance of the smallest layer count's point from the line
+    points: tuple  # (layers, figures) per compile
+
+
+def extrapolate(layers: tuple[int, ...], points: list[tuple[int, ...]], target: int) -> Fit:
+    """Each figure as a + b * layers through the two largest layer counts, at `target` layers.
+
+    Every figure grows linearly in the layer count when each layer adds the same buffers (its
+    parameters, gradients, saved activations, KV cache); the smallest count's point checks that.
+    `error` is its distance from the line, relative to the figure; where it is large, XLA scheduled
+    the smallest program differently (seen at toy widths, where one layer's buffers are smaller
+    than the scheduler's choices) and the line through the larger counts is the better guide."""
+    require(len(layers) == len(points) >= 3 and sorted(set(layers)) == list(layers),
+            f"extrapolate: needs >= 3 increasing layer counts with a point each, got {layers}")
+    (l0, l1, l2), (p0, p1, p2) = layers[-3:], points[-3:]
+    figures, error = [], 0.0
+    for a, b, c in zip(p0, p1, p2):
+        slope = (c - b) / (l2 - l1)
+        error = max(error, abs(a - (b - slope * (l1 - l0))) / max(abs(a), abs(c), 1))
+        figures.append(int(round(c + slope * (target - l2))))
+    return Fit(tuple(figures), error, tuple(zip(layers, points)))
+
+
 def _abstract(shape, dtype, sharding) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype), sharding=sharding)
 
@@ -96,9 +140,10 @@ class AbstractModel:
     params: Any
     rest: Any
     sampler_graphdef: Any  # of nnx.split(model): the sampler's layout
+    exact: bool = False  # compile the whole model, not FIT_LAYERS layers and extrapolate (module docstring)
 
     @classmethod
-    def build(cls, config: ModelConfig, mesh: Mesh, rules: Rules | None = None) -> "AbstractModel":
+    def build(cls, config: ModelConfig, mesh: Mesh, rules: Rules | None = None, *, exact: bool = False) -> "AbstractModel":
         from tailor_jax.model.transformer import Transformer
 
         abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
@@ -112,7 +157,7 @@ class AbstractModel:
         params = jax.tree.map(place, params, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))
         replicated = NamedSharding(mesh, PartitionSpec())
         rest = jax.tree.map(lambda x: _abstract(x.shape, x.dtype, replicated), rest)
-        return cls(config, mesh, rules, graphdef, params, rest, nnx.split(abstract)[0])
+        return cls(config, mesh, rules, graphdef, params, rest, nnx.split(abstract)[0], exact)
 
     def sampler_state(self):
         """The abstract `nnx.split(model)[1]` (one State with every variable), as the sampler holds it."""
@@ -145,6 +190,22 @@ class AbstractModel:
         with use_sharding(self.mesh, self.rules), (weights_at_use() if cpu else contextlib.nullcontext()):
             return jax.jit(fn, **jit_kwargs).lower(*args).compile(compiler_options=CPU_KEEP_BARRIERS if cpu else None)
 
+    def measure(self, program) -> tuple[tuple[int, int, int, int], dict[str, Any]]:
+        """(arguments, outputs, aliased, temporaries) and StageEstimate fields saying how they were
+        obtained. `program(model)` returns (fn, args, jit_kwargs) for an AbstractModel of any layer count."""
+        layers = self.config.num_layers
+        if self.exact or layers <= FIT_LAYERS[-1]:
+            fn, args, jit_kwargs = program(self)
+            return _analysis(self.compile(fn, *args, **jit_kwargs)), {"method": "compiled"}
+        points = []
+        for n in FIT_LAYERS:
+            small = AbstractModel.build(self.config.replace(num_layers=n), self.mesh, self.rules, exact=True)
+            fn, args, jit_kwargs = program(small)
+            points.append(_analysis(small.compile(fn, *args, **jit_kwargs)))
+        fit = extrapolate(FIT_LAYERS, points, layers)
+        return fit.figures, {"method": f"extrapolated from {','.join(map(str, FIT_LAYERS))} layers",
+                             "fit_error": fit.error, "fit_points": fit.points}
+
 
 def _supports(fn, name: str) -> bool:
     # benchmarks/memory.py also measures commits from before `logprob_chunk` existed
@@ -159,18 +220,20 @@ def sft_step(model: AbstractModel, rows: int, length: int, *, accum_steps: int =
     from tailor_jax.train.state import TrainState
 
     tx = make_optimizer(optimizer or OptimizerConfig(), 1000)
-    opt_state = model.opt_state(tx)
-    state = TrainState(step=model.scalar(jnp.int32), params=model.params, rest=model.rest, opt_state=opt_state,
-                       rng=_abstract((2,), jnp.uint32, NamedSharding(model.mesh, PartitionSpec())))
     total = rows * accum_steps
-    batch = {k: model.batch((total, length)) for k in ("inputs", "targets", "loss_mask", "positions", "segment_ids")}
     kwargs = {"logprob_chunk": logprob_chunk} if _supports(sft.make_train_step, "logprob_chunk") else {}
-    step = sft.make_train_step(model.graphdef, tx, accum_steps, **kwargs)
-    compiled = model.compile(step, state, batch, donate_argnums=0)
+
+    def program(m: AbstractModel):
+        state = TrainState(step=m.scalar(jnp.int32), params=m.params, rest=m.rest, opt_state=m.opt_state(tx),
+                           rng=_abstract((2,), jnp.uint32, NamedSharding(m.mesh, PartitionSpec())))
+        batch = {k: m.batch((total, length)) for k in ("inputs", "targets", "loss_mask", "positions", "segment_ids")}
+        return sft.make_train_step(m.graphdef, tx, accum_steps, **kwargs), (state, batch), {"donate_argnums": 0}
+
+    figures, how = model.measure(program)
     return StageEstimate("sft step", f"{rows}x{length}" + (f" x{accum_steps} accum" if accum_steps > 1 else ""),
-                         _nbytes_per_device(model.params), _nbytes_per_device(opt_state), *_analysis(compiled),
+                         _nbytes_per_device(model.params), _nbytes_per_device(model.opt_state(tx)), *figures,
                          knobs="sft.batch_size / sft.accum_steps (rows per micro-batch), sft.data.seq_len, "
-                               "model remat, sft.memory.logprob_chunk")
+                               "model remat, sft.memory.logprob_chunk", **how)
 
 
 def _grpo_batch(model: AbstractModel, rows: int, prompts: int, prompt_len: int, completion_len: int, ref: bool):
@@ -209,15 +272,19 @@ def grpo_update(model: AbstractModel, rows: int, prompt_len: int, completion_len
     params_bytes = _nbytes_per_device(model.params)
     loss_cfg = gt.LossConfig(beta=beta)
     kwargs = {"chunk_tokens": logprob_chunk} if _supports(gt.make_accumulate_fn, "chunk_tokens") else {}
-    fn = gt.make_accumulate_fn(model.graphdef, loss_cfg, 1.0, completion_len, **kwargs)
-    grads = jax.tree.map(lambda p: p, model.params)
-    batch = _grpo_batch(model, rows, _prompt_slots(rows, group), prompt_len, completion_len, beta > 0)
-    compiled = model.compile(fn, grads, model.params, model.rest, batch, model.scalar(), donate_argnums=0)
+
+    def program(m: AbstractModel):
+        fn = gt.make_accumulate_fn(m.graphdef, loss_cfg, 1.0, completion_len, **kwargs)
+        grads = jax.tree.map(lambda p: p, m.params)
+        batch = _grpo_batch(m, rows, _prompt_slots(rows, group), prompt_len, completion_len, beta > 0)
+        return fn, (grads, m.params, m.rest, batch, m.scalar()), {"donate_argnums": 0}
+
+    figures, how = model.measure(program)
     resident = opt_bytes + (params_bytes if beta > 0 else 0)
     return StageEstimate("grpo update micro-batch", f"{rows}x({prompt_len}+{completion_len})", params_bytes, opt_bytes,
-                         *_analysis(compiled), resident=resident,
+                         *figures, resident=resident,
                          knobs="grpo.dash.micro_batch_size, grpo.rollout.max_new_tokens, model remat, "
-                               "grpo.memory.logprob_chunk")
+                               "grpo.memory.logprob_chunk", **how)
 
 
 def logprob_pass(model: AbstractModel, rows: int, prompt_len: int, completion_len: int, *, group: int = 8,
@@ -226,12 +293,15 @@ def logprob_pass(model: AbstractModel, rows: int, prompt_len: int, completion_le
     from tailor_jax.train.grpo import update as gt
 
     kwargs = {"chunk_tokens": logprob_chunk} if _supports(gt.make_logp_fn, "chunk_tokens") else {}
-    fn = gt.make_logp_fn(model.graphdef, 1.0, **kwargs)
-    batch = _grpo_batch(model, rows, _prompt_slots(rows, group), prompt_len, completion_len, False)
-    compiled = model.compile(fn, model.params, model.rest, batch)
+
+    def program(m: AbstractModel):
+        batch = _grpo_batch(m, rows, _prompt_slots(rows, group), prompt_len, completion_len, False)
+        return gt.make_logp_fn(m.graphdef, 1.0, **kwargs), (m.params, m.rest, batch), {}
+
+    figures, how = model.measure(program)
     return StageEstimate("grpo old/ref log-probs", f"{rows}x({prompt_len}+{completion_len})",
-                         _nbytes_per_device(model.params), 0, *_analysis(compiled), resident=resident,
-                         knobs="grpo.dash.micro_batch_size, grpo.memory.logprob_chunk")
+                         _nbytes_per_device(model.params), 0, *figures, resident=resident,
+                         knobs="grpo.dash.micro_batch_size, grpo.memory.logprob_chunk", **how)
 
 
 def sampler_program(model: AbstractModel, prompts: int, prompt_len: int, new_tokens: int, *, group: int = 8,
@@ -240,21 +310,24 @@ def sampler_program(model: AbstractModel, prompts: int, prompt_len: int, new_tok
     from tailor_jax.sampling.engine import _sample_program, _segment_ends
     from tailor_jax.sampling.ops import SamplingParams
 
-    fn = functools.partial(
-        _sample_program, model.sampler_graphdef, num_samples=group, new_token_bucket=new_tokens,
-        segment_ends=_segment_ends(new_tokens, 4), params=SamplingParams(temperature=1.0), pad_id=0,
-        share_prompt_cache=True)
-    state = model.sampler_state()
     replicated = NamedSharding(model.mesh, PartitionSpec())
     key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
-    args = (state, model.batch((prompts, prompt_len)), model.batch((prompts, prompt_len)),
-            model.batch((prompts, prompt_len), jnp.bool_), model.batch((prompts,)), key,
-            model.scalar(), model.scalar(), model.scalar(jnp.int32),
-            _abstract((4,), jnp.int32, replicated), _abstract((1, 1), jnp.int32, replicated))
-    compiled = model.compile(fn, *args)
+
+    def program(m: AbstractModel):
+        fn = functools.partial(
+            _sample_program, m.sampler_graphdef, num_samples=group, new_token_bucket=new_tokens,
+            segment_ends=_segment_ends(new_tokens, 4), params=SamplingParams(temperature=1.0), pad_id=0,
+            share_prompt_cache=True)
+        args = (m.sampler_state(), m.batch((prompts, prompt_len)), m.batch((prompts, prompt_len)),
+                m.batch((prompts, prompt_len), jnp.bool_), m.batch((prompts,)), key,
+                m.scalar(), m.scalar(), m.scalar(jnp.int32),
+                _abstract((4,), jnp.int32, replicated), _abstract((1, 1), jnp.int32, replicated))
+        return fn, args, {}
+
+    figures, how = model.measure(program)
     return StageEstimate("sampler", f"{prompts}x{group} rows, {prompt_len}+{new_tokens}",
-                         _nbytes_per_device(model.params), 0, *_analysis(compiled), resident=resident,
-                         knobs="grpo.rollout.prompts_per_step / num_generations / max_new_tokens")
+                         _nbytes_per_device(model.params), 0, *figures, resident=resident,
+                         knobs="grpo.rollout.prompts_per_step / num_generations / max_new_tokens", **how)
 
 
 # ---------------------------------------------------------------------------------------
@@ -279,6 +352,13 @@ def format_table(estimates: list[StageEstimate]) -> str:
     for e in estimates:
         lines.append(f"  {e.stage:<32} {e.shape:<26} {e.params / GIB:7.2f} {e.optimizer / GIB:7.2f} "
                      f"{e.temporaries / GIB:8.2f} {e.peak / GIB:8.2f}")
+    methods = sorted({e.method for e in estimates if e.method != "compiled"})
+    if methods:
+        lines.append(f"  (temporaries and arguments {'; '.join(methods)}; memory.estimate: exact compiles the whole model)")
+    for e in estimates:
+        if e.fit_error > FIT_TOLERANCE:
+            lines.append(f"  warning: {e.stage}: the layer fit's points disagree by {e.fit_error:.1%} (more than "
+                         f"{FIT_TOLERANCE:.0%}); check with memory.estimate: exact")
     return "\n".join(lines)
 
 
@@ -297,29 +377,34 @@ def sft_plan(cfg, model_cfg: ModelConfig, mesh: Mesh, rules: Rules | None) -> li
     """The SFT config's train step at its micro-batch and longest sequence."""
     rows = cfg.batch_size // cfg.accum_steps
     length = max(cfg.data.buckets or (cfg.data.seq_len,))
-    model = AbstractModel.build(model_cfg, mesh, rules)
+    model = AbstractModel.build(model_cfg, mesh, rules, exact=cfg.memory.estimate == "exact")
     return [sft_step(model, rows, length, accum_steps=cfg.accum_steps, optimizer=cfg.optimizer,
                      logprob_chunk=cfg.memory.logprob_chunk)]
 
 
-def grpo_plan(cfg, model_cfg: ModelConfig, mesh: Mesh, rules: Rules | None, prompt_len: int = 256) -> list[StageEstimate]:
-    """The GRPO config's sampler, reference pass (beta > 0) and update micro-batch at its widest."""
+def grpo_plan(cfg, model_cfg: ModelConfig, mesh: Mesh, rules: Rules | None, prompt_len: int = 256,
+              programs: tuple[str, ...] = ("sampler", "logp", "update")) -> list[StageEstimate]:
+    """The GRPO config's sampler, reference pass (beta > 0) and update micro-batch at its widest
+    (those of them named in `programs`)."""
     from tailor_jax.sampling.buckets import bucket
+    from tailor_jax.train.optim import make_optimizer
 
-    model = AbstractModel.build(model_cfg, mesh, rules)
+    model = AbstractModel.build(model_cfg, mesh, rules, exact=cfg.memory.estimate == "exact")
     g = cfg.rollout.num_generations
     rows = cfg.rollout.prompts_per_step * g
     micro = cfg.dash.micro_batch_size or rows
     completion = bucket(cfg.rollout.max_new_tokens, minimum=16)
     chunk = cfg.memory.logprob_chunk
-    update = grpo_update(model, micro, prompt_len, completion, group=g, beta=cfg.loss.beta, optimizer=cfg.optimizer,
-                         logprob_chunk=chunk)
-    out = [sampler_program(model, cfg.rollout.prompts_per_step, prompt_len, completion, group=g,
-                           resident=update.optimizer)]
-    if cfg.loss.beta > 0:
-        out.append(logprob_pass(model, micro, prompt_len, completion, group=g, resident=update.optimizer,
-                                logprob_chunk=chunk))
-    out.append(update)
+    optimizer = _nbytes_per_device(model.opt_state(make_optimizer(cfg.optimizer, 1000)))
+    out = []
+    if "sampler" in programs:
+        out.append(sampler_program(model, cfg.rollout.prompts_per_step, prompt_len, completion, group=g,
+                                   resident=optimizer))
+    if cfg.loss.beta > 0 and "logp" in programs:
+        out.append(logprob_pass(model, micro, prompt_len, completion, group=g, resident=optimizer, logprob_chunk=chunk))
+    if "update" in programs:
+        out.append(grpo_update(model, micro, prompt_len, completion, group=g, beta=cfg.loss.beta,
+                               optimizer=cfg.optimizer, logprob_chunk=chunk))
     return out
 
 
