@@ -44,7 +44,9 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="with --configs: an override for every config, as on the tailor-jax command line "
                         "(e.g. mesh_preset=tpu-v5e-8)")
-    p.add_argument("--stages", default="sft,grpo,logp,sampler", help="comma list of sft, grpo, logp, sampler")
+    p.add_argument("--stages", default="sft,grpo,logp,sampler",
+                   help="comma list of sft (the whole train step: gradient, clipping, AdamW), sftgrad (one micro-batch's "
+                        "gradient alone, its grads as outputs: the issue-22 measure), grpo, logp, sampler")
     p.add_argument("--devices", type=int, default=8, help="virtual CPU devices (for the configs' meshes)")
     p.add_argument("--remat", default=None, help="remat policy for --targets/--presets (none, full, dots, ...; default: the preset's)")
     p.add_argument("--attention", default=None, help="attention implementation for --targets/--presets (default: the preset's)")
@@ -104,6 +106,8 @@ def preset_rows(name: str, rows: int, length: int, stages: list[str], args) -> l
         t0 = time.perf_counter()
         if stage == "sft":
             e = mp.sft_step(model, rows, length, **_chunk(args))
+        elif stage == "sftgrad":
+            e = sft_gradient(model, rows, length, **_chunk(args))
         elif stage == "grpo":
             e = mp.grpo_update(model, rows, PROMPT, length, **_chunk(args))
         elif stage == "logp":
@@ -114,6 +118,23 @@ def preset_rows(name: str, rows: int, length: int, stages: list[str], args) -> l
         print_row(out[-1])
         save(args, PARTIAL + out)
     return out
+
+
+def sft_gradient(model: mp.AbstractModel, rows: int, length: int,
+                 logprob_chunk: int | None = mp.DEFAULT_CHUNK_TOKENS) -> mp.StageEstimate:
+    """One SFT micro-batch's loss gradient, jitted on its own (the gradients are its outputs):
+    the program issue 22 measured. `sft` adds clipping and the AdamW update around it, which
+    keeps every gradient alive at once."""
+    from tailor_jax.train.sft_step import sft_loss
+
+    def program(m: mp.AbstractModel):
+        grad_fn = jax.grad(lambda params, batch: sft_loss(params, m.graphdef, m.rest, batch, chunk_tokens=logprob_chunk)[0])
+        batch = {k: m.batch((rows, length)) for k in ("inputs", "targets", "loss_mask", "positions", "segment_ids")}
+        return grad_fn, (m.params, batch), {}
+
+    figures, how = model.measure(program)
+    return mp.StageEstimate("sft micro-batch gradient", f"{rows}x{length}", mp._nbytes_per_device(model.params), 0,
+                            *figures, **how)
 
 
 def config_rows(path: Path, stages: list[str]) -> list[dict]:
@@ -187,7 +208,7 @@ def main() -> None:
     rows: list[dict] = []
     if args.targets or not (args.presets or args.configs):
         for name, r, length in TARGETS:
-            rows += preset_rows(name, r, length, [s for s in stages if s in ("sft", "grpo")], args)
+            rows += preset_rows(name, r, length, [s for s in stages if s in ("sft", "sftgrad", "grpo")], args)
             PARTIAL[:] = rows
     for name in [p for p in args.presets.split(",") if p]:
         for length in [int(x) for x in args.lengths.split(",")]:

@@ -38,7 +38,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from tailor_jax.config import OptimizerConfig
+from tailor_jax.config import OptimizerConfig, require
 from tailor_jax.errors import TailorError
 from tailor_jax.model.attention import CPU_KEEP_BARRIERS
 from tailor_jax.model.config import ModelConfig
