@@ -84,6 +84,17 @@ def test_demonstration_lengths_are_the_tokens_trained_on_and_short_budgets_warn(
                for r in records]
     assert lengths == trained and min(lengths) > 5
     assert len(pipeline.completion_lengths(task, tokenizer, records, "plain", False, limit=10)) == 10
+
+    class IntIndexOnly:  # what a TFDS record source (data/sources.py) allows: len and one integer index
+        def __len__(self):
+            return len(records)
+
+        def __getitem__(self, index):
+            if not isinstance(index, int):
+                raise TypeError("one integer index")
+            return records[index]
+
+    assert pipeline.completion_lengths(task, tokenizer, IntIndexOnly(), "plain", False, limit=10) == lengths[::4]
     cfg = SFTConfig(run_dir="unused", data=DataConfig(train_file="unused"), eval_samples=4, max_new_tokens=max(lengths))
     assert short_budgets(cfg, task, tokenizer, records) == []  # every demonstration fits
     warnings = short_budgets(cfg, task, tokenizer, records, {"eval.max_new_tokens": min(lengths),

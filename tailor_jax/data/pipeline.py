@@ -81,11 +81,11 @@ def record_to_text(task: Task, record: dict, style: str, think_prefill: bool):
 def completion_lengths(task: Task, tokenizer, records: Sequence[dict], style: str, think_prefill: bool,
                        limit: int = 2000) -> list[int]:
     """Tokens a model writes for each record's completion (after any prefill, end token
-    included): what its generation budget must hold. At most `limit` records, evenly spaced."""
-    sample = records[:: max(1, -(-len(records) // limit))]
+    included): what its generation budget must hold. At most `limit` records, evenly spaced;
+    integer indexing only, as a TFDS record source allows."""
     lengths = []
-    for record in sample:
-        prompt, completion = record_to_text(task, record, style, think_prefill)
+    for index in range(0, len(records), max(1, -(-len(records) // limit))):
+        prompt, completion = record_to_text(task, records[index], style, think_prefill)
         lengths.append(len(tok_lib.encode_completion(tokenizer, completion, prompt)))
     return lengths
 
