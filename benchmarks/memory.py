@@ -133,7 +133,7 @@ def sft_gradient(model: mp.AbstractModel, rows: int, length: int,
         return grad_fn, (m.params, batch), {}
 
     figures, how = model.measure(program)
-    return mp.StageEstimate("sft micro-batch gradient", f"{rows}x{length}", mp._nbytes_per_device(model.params), 0,
+    return mp.StageEstimate("sft micro-batch gradient", f"{rows}x{length}", mp.nbytes_per_device(model.params), 0,
                             *figures, **how)
 
 

@@ -80,7 +80,8 @@ class StageEstimate:
                 **({"fit_temporaries_gib": {n: round(p[3] / GIB, 4) for n, p in self.fit_points}} if self.fit_points else {})}
 
 
-def _nbytes_per_device(tree) -> int:
+def nbytes_per_device(tree) -> int:
+    """Bytes of `tree` (arrays or ShapeDtypeStructs with shardings) held on one device."""
     total = 0
     for leaf in jax.tree.leaves(tree):
         shape = leaf.shape
@@ -231,7 +232,7 @@ def sft_step(model: AbstractModel, rows: int, length: int, *, accum_steps: int =
 
     figures, how = model.measure(program)
     return StageEstimate("sft step", f"{rows}x{length}" + (f" x{accum_steps} accum" if accum_steps > 1 else ""),
-                         _nbytes_per_device(model.params), _nbytes_per_device(model.opt_state(tx)), *figures,
+                         nbytes_per_device(model.params), nbytes_per_device(model.opt_state(tx)), *figures,
                          knobs="sft.batch_size / sft.accum_steps (rows per micro-batch), sft.data.seq_len, "
                                "model remat, sft.memory.logprob_chunk", **how)
 
@@ -268,8 +269,8 @@ def grpo_update(model: AbstractModel, rows: int, prompt_len: int, completion_len
     from tailor_jax.train.optim import make_optimizer
 
     tx = make_optimizer(optimizer or OptimizerConfig(), 1000)
-    opt_bytes = _nbytes_per_device(model.opt_state(tx))
-    params_bytes = _nbytes_per_device(model.params)
+    opt_bytes = nbytes_per_device(model.opt_state(tx))
+    params_bytes = nbytes_per_device(model.params)
     loss_cfg = gt.LossConfig(beta=beta)
     kwargs = {"chunk_tokens": logprob_chunk} if _supports(gt.make_accumulate_fn, "chunk_tokens") else {}
 
@@ -300,7 +301,7 @@ def logprob_pass(model: AbstractModel, rows: int, prompt_len: int, completion_le
 
     figures, how = model.measure(program)
     return StageEstimate("grpo old/ref log-probs", f"{rows}x({prompt_len}+{completion_len})",
-                         _nbytes_per_device(model.params), 0, *figures, resident=resident,
+                         nbytes_per_device(model.params), 0, *figures, resident=resident,
                          knobs="grpo.dash.micro_batch_size, grpo.memory.logprob_chunk", **how)
 
 
@@ -326,7 +327,7 @@ def sampler_program(model: AbstractModel, prompts: int, prompt_len: int, new_tok
 
     figures, how = model.measure(program)
     return StageEstimate("sampler", f"{prompts}x{group} rows, {prompt_len}+{new_tokens}",
-                         _nbytes_per_device(model.params), 0, *figures, resident=resident,
+                         nbytes_per_device(model.params), 0, *figures, resident=resident,
                          knobs="grpo.rollout.prompts_per_step / num_generations / max_new_tokens", **how)
 
 
@@ -395,7 +396,7 @@ def grpo_plan(cfg, model_cfg: ModelConfig, mesh: Mesh, rules: Rules | None, prom
     micro = cfg.dash.micro_batch_size or rows
     completion = bucket(cfg.rollout.max_new_tokens, minimum=16)
     chunk = cfg.memory.logprob_chunk
-    optimizer = _nbytes_per_device(model.opt_state(make_optimizer(cfg.optimizer, 1000)))
+    optimizer = nbytes_per_device(model.opt_state(make_optimizer(cfg.optimizer, 1000)))
     out = []
     if "sampler" in programs:
         out.append(sampler_program(model, cfg.rollout.prompts_per_step, prompt_len, completion, group=g,
