@@ -46,7 +46,8 @@ def _parse() -> argparse.Namespace:
                         "(e.g. mesh_preset=tpu-v5e-8)")
     p.add_argument("--stages", default="sft,grpo,logp,sampler",
                    help="comma list of sft (the whole train step: gradient, clipping, AdamW), sftgrad (one micro-batch's "
-                        "gradient alone, its grads as outputs: the issue-22 measure), grpo, logp, sampler")
+                        "gradient alone, its grads as outputs: the issue-22 measure), grpo, grpograd (the same for "
+                        "one GRPO micro-batch), logp, sampler")
     p.add_argument("--devices", type=int, default=8, help="virtual CPU devices (for the configs' meshes)")
     p.add_argument("--remat", default=None, help="remat policy for --targets/--presets (none, full, dots, ...; default: the preset's)")
     p.add_argument("--attention", default=None, help="attention implementation for --targets/--presets (default: the preset's)")
@@ -108,8 +109,8 @@ def preset_rows(name: str, rows: int, length: int, stages: list[str], args) -> l
             e = mp.sft_step(model, rows, length, **_chunk(args))
         elif stage == "sftgrad":
             e = sft_gradient(model, rows, length, **_chunk(args))
-        elif stage == "grpo":
-            e = mp.grpo_update(model, rows, PROMPT, length, **_chunk(args))
+        elif stage in ("grpo", "grpograd"):
+            e = mp.grpo_update(model, rows, PROMPT, length, accumulate=stage == "grpo", **_chunk(args))
         elif stage == "logp":
             e = mp.logprob_pass(model, rows, PROMPT, length, **_chunk(args))
         else:
@@ -208,7 +209,7 @@ def main() -> None:
     rows: list[dict] = []
     if args.targets or not (args.presets or args.configs):
         for name, r, length in TARGETS:
-            rows += preset_rows(name, r, length, [s for s in stages if s in ("sft", "sftgrad", "grpo")], args)
+            rows += preset_rows(name, r, length, [s for s in stages if s in ("sft", "sftgrad", "grpo", "grpograd")], args)
             PARTIAL[:] = rows
     for name in [p for p in args.presets.split(",") if p]:
         for length in [int(x) for x in args.lengths.split(",")]:

@@ -5,6 +5,7 @@ decoder layers, so the per-layer and fixed parts separate in seconds rather than
 
     python benchmarks/memory_breakdown.py --preset qwen2.5-0.5b --rows 4 --length 1024 --layers 2
     python benchmarks/memory_breakdown.py --preset qwen2.5-1.5b --rows 8 --length 2048 --layers 2 --mlp-chunk 4096 --stage grpo
+    python benchmarks/memory_breakdown.py --preset qwen2.5-1.5b --rows 8 --length 2048 --layers 2 --mlp-chunk 4096 --stage grpograd
 
 Prints the estimate and the largest buffers live at the peak (XLA's `Live ranges at N (peak)`,
 name and GiB); `--out` appends one record (commit, options, estimate, top buffers) to a JSON list.
@@ -28,7 +29,8 @@ p.add_argument("--preset", default="qwen2.5-0.5b")
 p.add_argument("--layers", type=int, default=None, help="decoder layers (default: the preset's)")
 p.add_argument("--rows", type=int, default=4)
 p.add_argument("--length", type=int, default=1024)
-p.add_argument("--stage", choices=["sft", "grpo"], default="sft")
+p.add_argument("--stage", choices=["sft", "grpo", "grpograd"], default="sft",
+               help="grpograd: one GRPO micro-batch's gradient alone, without the accumulator")
 p.add_argument("--remat", default="full")
 p.add_argument("--attention", default="chunked")
 p.add_argument("--mlp-chunk", type=int, default=0)
@@ -36,7 +38,7 @@ p.add_argument("--top", type=int, default=12)
 p.add_argument("--out", default=None, help="JSON file to append the record to")
 args = p.parse_args()
 dump = tempfile.mkdtemp(prefix="memory-breakdown-")
-os.environ["XLA_FLAGS"] = f"--xla_dump_to={dump} --xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*(step|accumulate).*"
+os.environ["XLA_FLAGS"] = f"--xla_dump_to={dump} --xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*(step|accumulate|gradient).*"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import dataclasses  # noqa: E402
@@ -60,7 +62,7 @@ t0 = time.perf_counter()
 if args.stage == "sft":
     estimate = mp.sft_step(model, args.rows, args.length)
 else:
-    estimate = mp.grpo_update(model, args.rows, 256, args.length)
+    estimate = mp.grpo_update(model, args.rows, 256, args.length, accumulate=args.stage == "grpo")
 seconds = time.perf_counter() - t0
 live = sorted(glob.glob(f"{dump}/*live-range.txt"), key=os.path.getsize)[-1]
 text = Path(live).read_text()

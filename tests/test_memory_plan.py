@@ -62,6 +62,19 @@ def test_estimates_grow_with_the_batch_and_shrink_with_the_logprob_chunk():
     assert large_chunk.temporaries - small.temporaries > 3 * 2**20
 
 
+def test_grpo_gradient_alone_leaves_out_the_accumulated_tree():
+    """`accumulate=False` (benchmarks/memory.py --stages grpograd) compiles the gradient with its
+    gradients as outputs; the trainer's accumulate program holds one more gradient tree."""
+    config = get_preset("tiny").replace(vocab_size=4096, num_layers=1)
+    model = mp.AbstractModel.build(config, create_mesh(MeshConfig(data=1, fsdp=1, tensor=1)))
+    accumulated = mp.grpo_update(model, 4, 16, 64, group=2)
+    alone = mp.grpo_update(model, 4, 16, 64, group=2, accumulate=False)
+    assert (accumulated.stage, alone.stage) == ("grpo update micro-batch", "grpo micro-batch gradient")
+    assert alone.aliased == 0 and alone.outputs >= alone.params  # the gradients are its outputs
+    assert accumulated.aliased >= accumulated.params  # the accumulator is donated
+    assert alone.temporaries < accumulated.temporaries
+
+
 def test_memory_keys_leave_the_stage_hashes(tmp_path):
     from tailor_jax import run as run_lib
 

@@ -261,10 +261,15 @@ def _prompt_slots(rows: int, group: int) -> int:
 
 def grpo_update(model: AbstractModel, rows: int, prompt_len: int, completion_len: int, *, group: int = 8,
                 beta: float = 0.0, optimizer: OptimizerConfig | None = None,
-                logprob_chunk: int | None = DEFAULT_CHUNK_TOKENS) -> StageEstimate:
+                logprob_chunk: int | None = DEFAULT_CHUNK_TOKENS, accumulate: bool = True) -> StageEstimate:
     """One GRPO update micro-batch (`make_accumulate_fn`, jitted as the trainer does) of `rows`
     completions from ceil(rows / group) prompts; resident: the optimizer state (and the reference
-    weights when beta > 0)."""
+    weights when beta > 0).
+
+    `accumulate=False` measures the micro-batch's gradient alone (its gradients are outputs; the
+    counterpart of one SFT micro-batch's gradient). The trainer's program also adds them into the
+    donated accumulator, and XLA:CPU keeps the whole micro-batch gradient tree as temporaries until
+    those adds: one gradient tree more."""
     from tailor_jax.train.grpo import update as gt
     from tailor_jax.train.optim import make_optimizer
 
@@ -276,13 +281,19 @@ def grpo_update(model: AbstractModel, rows: int, prompt_len: int, completion_len
 
     def program(m: AbstractModel):
         fn = gt.make_accumulate_fn(m.graphdef, loss_cfg, 1.0, completion_len, **kwargs)
-        grads = jax.tree.map(lambda p: p, m.params)
         batch = _grpo_batch(m, rows, _prompt_slots(rows, group), prompt_len, completion_len, beta > 0)
+        if not accumulate:
+            def gradient(params, rest, batch, weight):  # accumulating into zeros made here: XLA drops the adds
+                return fn(jax.tree.map(jnp.zeros_like, params), params, rest, batch, weight)
+
+            return gradient, (m.params, m.rest, batch, m.scalar()), {}
+        grads = jax.tree.map(lambda p: p, m.params)
         return fn, (grads, m.params, m.rest, batch, m.scalar()), {"donate_argnums": 0}
 
     figures, how = model.measure(program)
     resident = opt_bytes + (params_bytes if beta > 0 else 0)
-    return StageEstimate("grpo update micro-batch", f"{rows}x({prompt_len}+{completion_len})", params_bytes, opt_bytes,
+    stage = "grpo update micro-batch" if accumulate else "grpo micro-batch gradient"
+    return StageEstimate(stage, f"{rows}x({prompt_len}+{completion_len})", params_bytes, opt_bytes,
                          *figures, resident=resident,
                          knobs="grpo.dash.micro_batch_size, grpo.rollout.max_new_tokens, model remat, "
                                "grpo.memory.logprob_chunk", **how)
