@@ -128,6 +128,7 @@ def main() -> None:
     out = jax.block_until_ready(compiled(*call))
     run_s = time.perf_counter() - t1
     del out
+    measured = peak_gib(device)
     record = {
         "benchmark": "gpu_peak", "commit": commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -135,7 +136,7 @@ def main() -> None:
         "preset": args.preset, "stage": estimate.stage, "shape": estimate.shape,
         "estimate_gib": round(estimate.peak / GIB, 3), "estimate_method": estimate.method, "estimate_s": round(estimate_s, 1),
         "compiled_gib": round(analysis_gib(compiled, resident), 3),
-        "measured_peak_gib": None if peak_gib(device) is None else round(peak_gib(device), 3),
+        "measured_peak_gib": None if measured is None else round(measured, 3),
         "step_s": round(run_s, 2),
     }
     print(json.dumps(record))
