@@ -174,7 +174,7 @@ def make_ours(model_dir: Path, prompts: list[list[int]], micro_batch: int,
             b["ref_logp"] = logp_fn(ref_params, state.rest, b)
         jax.block_until_ready([b["ref_logp"] for b in device_batches])
         t_ref = time.perf_counter()
-        grads = jax.tree.map(jnp.zeros_like, state.params)
+        grads = None  # as grpo_update: the first micro-batch's gradient starts the sum
         for b, w in zip(device_batches, weights):
             grads, metrics = accumulate(grads, state.params, state.rest, b, jnp.float32(w))
         state, norm = apply(state, grads)

@@ -190,6 +190,7 @@ def save(args, rows: list[dict]) -> None:
                         "peak = arguments + outputs - aliased + temporaries + resident"
                         + ("" if args.exact else "; arguments, outputs, aliased and temporaries extrapolated "
                            "linearly from compiles at 1, 2, 3 decoder layers (each row's method, fit_error)"),
+              "command": "python benchmarks/memory.py " + " ".join(sys.argv[1:]),  # remat, attention, chunks, rows
               "rows": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -44,7 +44,8 @@ def test_dry_run_with_room_prints_every_stage(tmp_path, capsys):
     config.write_text(yaml.safe_dump({**CONFIG, "run_dir": str(tmp_path / "run")}))
     assert main(["run", str(config), "--dry-run", "device_memory_gib=64"]) == 0
     out = capsys.readouterr().err
-    for stage in ("sft: sft step", "grpo: sampler", "grpo: grpo update micro-batch"):
+    # 4 rows a step, one micro-batch: the update's only program is the first micro-batch's
+    for stage in ("sft: sft step", "grpo: sampler", "grpo: grpo micro-batch gradient"):
         assert stage in out
     assert not (tmp_path / "run").exists()
 
@@ -73,6 +74,25 @@ def test_grpo_gradient_alone_leaves_out_the_accumulated_tree():
     assert alone.aliased == 0 and alone.outputs >= alone.params  # the gradients are its outputs
     assert accumulated.aliased >= accumulated.params  # the accumulator is donated
     assert alone.temporaries < accumulated.temporaries
+
+
+def test_grpo_plan_accumulates_only_when_an_update_has_several_micro_batches():
+    from tailor_jax.config import load_config
+    from tailor_jax.train.grpo import GRPOConfig
+
+    config = get_preset("tiny").replace(vocab_size=4096, num_layers=1)
+    mesh = create_mesh(MeshConfig(data=1, fsdp=1, tensor=1))
+
+    def plan(*overrides):
+        cfg = load_config(GRPOConfig, None, ["run_dir=unused", "init=unused", "rollout.prompts_per_step=2",
+                                             "rollout.num_generations=2", "rollout.max_new_tokens=16", *overrides])
+        [update] = mp.grpo_plan(cfg, config, mesh, None, prompt_len=16, programs=("update",))
+        return update
+
+    one, several = plan(), plan("dash.micro_batch_size=2")
+    assert (one.stage, one.shape) == ("grpo micro-batch gradient", "4x(16+16)")
+    assert (several.stage, several.shape) == ("grpo update micro-batch", "2x(16+16)")
+    assert one.aliased == 0 and several.aliased >= several.params  # no accumulator / a donated one
 
 
 def test_memory_keys_leave_the_stage_hashes(tmp_path):

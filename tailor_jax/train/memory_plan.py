@@ -267,9 +267,9 @@ def grpo_update(model: AbstractModel, rows: int, prompt_len: int, completion_len
     weights when beta > 0).
 
     `accumulate=False` measures the micro-batch's gradient alone (its gradients are outputs; the
-    counterpart of one SFT micro-batch's gradient). The trainer's program also adds them into the
-    donated accumulator, and XLA:CPU keeps the whole micro-batch gradient tree as temporaries until
-    those adds: one gradient tree more."""
+    counterpart of one SFT micro-batch's gradient): the program of an update's first micro-batch,
+    which starts the sum. Later micro-batches add into the donated accumulator, and XLA:CPU's
+    program for that holds about one gradient tree more (docs/gpu.md)."""
     from tailor_jax.train.grpo import update as gt
     from tailor_jax.train.optim import make_optimizer
 
@@ -283,10 +283,7 @@ def grpo_update(model: AbstractModel, rows: int, prompt_len: int, completion_len
         fn = gt.make_accumulate_fn(m.graphdef, loss_cfg, 1.0, completion_len, **kwargs)
         batch = _grpo_batch(m, rows, _prompt_slots(rows, group), prompt_len, completion_len, beta > 0)
         if not accumulate:
-            def gradient(params, rest, batch, weight):  # accumulating into zeros made here: XLA drops the adds
-                return fn(jax.tree.map(jnp.zeros_like, params), params, rest, batch, weight)
-
-            return gradient, (m.params, m.rest, batch, m.scalar()), {}
+            return functools.partial(fn, None), (m.params, m.rest, batch, m.scalar()), {}
         grads = jax.tree.map(lambda p: p, m.params)
         return fn, (grads, m.params, m.rest, batch, m.scalar()), {"donate_argnums": 0}
 
@@ -397,7 +394,8 @@ def sft_plan(cfg, model_cfg: ModelConfig, mesh: Mesh, rules: Rules | None) -> li
 def grpo_plan(cfg, model_cfg: ModelConfig, mesh: Mesh, rules: Rules | None, prompt_len: int = 256,
               programs: tuple[str, ...] = ("sampler", "logp", "update")) -> list[StageEstimate]:
     """The GRPO config's sampler, reference pass (beta > 0) and update micro-batch at its widest
-    (those of them named in `programs`)."""
+    (those of them named in `programs`). An update of one micro-batch (`dash.micro_batch_size`
+    unset or >= the step's rows) runs only the first micro-batch's program, with no accumulator."""
     from tailor_jax.sampling.buckets import bucket
     from tailor_jax.train.optim import make_optimizer
 
@@ -416,7 +414,7 @@ def grpo_plan(cfg, model_cfg: ModelConfig, mesh: Mesh, rules: Rules | None, prom
         out.append(logprob_pass(model, micro, prompt_len, completion, group=g, resident=optimizer, logprob_chunk=chunk))
     if "update" in programs:
         out.append(grpo_update(model, micro, prompt_len, completion, group=g, beta=cfg.loss.beta,
-                               optimizer=cfg.optimizer, logprob_chunk=chunk))
+                               optimizer=cfg.optimizer, logprob_chunk=chunk, accumulate=micro < rows))
     return out
 
 

@@ -82,7 +82,11 @@ def make_logp_fn(graphdef, temperature: float, chunk_tokens: int = DEFAULT_CHUNK
 
 def make_accumulate_fn(graphdef, loss_cfg: LossConfig, temperature: float, max_len: int,
                        chunk_tokens: int = DEFAULT_CHUNK_TOKENS):
-    """`acc(grads, params, rest, batch, weight) -> (grads + weight * dloss, metrics)` for one micro-batch."""
+    """`acc(grads, params, rest, batch, weight) -> (grads + weight * dloss, metrics)` for one micro-batch.
+
+    `grads=None` (an update's first micro-batch) returns `weight * dloss` itself: no zero-filled
+    tree is allocated and added into, so an update of one micro-batch holds one gradient tree, not
+    two (a second compiled program when an update has several micro-batches)."""
 
     def loss_fn(params, rest, batch, weight):
         # One chunked pass over the vocabulary serves the log-probs and the entropy.
@@ -107,6 +111,8 @@ def make_accumulate_fn(graphdef, loss_cfg: LossConfig, temperature: float, max_l
 
     def accumulate(grads, params, rest, batch, weight):
         micro_grads, metrics = grad_fn(params, rest, batch, weight)
+        if grads is None:
+            return micro_grads, metrics
         return jax.tree.map(jnp.add, grads, micro_grads), metrics
 
     return accumulate
@@ -132,7 +138,7 @@ def make_apply_fn(tx: optax.GradientTransformation, skip_nonfinite: bool = False
 class UpdateFns:
     """The (jitted) pieces `grpo_update` runs; see `make_accumulate_fn`, `make_apply_fn`, `make_logp_fn`."""
 
-    accumulate: Callable  # (grads, params, rest, batch, weight) -> (grads, metrics)
+    accumulate: Callable  # (grads or None, params, rest, batch, weight) -> (grads, metrics)
     apply: Callable  # (state, grads) -> (state, grad norm)
     logp: Callable | None = None  # (params, rest, batch) -> log-probs: reference log-probs when beta > 0
     place: Callable[[Rows], dict] = dict  # host rows -> device arrays (`place_rows` on a mesh)
@@ -170,7 +176,7 @@ def grpo_update(
     step_metrics: dict[str, float] = {}
     grad_norm, finite = 0.0, True
     for iteration in range(cfg.loss.num_iterations):
-        grads = jax.tree.map(jnp.zeros_like, state.params)
+        grads = None  # the first micro-batch's gradient starts the sum (`make_accumulate_fn`)
         sums: dict[str, float] = {}
         for b, w in zip(device_batches, weights):
             grads, m = fns.accumulate(grads, state.params, state.rest, b, jnp.float32(w))
