@@ -3,6 +3,7 @@
 # (ours only), alternated old/new for ROUNDS rounds in one sitting, each run writing its result
 # file to benchmarks/results/ab/<tag>/; then benchmarks/cpu_ab_summary.py writes the medians and
 # new/old ratios. Usage: benchmarks/cpu_ab.sh OLD_WORKTREE TAG [ROUNDS]
+# (BENCHES="grpo_step" times that benchmark only; default "sampler grpo_step")
 # (e.g. `git worktree add --detach /tmp/old 945197d`).
 set -euo pipefail
 old=${1:?give a worktree of the older commit}
@@ -12,7 +13,7 @@ new=$(cd "$(dirname "$0")/.." && pwd)
 out="$new/benchmarks/results/ab/$tag"
 mkdir -p "$out"
 for i in $(seq 1 "$rounds"); do
-  for bench in sampler grpo_step; do
+  for bench in ${BENCHES:-sampler grpo_step}; do
     for side in old new; do
       if [ "$side" = old ]; then dir=$old; else dir=$new; fi
       (cd "$dir" && PYTHONPATH=$dir python benchmarks/$bench.py --peers "" --runs 3 \
