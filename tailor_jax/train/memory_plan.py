@@ -268,8 +268,9 @@ def grpo_update(model: AbstractModel, rows: int, prompt_len: int, completion_len
 
     `accumulate=False` measures the micro-batch's gradient alone (its gradients are outputs; the
     counterpart of one SFT micro-batch's gradient): the program of an update's first micro-batch,
-    which starts the sum. Later micro-batches add into the donated accumulator, and XLA:CPU's
-    program for that holds about one gradient tree more (docs/gpu.md)."""
+    which starts the sum. Later micro-batches add into the donated accumulator; XLA:CPU's program
+    for that holds more temporaries (the tied embedding's gradient apart from the accumulator and,
+    with a chunked MLP, part of each layer's: docs/gpu.md)."""
     from tailor_jax.train.grpo import update as gt
     from tailor_jax.train.optim import make_optimizer
 
