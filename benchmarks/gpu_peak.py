@@ -6,7 +6,9 @@ one stage per process so that the device's peak counter holds that stage alone:
 - `sft`: the SFT train step (`train.sft_step.make_train_step`, AdamW) on `--rows` x `--length`
   random tokens;
 - `grpo`: one GRPO update micro-batch (`train.grpo.update.make_accumulate_fn`, accumulator
-  donated) on `--rows` x (256 + `--length`) tokens, the optimizer state resident beside it.
+  donated) on `--rows` x (256 + `--length`) tokens, the optimizer state resident beside it;
+- `grpograd`: the same micro-batch as an update's first (`grads=None`: no accumulator), the
+  trainer's whole update when a step is one micro-batch.
 Each stage prints and records three figures in GiB: the memory plan's estimate (the same code as
 `tailor-jax run --dry-run`: 1-3 layers compiled on this backend, extrapolated), XLA's memory
 analysis of the whole compiled program that then runs (peak = arguments + outputs - aliased +
@@ -17,6 +19,7 @@ a device (train/memory_plan.py), so the comparison means something on a GPU.
 
     python benchmarks/gpu_peak.py --stage sft  --out benchmarks/results/gpu_peak_sft.json
     python benchmarks/gpu_peak.py --stage grpo --out benchmarks/results/gpu_peak_grpo.json
+    python benchmarks/gpu_peak.py --stage grpograd --out benchmarks/results/gpu_peak_grpograd.json
     python benchmarks/gpu_peak.py --stage sft --preset tiny --rows 2 --length 64   # a CPU smoke run
 """
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import json
 import sys
 import time
@@ -51,7 +55,7 @@ PROMPT = 256
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--stage", choices=["sft", "grpo"], required=True)
+    p.add_argument("--stage", choices=["sft", "grpo", "grpograd"], required=True)
     p.add_argument("--preset", default="qwen2.5-0.5b")
     p.add_argument("--rows", type=int, default=4)
     p.add_argument("--length", type=int, default=1024, help="SFT tokens per row; GRPO completion tokens")
@@ -109,7 +113,8 @@ def main() -> None:
     tx = make_optimizer(OptimizerConfig(), 1000)
     t0 = time.perf_counter()
     estimate = (mp.sft_step(mp.AbstractModel.build(cfg, mesh), args.rows, args.length) if args.stage == "sft" else
-                mp.grpo_update(mp.AbstractModel.build(cfg, mesh), args.rows, PROMPT, args.length, group=args.group))
+                mp.grpo_update(mp.AbstractModel.build(cfg, mesh), args.rows, PROMPT, args.length, group=args.group,
+                               accumulate=args.stage == "grpo"))
     estimate_s = time.perf_counter() - t0
 
     graphdef, state = create_train_state(Transformer(cfg, rngs=nnx.Rngs(0)), tx, 0, mesh)
@@ -119,9 +124,14 @@ def main() -> None:
         call = (state, sft_inputs(cfg, args.rows, args.length, rng))
         resident = 0
     else:
-        fn = jax.jit(gt.make_accumulate_fn(graphdef, gt.LossConfig(), 1.0, args.length), donate_argnums=0)
-        grads = jax.tree.map(jnp.zeros_like, state.params)
-        call = (grads, state.params, state.rest, grpo_inputs(cfg, args.rows, args.length, args.group, rng), jnp.float32(1.0))
+        accumulate = gt.make_accumulate_fn(graphdef, gt.LossConfig(), 1.0, args.length)
+        batch = grpo_inputs(cfg, args.rows, args.length, args.group, rng)
+        if args.stage == "grpo":
+            fn = jax.jit(accumulate, donate_argnums=0)
+            call = (jax.tree.map(jnp.zeros_like, state.params), state.params, state.rest, batch, jnp.float32(1.0))
+        else:  # an update's first micro-batch: no accumulator
+            fn = jax.jit(functools.partial(accumulate, None))
+            call = (state.params, state.rest, batch, jnp.float32(1.0))
         resident = mp.nbytes_per_device(state.opt_state)  # held by `state` while the micro-batch runs
     compiled = fn.lower(*call).compile()
     t1 = time.perf_counter()
