@@ -208,7 +208,8 @@ def test_study_report_statistics_by_hand(tmp_path):
     assert summary["cells"]["tailor-1"]["steps_to_threshold"] == 20 and summary["cells"]["tailor-1"]["seconds_to_threshold"] == 40.0
     assert summary["methods"]["rule_based"]["reached_threshold"] == 0
     text = path.read_text()
-    assert "tailor - rule_based, held-out accuracy after RL (%): +20.0 points +- 12.4 (95% CI [+7.6, +32.4], paired over 3 seeds)" in text
+    assert ("tailor - rule_based, held-out accuracy after RL (%): +20.0 points +- 5.0 (std of the paired differences; "
+            "95% CI [+7.6, +32.4], 3 seeds)") in text
     assert "tailor is higher than rule_based beyond the seed spread" in text
     assert "after SFT (%): +0.0 points" in text and "the interval includes 0" in text
     for plot in ("rl_accuracy_by_step", "rl_accuracy_by_seconds", "accuracy"):

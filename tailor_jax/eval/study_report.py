@@ -327,9 +327,10 @@ def describe_comparison(c: dict) -> str:
     text = f"{c['a']} - {c['b']}, {name}: {scale * c['mean']:+.{digits}f}{unit}"
     if c.get("ci95"):
         lo, hi = c["ci95"]
-        half = (hi - lo) / 2
-        text += f" +- {scale * half:.{digits}f} (95% CI [{scale * lo:+.{digits}f}, {scale * hi:+.{digits}f}]"
-        text += f", {'paired over' if c['paired'] else 'unpaired,'} {c['n']} seeds)"
+        # +- the spread as the per-method tables give it (std), named, since an interval follows
+        spread = "std of the paired differences" if c["paired"] else "standard error, unpaired (Welch)"
+        text += f" +- {scale * c['std']:.{digits}f} ({spread}; 95% CI [{scale * lo:+.{digits}f}, {scale * hi:+.{digits}f}]"
+        text += f", {c['n']} seeds)"
         more, less = ("more", "fewer") if c["metric"].endswith("threshold") else ("higher", "lower")
         if lo > 0 or hi < 0:
             text += f": {c['a']} is {more if lo > 0 else less} than {c['b']} beyond the seed spread."
