@@ -3,8 +3,8 @@
 # (ours only), alternated old/new for ROUNDS rounds in one sitting, each run writing its result
 # file to benchmarks/results/ab/<tag>/; then benchmarks/cpu_ab_summary.py writes the medians and
 # new/old ratios. Usage: benchmarks/cpu_ab.sh OLD_WORKTREE TAG [ROUNDS]
-# (BENCHES="grpo_step" times that benchmark only; default "sampler grpo_step")
-# (e.g. `git worktree add --detach /tmp/old 945197d`).
+# (e.g. `git worktree add --detach /tmp/old 945197d`); BENCHES="grpo_step" times that benchmark
+# only (default "sampler grpo_step").
 set -euo pipefail
 old=${1:?give a worktree of the older commit}
 tag=${2:?give a tag for the result folder}
