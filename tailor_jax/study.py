@@ -292,7 +292,10 @@ def run_study(study: Study, *, parallel: int = 1, log: Callable[[str], None] = _
 
 def _last_line(path: Path) -> str:
     lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()] if path.is_file() else []
-    return lines[-1].strip()[:300] if lines else "(no output)"
+    if not lines:
+        return "(no output)"
+    last = lines[-1].strip()
+    return last if len(last) <= 500 else last[:500] + " [...]"
 
 
 def cell_stage_hashes(cell: Cell) -> dict[str, list[str]]:

@@ -28,7 +28,7 @@ from tailor_jax.data.jsonl import write_jsonl
 from tailor_jax.errors import TailorError
 from tailor_jax.tasks import get_task
 from tailor_jax.train import checkpoint as checkpoint_lib
-from tailor_jax.train.checkpoint import Checkpointer, TrainCheckpoint, abstract_like
+from tailor_jax.train.checkpoint import MANIFEST_NAME, Checkpointer, TrainCheckpoint, abstract_like
 from tailor_jax.train.guard import NonFiniteError, NonFiniteGuard
 from tailor_jax.train.grpo import make_apply_fn
 from tailor_jax.train.state import TrainState
@@ -135,6 +135,33 @@ def test_sigkill_while_a_checkpoint_is_written_resumes_from_the_previous_one(tmp
     assert "RESUMED_FROM 6" in resumed.stdout and "9" in resumed.stderr
     final = load_npz(tmp_path / "final.npz")
     assert final.keys() == uninterrupted.keys() and all(np.array_equal(final[k], uninterrupted[k]) for k in final)
+
+
+def test_sigkill_while_the_first_checkpoint_is_sealed_starts_over(tmp_path, uninterrupted):
+    """Found by CI: a study cell killed between Orbax's commit of its first GRPO step and the
+    manifest could never resume ("no intact checkpoint"), although nothing was damaged."""
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    run_worker(tmp_path / "killed", "--sync", "--kill-sealing", "3", expect_rc=-signal.SIGKILL)
+    assert [p.name for p in checkpoints.iterdir() if p.name.isdigit()] == ["3"]
+    resumed = run_worker(tmp_path / "killed", "--sync", "--out", str(tmp_path / "final.npz"))
+    assert "RESUMED_FROM" not in resumed.stdout
+    assert "3.unsealed" in resumed.stderr and "training from the start" in resumed.stderr
+    assert (checkpoints / "3.unsealed" / "params").is_dir()  # moved aside, not deleted
+    final = load_npz(tmp_path / "final.npz")
+    assert final.keys() == uninterrupted.keys() and all(np.array_equal(final[k], uninterrupted[k]) for k in final)
+
+
+def test_an_unsealed_step_with_damaged_older_ones_still_stops(tmp_path):
+    """Starting over is only for a run whose one checkpoint never got sealed: a damaged older
+    step means something else is wrong, so nothing is touched."""
+    params, opt_state = save_steps(tmp_path, [1, 2])
+    scribble(largest_shard(tmp_path / "1"))
+    (tmp_path / "2" / MANIFEST_NAME).unlink()
+    before = snapshot(tmp_path)
+    with Checkpointer(tmp_path, SYNC, log=lambda m: None) as checkpointer:
+        with pytest.raises(TailorError, match="no intact checkpoint.*step 2: no tailor_manifest.json.*step 1: .*checksum"):
+            checkpointer.restore_latest(TrainCheckpoint(0, abstract_like(params), abstract_like(opt_state)))
+    assert snapshot(tmp_path) == before
 
 
 def test_a_run_directory_copied_elsewhere_resumes(tmp_path, uninterrupted):

@@ -17,8 +17,10 @@ older steps once a newer, sealed, finite one exists.
 Resume. `restore_latest` walks the steps newest first: a step whose manifest is missing or
 unreadable, whose files are missing, truncated or changed (checksum), or whose restored arrays
 are not all finite, is skipped; the newest intact step is restored, and the skipped newer ones
-are reported in one line each and moved aside to `<step>.corrupt` (never deleted). When there
-are steps but none is intact, TailorError is raised and no file is touched. A restore that fails
+are reported in one line each and moved aside to `<step>.corrupt` (never deleted). A run killed
+while sealing its first checkpoint leaves one unsealed step and nothing else: it is moved aside to
+`<step>.unsealed` and the run starts from the beginning, as if that save had not begun. In every
+other case where there are steps but none is intact, TailorError is raised and no file is touched. A restore that fails
 for any other reason (e.g. the model no longer matches the checkpoint) raises TailorError and
 touches no file.
 
@@ -59,9 +61,12 @@ from orbax.checkpoint import checkpoint_managers as preservation_lib  # public: 
 
 from tailor_jax.config import CheckpointConfig
 from tailor_jax.errors import TailorError
-from tailor_jax.train.manifest import MANIFEST_NAME, check_manifest, write_manifest  # noqa: F401 (re-exported)
+from tailor_jax.train.manifest import (  # noqa: F401 (write_manifest re-exported)
+    MANIFEST_NAME, UNSEALED, check_manifest, write_manifest,
+)
 
 CORRUPT_SUFFIX = ".corrupt"
+UNSEALED_SUFFIX = ".unsealed"
 ITEM_NAMES = ("params", "opt_state", "meta", "data_state", "config")
 _FORMAT_VERSION = 1
 
@@ -325,15 +330,18 @@ class Checkpointer:
 
     def restore_latest(self, target: TrainCheckpoint) -> TrainCheckpoint | None:
         """Resume point: the newest intact checkpoint (files match the manifest, arrays finite),
-        or None when the directory holds no checkpoint at all.
+        or None when the directory holds no usable checkpoint and nothing in it is damaged.
 
         Unusable newer steps are reported (one line each) and moved aside to `<step>.corrupt`,
-        but only once an intact step has been restored: when none is intact this raises
-        TailorError and moves nothing.
+        but only once an intact step has been restored. A directory whose only step is unsealed
+        (the process died while saving the run's first checkpoint) is the same as an empty one:
+        that step is moved aside to `<step>.unsealed` and training starts from the beginning.
+        Otherwise, when no step is intact, this raises TailorError and moves nothing.
         """
         self.wait()
+        steps = sorted(self.all_steps(), reverse=True)
         unusable: list[tuple[int, str]] = []
-        for step in sorted(self.all_steps(), reverse=True):
+        for step in steps:
             problem = self._check_files(step)
             if problem is None:
                 restored = self._restore_step(step, target)
@@ -343,6 +351,9 @@ class Checkpointer:
                     return restored
                 problem = "its arrays hold NaN or inf"
             unusable.append((step, problem))
+        if len(steps) == 1 and unusable == [(steps[0], UNSEALED)]:
+            self._set_aside(steps[0], UNSEALED, suffix=UNSEALED_SUFFIX, then="no earlier checkpoint: training from the start")
+            return None
         if unusable:
             listed = "; ".join(f"step {step}: {problem}" for step, problem in unusable)
             raise TailorError(
@@ -383,18 +394,20 @@ class Checkpointer:
         )
 
     # --- unusable checkpoints ------------------------------------------------------------
-    def _set_aside(self, step: int, problem: str) -> None:
+    def _set_aside(
+        self, step: int, problem: str, *, suffix: str = CORRUPT_SUFFIX, then: str = "using an earlier checkpoint"
+    ) -> None:
         source = self.step_dir(step)
-        destination = self.directory / f"{step}{CORRUPT_SUFFIX}"
-        suffix = 1
+        destination = self.directory / f"{step}{suffix}"
+        n = 1
         while destination.exists():
-            destination = self.directory / f"{step}{CORRUPT_SUFFIX}{suffix}"
-            suffix += 1
+            destination = self.directory / f"{step}{suffix}{n}"
+            n += 1
         if jax.process_index() == 0:
             source.rename(destination)
             self._log(
                 f"checkpoint {source} is incomplete or corrupted ({problem}); "
-                f"moved it to {destination.name} and using an earlier checkpoint"
+                f"moved it to {destination.name}; {then}"
             )
         if jax.process_count() > 1:
             ocp.multihost.sync_global_processes("tailor_checkpoint_set_aside")

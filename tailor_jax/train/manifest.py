@@ -28,6 +28,9 @@ from tailor_jax.atomic import write_json
 
 MANIFEST_NAME = "tailor_manifest.json"
 MANIFEST_FORMAT = 2  # 1: {"files": {name: size}}; 2: {"files": {name: {"size": n, "crc32": c}}}
+# check_manifest's verdict on a step Orbax committed but the seal never reached: the process died
+# between the two (a SIGKILL during the save), not damage to a finished checkpoint.
+UNSEALED = f"no {MANIFEST_NAME} (the save did not finish)"
 _CHUNK_BYTES = 8 << 20
 _THREADS = max(1, min(8, os.cpu_count() or 1))
 
@@ -77,7 +80,7 @@ def check_manifest(step_dir: epath.Path) -> str | None:
     """None if every file of the step matches its manifest, else a short description of the problem."""
     path = step_dir / MANIFEST_NAME
     if not path.exists():
-        return f"no {MANIFEST_NAME} (the save did not finish)"
+        return UNSEALED
     try:
         expected = json.loads(path.read_text())["files"]
         expected = {name: entry if isinstance(entry, dict) else {"size": int(entry)} for name, entry in expected.items()}
