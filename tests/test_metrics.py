@@ -119,6 +119,26 @@ def test_appends_on_resume_and_last_record_wins(tmp_path):
     assert not (tmp_path / "tensorboard").exists()
 
 
+def test_a_record_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
+    with MetricsWriter(tmp_path, tensorboard=False) as writer:
+        writer.write(1, {"loss": 3.0})
+    path = tmp_path / "metrics.jsonl"
+    with open(path, "a") as handle:
+        handle.write('{"step": 2, "time": 1.0, "lo')  # the process died in this write
+    assert [r["step"] for r in read_metrics(path)] == [1]  # readable meanwhile (e.g. by a report)
+    with MetricsWriter(tmp_path, tensorboard=False) as writer:  # resumed from step 1
+        writer.write(2, {"loss": 1.5})
+    assert [(r["step"], r["loss"]) for r in read_metrics(path)] == [(1, 3.0), (2, 1.5)]
+    assert path.read_text().count("\n") == 2
+
+
+def test_an_unreadable_record_in_the_middle_is_named(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 3.0}\n{"step": 2, "lo\n{"step": 3, "loss": 1.0}\n')
+    with pytest.raises(TailorError, match=r"metrics.jsonl, line 2: not a metrics record"):
+        read_metrics(path)
+
+
 def test_non_primary_writes_nothing(tmp_path):
     with MetricsWriter(tmp_path / "run", is_primary=False) as writer:
         writer.write(1, {"loss": 1.0})

@@ -77,7 +77,9 @@ class MetricsWriter:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if wandb is not None:  # first: a missing package fails before any file is opened
             self._wandb = _start_wandb(self.run_dir, wandb, config)
-        self._jsonl = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        path = self.run_dir / "metrics.jsonl"
+        _drop_unfinished_record(path)
+        self._jsonl = open(path, "a", encoding="utf-8")
         if tensorboard:
             from tensorboardX import SummaryWriter
 
@@ -116,14 +118,37 @@ class MetricsWriter:
         self.close()
 
 
+def _drop_unfinished_record(path: Path) -> None:
+    """Cut a last line without its newline: a record whose write was interrupted (a kill, a power
+    cut). Appending after it would join the next record onto it and make both unreadable. Its
+    step is after the checkpoint the run resumes from, so it is logged again."""
+    data = path.read_bytes() if path.is_file() else b""
+    if data and not data.endswith(b"\n"):
+        with open(path, "rb+") as handle:
+            handle.truncate(data.rfind(b"\n") + 1)
+
+
 def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """The records of a metrics.jsonl file; for steps logged twice (after a resume) the last wins."""
+    """The records of a metrics.jsonl file; for steps logged twice (after a resume) the last wins.
+
+    A last line without its newline (a write cut short; the writer drops it when the run resumes)
+    is ignored; any other unreadable line raises TailorError naming the file and line.
+    """
     by_step: dict[int, dict] = {}
     with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                record = json.loads(line)
-                by_step.setdefault(record["step"], {}).update(record)
+        lines = handle.read().split("\n")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            step = int(record["step"])
+        except (ValueError, KeyError, TypeError):
+            if number == len(lines):  # no newline after it: the write did not finish
+                continue
+            raise TailorError(f"{path}, line {number}: not a metrics record ({line[:80]!r}); "
+                              "delete that line or restore the file from a copy") from None
+        by_step.setdefault(step, {}).update(record)
     return [by_step[step] for step in sorted(by_step)]
 
 
