@@ -24,7 +24,8 @@ import optax
 from flax import nnx
 
 from tailor_jax.config import CheckpointConfig
-from tailor_jax.train.checkpoint import Checkpointer, TrainCheckpoint, abstract_like, install_preemption_handler
+from tailor_jax.train.checkpoint import Checkpointer, TrainCheckpoint, abstract_like
+from tailor_jax.train.preemption import install_preemption_handler
 
 
 class ToyModel(nnx.Module):

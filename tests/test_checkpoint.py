@@ -26,8 +26,8 @@ from tailor_jax.train.checkpoint import (
     Checkpointer,
     TrainCheckpoint,
     abstract_like,
-    install_preemption_handler,
 )
+from tailor_jax.train.preemption import install_preemption_handler
 
 WORKER = Path(__file__).with_name("ckpt_worker.py")
 SYNC = CheckpointConfig(every_steps=1, keep=10, async_save=False)

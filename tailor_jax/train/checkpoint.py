@@ -26,7 +26,7 @@ touches no file.
 
 Typical loop:
 
-    preemption = install_preemption_handler()
+    preemption = install_preemption_handler()  # tailor_jax.train.preemption
     with Checkpointer(run_dir / "checkpoints", cfg.checkpoint) as checkpointer:
         restored = checkpointer.restore_latest(TrainCheckpoint(0, abstract_params, abstract_opt))
         start = restored.step if restored else 0
@@ -45,11 +45,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -443,71 +441,3 @@ def _rng_from_json(stored: dict | None, like: Any) -> jax.Array | None:
     key = jax.random.wrap_key_data(data, impl=stored["impl"]) if stored["typed"] else data
     sharding = getattr(like, "sharding", None)
     return jax.device_put(key, sharding) if sharding is not None else key
-
-
-# --------------------------------------------------------------------------------------------
-# Preemption: signals only set a flag; the training loop saves and exits at a step boundary.
-class PreemptionFlag:
-    """Set by SIGTERM/SIGINT (see `install_preemption_handler`); checked once per step."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self.signal_name: str | None = None
-        self._previous: dict[int, Any] = {}
-
-    @property
-    def requested(self) -> bool:
-        return self._event.is_set()
-
-    def request(self, signal_name: str = "request") -> None:
-        self.signal_name = signal_name
-        self._event.set()
-
-    def reached(self, step: int) -> bool:
-        """True when the loop should save and stop after `step`; the same answer on every process.
-
-        With several processes a signal may reach only some hosts, and a save needs all of them,
-        so the flags (and JAX's preemption sync point, when its service runs) are OR-ed across
-        processes with one small all-gather per call.
-        """
-        if jax.process_count() == 1:
-            return self.requested
-        from jax.experimental import multihost_utils
-
-        local = self.requested
-        try:
-            local = bool(multihost_utils.reached_preemption_sync_point(step)) or local
-        except RuntimeError:  # the preemption sync service is not running
-            pass
-        return bool(np.any(multihost_utils.process_allgather(np.asarray(local))))
-
-    def uninstall(self) -> None:
-        """Put back the signal handlers that were there before."""
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
-
-
-def install_preemption_handler(
-    signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT),
-    *,
-    log: Callable[[str], None] = _stderr,
-) -> PreemptionFlag:
-    """Make SIGTERM/SIGINT request a save-and-exit at the current step instead of killing.
-
-    The handler only sets a flag (saving inside a signal handler could deadlock). A second
-    SIGINT while the flag is set raises KeyboardInterrupt, so Ctrl-C twice still stops a hung run.
-    Must be called from the main thread.
-    """
-    flag = PreemptionFlag()
-
-    def handle(signum, frame):
-        name = signal.Signals(signum).name
-        if flag.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        flag.request(name)
-        log(f"received {name}: saving a checkpoint at the current step, then exiting")
-
-    for signum in signals:
-        flag._previous[signum] = signal.signal(signum, handle)
-    return flag

@@ -30,9 +30,10 @@ from tqdm import tqdm
 
 from tailor_jax.config import CheckpointConfig, config_to_dict, dump_config
 from tailor_jax.errors import TailorError
-from tailor_jax.train.checkpoint import Checkpointer, TrainCheckpoint, install_preemption_handler
+from tailor_jax.train.checkpoint import Checkpointer, TrainCheckpoint
 from tailor_jax.train.guard import NonFiniteGuard, describe_last_checkpoint
 from tailor_jax.train.metrics import MetricsWriter, Progress, WandbConfig
+from tailor_jax.train.preemption import install_preemption_handler
 from tailor_jax.train.state import TrainState
 
 
