@@ -168,8 +168,12 @@ def test_driver_skips_resumes_and_reruns(tmp_path, fake_stages):
 
     calls.clear()  # a changed GRPO config: its directory is cleared and it runs again, then eval
     changed = micro_config(tmp_path / "run", grpo={**MICRO["grpo"], "steps": 13})
-    run_lib.execute(changed, log=quiet)
+    messages = []
+    run_lib.execute(changed, log=messages.append)
     assert calls == [("grpo", "clean"), ("eval", "clean"), ("report", "kept")]
+    cleared = [m for m in messages if "cleared" in m]  # what was thrown away is said, stage by stage
+    assert len(cleared) == 2 and "[4/6] grpo: its config or an earlier stage changed" in cleared[0]
+    assert str(tmp_path / "run" / "eval") in cleared[1]
 
 
 def test_schedule_errors_stop_the_plan_before_any_stage(tmp_path):

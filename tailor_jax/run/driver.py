@@ -107,7 +107,11 @@ def execute(cfg: RunConfig, *, log: Callable[[str], None] = _say, only: Collecti
             log(f"{prefix}: skipped (done, hash {stage.hash}): {summaries[stage.name]}")
             continue
         if stage.status == "fresh" and directory.exists():
+            old = (read_stage(directory) or {}).get("hash")
             shutil.rmtree(directory)  # another config's (or a torn) output
+            if old is not None:  # say what was thrown away: it may have been hours of training
+                log(f"{prefix}: its config or an earlier stage changed (hash {old} -> {stage.hash}); "
+                    f"cleared {directory} to run it again")
         if stage.name != "report":
             previous = read_stage(directory) or {}
             write_stage(directory, {"hash": stage.hash, "status": "running", "seconds": previous.get("seconds", 0.0)})
