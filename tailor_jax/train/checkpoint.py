@@ -20,9 +20,9 @@ are not all finite, is skipped; the newest intact step is restored, and the skip
 are reported in one line each and moved aside to `<step>.corrupt` (never deleted). A run killed
 while sealing its first checkpoint leaves one unsealed step and nothing else: it is moved aside to
 `<step>.unsealed` and the run starts from the beginning, as if that save had not begun. In every
-other case where there are steps but none is intact, TailorError is raised and no file is touched. A restore that fails
-for any other reason (e.g. the model no longer matches the checkpoint) raises TailorError and
-touches no file.
+other case where there are steps but none is intact, TailorError is raised and no file is
+touched. A restore that fails for any other reason (e.g. the model no longer matches the
+checkpoint) raises TailorError and touches no file.
 
 Typical loop:
 
@@ -350,7 +350,9 @@ class Checkpointer:
                 problem = "its arrays hold NaN or inf"
             unusable.append((step, problem))
         if len(steps) == 1 and unusable == [(steps[0], UNSEALED)]:
-            self._set_aside(steps[0], UNSEALED, suffix=UNSEALED_SUFFIX, then="no earlier checkpoint: training from the start")
+            self._set_aside(
+                steps[0], UNSEALED, suffix=UNSEALED_SUFFIX, then="no earlier checkpoint: training from the start"
+            )
             return None
         if unusable:
             listed = "; ".join(f"step {step}: {problem}" for step, problem in unusable)
