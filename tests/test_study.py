@@ -184,6 +184,20 @@ def _fake_cell(study_dir: Path, name: str, sft_acc: float, rl_acc: float, curve:
     (cell / "grpo" / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
 
 
+def test_cells_already_at_the_threshold_before_rl_are_counted(tmp_path):
+    # a cell at the threshold at GRPO step 0 has "0 steps to the threshold": the report says how
+    # many such cells a method has, since they say nothing about how fast RL rises
+    study_dir = tmp_path / "s"
+    _fake_cell(study_dir, "strong-0", 0.9, 0.95, [0.9, 0.95, 0.95])
+    _fake_cell(study_dir, "weak-0", 0.5, 0.9, [0.5, 0.85, 0.9])
+    cells = [{"name": "strong-0", "values": {"seed": 0, "method": "strong"}},
+             {"name": "weak-0", "values": {"seed": 0, "method": "weak"}}]
+    (study_dir / "study.json").write_text(json.dumps({"axes": {"seed": [0], "method": ["strong", "weak"]},
+                                                       "replicate_axis": "seed", "threshold": 0.8, "cells": cells}))
+    text = study_report.write_study_report(study_dir).read_text()
+    assert "cells reaching it: strong 1 of 1 (1 before RL), weak 1 of 1." in text
+
+
 def test_study_report_statistics_by_hand(tmp_path):
     study_dir = tmp_path / "s"
     cells = []

@@ -173,7 +173,9 @@ def summarize(study: dict) -> dict[str, Any]:
     for label, cells in study["methods"].items():
         evaluated = [c for c in cells if "sft_acc" in per_cell[c["name"]]]
         methods[label] = {"cells": [c["name"] for c in cells], "evaluated": len(evaluated),
-                          "reached_threshold": sum("steps_to_threshold" in per_cell[c["name"]] for c in cells)}
+                          "reached_threshold": sum("steps_to_threshold" in per_cell[c["name"]] for c in cells),
+                          # there before RL's first step: such a cell says nothing about how fast RL rises
+                          "at_threshold_before_rl": sum(per_cell[c["name"]].get("steps_to_threshold") == 0 for c in cells)}
         for key in keys:
             methods[label][key] = mean_interval([per_cell[c["name"]][key] for c in cells if key in per_cell[c["name"]]])
     comparisons = []
@@ -341,6 +343,14 @@ def describe_comparison(c: dict) -> str:
     return text
 
 
+def _reached(label: str, method: dict) -> str:
+    """"tailor 2 of 3 (1 before RL)": how many cells reached the threshold, and how many of those
+    were there at GRPO step 0 (summaries written before that count existed lack it)."""
+    text = f"{label} {method['reached_threshold']} of {len(method['cells'])}"
+    before = method.get("at_threshold_before_rl", 0)
+    return text + (f" ({before} before RL)" if before else "")
+
+
 def markdown(study: dict, summary: dict, plots: dict[str, Path]) -> str:
     base = study["dir"]
     methods = summary["methods"]
@@ -358,8 +368,7 @@ def markdown(study: dict, summary: dict, plots: dict[str, Path]) -> str:
     for label, m in methods.items():
         lines.append(f"| {label} | " + " | ".join(_fmt(m.get(k), *METRIC_NAMES[k][1:]) for k in METRIC_NAMES) + " |")
     lines += ["", f"Threshold for steps / seconds: held-out accuracy >= {100 * summary['threshold']:.0f}% on the GRPO "
-              "trainer's periodic eval; cells reaching it: " + ", ".join(f"{k} {m['reached_threshold']} of {len(m['cells'])}"
-                                                                        for k, m in methods.items()) + ".", ""]
+              "trainer's periodic eval; cells reaching it: " + ", ".join(_reached(k, m) for k, m in methods.items()) + ".", ""]
     lines += ["## Comparisons", ""]
     lines += [f"- {describe_comparison(c)}" for c in summary["comparisons"]] or ["(one method only)"]
     for prefix, title in (("sft_acc", "after SFT"), ("rl_acc", "after RL")):
