@@ -5,6 +5,10 @@ renamed over the target once complete, so an interrupted write (SIGKILL, a full 
 exception) never leaves a torn file and never clobbers the previous version. The one copy of
 this pattern in the package: JSON-lines, JSON, YAML and Markdown outputs, stage markers,
 checkpoint manifests and exported model directories all go through it.
+
+`one_writer(directory, command)` is the other half: one process at a time writes a run, stage or
+study directory, so two copies of a command (a relaunch while the first still runs) cannot
+interleave their checkpoints and metrics.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from tailor_jax.errors import TailorError
 
 
 @contextlib.contextmanager
@@ -67,3 +73,26 @@ def replace_dir(final: str | os.PathLike, write: Callable[[Path], None]) -> None
     write(tmp)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
+
+
+LOCK_NAME = ".lock"
+
+
+@contextlib.contextmanager
+def one_writer(directory: str | os.PathLike, command: str) -> Iterator[None]:
+    """Hold an exclusive lock on `directory` (created if missing) while the block runs; TailorError
+    (one line) when another process holds it. The OS drops the lock when its holder exits, however
+    it ends (a SIGKILL included), so a stale lock never blocks a rerun."""
+    import fcntl
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / LOCK_NAME, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise TailorError(
+                f"another process is writing {directory} (`{command}` started twice?); wait for it or stop it "
+                "first, or give this one another directory"
+            ) from None
+        yield

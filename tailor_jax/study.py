@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 
 from tailor_jax.config import apply_overrides, config_from_dict, read_yaml
-from tailor_jax.atomic import write_json
+from tailor_jax.atomic import one_writer, write_json
 from tailor_jax.errors import TailorError
 from tailor_jax.stage_cache import STAGE_FILE, read_stage
 
@@ -323,19 +323,6 @@ def write_manifest(study: Study) -> Path:
     return path
 
 
-def _lock(study_dir: Path):
-    """One `study` process per study directory (the lock goes with the process, however it ends)."""
-    import fcntl
-
-    study_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(study_dir / ".lock", "w")  # noqa: SIM115 (held for the process's life)
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        raise TailorError(f"another `tailor-jax study` is running in {study_dir}; wait for it or stop it first") from None
-    return handle
-
-
 # ---------------------------------------------------------------------------------------
 # CLI.
 def register(subparsers) -> None:
@@ -360,11 +347,8 @@ def run(args) -> int:
             print(f"  [{i}/{len(study.cells)}] {cell.name:<40} {state:<8} " + " ".join(f"{k}={json.dumps(v)}" for k, v in cell.values.items()))
         return 0
     check_cells(study)  # every cell valid before anything is written (run_study checks again, under the lock)
-    lock = _lock(study.study_dir)
-    try:
+    with one_writer(study.study_dir, "tailor-jax study"):
         failed = run_study(study, parallel=args.parallel)
-    finally:
-        lock.close()
     from tailor_jax.eval import study_report
 
     path = study_report.write_study_report(study.study_dir)

@@ -15,6 +15,7 @@ import optax
 import pytest
 
 from tailor_jax.config import CheckpointConfig
+from tailor_jax.errors import TailorError
 from tailor_jax.train.guard import NonFiniteError
 from tailor_jax.train.loop import LoopConfig, StepOutput, run_loop
 from tailor_jax.train.state import TrainState
@@ -114,3 +115,20 @@ def test_a_non_finite_step_stops_before_anything_after_it_is_saved(tmp_path):
     with pytest.raises(NonFiniteError, match=r"sft step 3: .*NaN or inf"):
         run_loop(_loop(tmp_path, 10), trainer, _state())
     assert _saved(tmp_path) == [2] and trainer.closed
+
+
+def test_a_second_trainer_in_the_same_run_directory_stops_before_writing(tmp_path):
+    run_loop(_loop(tmp_path, 2), ToyTrainer(), _state())  # the lock is released when a run ends
+    before = (tmp_path / "metrics.jsonl").read_text()
+
+    class RelaunchedMidway(ToyTrainer):  # a second copy started while the first trains
+        def step(self, state, step):
+            if step == 3:
+                with pytest.raises(TailorError, match=f"another process is writing {tmp_path} .*tailor-jax sft"):
+                    run_loop(_loop(tmp_path, 4), ToyTrainer(), _state())
+            return super().step(state, step)
+
+    run_loop(_loop(tmp_path, 4), RelaunchedMidway(), _state())
+    text = (tmp_path / "metrics.jsonl").read_text()
+    assert text.startswith(before)  # the second copy wrote nothing: only the first one's steps follow
+    assert [json.loads(line)["step"] for line in text[len(before):].splitlines()] == [3, 4]

@@ -176,6 +176,28 @@ def test_driver_skips_resumes_and_reruns(tmp_path, fake_stages):
     assert str(tmp_path / "run" / "eval") in cleared[1]
 
 
+def test_a_run_started_twice_stops_the_second_before_it_writes(tmp_path, fake_stages):
+    """Another process holds the run directory (a relaunch while the first copy still runs): the
+    second stops with one line; once the holder is gone (SIGKILL included) a rerun proceeds."""
+    cfg = micro_config(tmp_path / "run")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from tailor_jax.atomic import one_writer\n"
+         "with one_writer(sys.argv[1], 'tailor-jax run'):\n    print('held', flush=True); time.sleep(600)",
+         str(tmp_path / "run")],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(TailorError, match=r"another process is writing .*run \(`tailor-jax run` started twice\?\)"):
+            run_lib.execute(cfg, log=lambda message: None)
+        assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock"]  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    calls, _ = fake_stages
+    run_lib.execute(cfg, log=lambda message: None)  # the kill released the lock
+    assert [name for name, _ in calls] == ["data", "warm_start", "sft", "grpo", "eval", "report"]
+
+
 def test_schedule_errors_stop_the_plan_before_any_stage(tmp_path):
     cfg = micro_config(tmp_path / "run", sft={**MICRO["sft"], "optimizer": {"lr": 1e-3, "warmup_steps": 50}})
     with pytest.raises(TailorError, match=r"sft.optimizer: warmup_steps \(50\) exceeds the total number of steps \(40\)"):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
 import sys
@@ -11,8 +12,10 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Literal
 
+import jax
 import yaml
 
+from tailor_jax.atomic import one_writer
 from tailor_jax.config import config_to_dict, dump_config
 from tailor_jax.errors import TailorError
 from tailor_jax.run import checks
@@ -96,6 +99,12 @@ def execute(cfg: RunConfig, *, log: Callable[[str], None] = _say, only: Collecti
     if device_limit_gib(cfg.device_memory_gib or sft_config(cfg).memory.device_memory_gib)[0] is not None:
         checks.memory_plan(cfg, log)  # a known device: stop before any stage if one cannot fit
     run_dir.mkdir(parents=True, exist_ok=True)
+    with one_writer(run_dir, "tailor-jax run") if jax.process_index() == 0 else contextlib.nullcontext():
+        return _execute_stages(cfg, stages, log)
+
+
+def _execute_stages(cfg: RunConfig, stages: list[PlannedStage], log: Callable[[str], None]) -> dict[str, str]:
+    run_dir = Path(cfg.run_dir)
     dump_config(cfg, run_dir / "config.yaml")
     summaries: dict[str, str] = {}
     start_all = time.perf_counter()

@@ -18,6 +18,7 @@ run continues from exactly the state, RNG and data position it saved.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 from collections.abc import Mapping
@@ -28,6 +29,7 @@ import jax
 import jax.numpy as jnp
 from tqdm import tqdm
 
+from tailor_jax.atomic import one_writer
 from tailor_jax.config import CheckpointConfig, config_to_dict, dump_config
 from tailor_jax.errors import TailorError
 from tailor_jax.train.checkpoint import Checkpointer, TrainCheckpoint
@@ -143,8 +145,14 @@ def restore_into(state: TrainState, restored: TrainCheckpoint) -> TrainState:
 
 
 def run_loop(loop: LoopConfig, trainer: Trainer, state: TrainState) -> LoopResult:
-    """Restore the newest intact checkpoint (if any), then train from its step to `loop.steps`."""
+    """Restore the newest intact checkpoint (if any), then train from its step to `loop.steps`.
+    One process at a time trains in a run directory (process 0 holds its lock)."""
     primary = jax.process_index() == 0
+    with one_writer(loop.run_dir, f"tailor-jax {loop.stage}") if primary else contextlib.nullcontext():
+        return _run_loop(loop, trainer, state, primary)
+
+
+def _run_loop(loop: LoopConfig, trainer: Trainer, state: TrainState, primary: bool) -> LoopResult:
     metrics_log = MetricsWriter(loop.run_dir, is_primary=primary, wandb=loop.wandb, config=loop.config)
     preemption = install_preemption_handler()
     guard = NonFiniteGuard(loop.stage, loop.nonfinite, loop.max_consecutive_skips)
