@@ -122,10 +122,17 @@ def _drop_unfinished_record(path: Path) -> None:
     """Cut a last line without its newline: a record whose write was interrupted (a kill, a power
     cut). Appending after it would join the next record onto it and make both unreadable. Its
     step is after the checkpoint the run resumes from, so it is logged again."""
-    data = path.read_bytes() if path.is_file() else b""
-    if data and not data.endswith(b"\n"):
-        with open(path, "rb+") as handle:
-            handle.truncate(data.rfind(b"\n") + 1)
+    if not path.is_file():
+        return
+    with open(path, "rb+") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        handle.seek(size - 1)
+        if handle.read(1) == b"\n":
+            return  # the usual case: one byte read, not the whole file
+        handle.seek(0)
+        handle.truncate(handle.read().rfind(b"\n") + 1)
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
