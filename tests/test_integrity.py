@@ -343,6 +343,17 @@ def test_a_pool_too_large_for_its_level_fails_the_dry_run(tmp_path):
     assert "people=2" in lines[0] and "at most 399 distinct problems" in lines[0] and "data.num_train" in lines[0]
 
 
+@pytest.mark.parametrize("override, knob", [("grpo.rollout.max_new_tokens=1024", "grpo.rollout.max_new_tokens"),
+                                            ("sft.data.seq_len=2048", "sft.data.seq_len")])
+def test_a_context_past_the_models_positions_fails_the_dry_run(tmp_path, override, knob):
+    """kk-tiny's model has max_position_embeddings 1024: RoPE would run past it without a word."""
+    result = _dry_run(ROOT / "configs" / "kk-tiny.yaml", f"run_dir={tmp_path / 'run'}", override)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "max_position_embeddings (1024)" in lines[0] and f"lower {knob}" in lines[0], lines[0]
+    assert not (tmp_path / "run").exists()
+
+
 def test_kk_counts_match_the_generator():
     """The exact count for people=2 is what the generator can reach: it gives every one of them
     (and no more) when asked for all (the last few take more draws than its budget, so ask for

@@ -351,6 +351,8 @@ def test_module_level_generate_reuses_its_sampler(tiny):
     (dict(max_new_tokens=0), "max_new_tokens"),
     (dict(num_samples=0), "num_samples"),
     (dict(eos_token_ids=[500]), "eos_token_ids"),
+    (dict(max_new_tokens=1023), r"prompts of up to 2 tokens \+ max_new_tokens 1023 = 1025 positions, more than the "
+                                r"model's max_position_embeddings \(1024\)"),
 ])
 def test_bad_generate_arguments_raise_one_line(tiny, bad, message):
     _, sampler = tiny

@@ -322,6 +322,7 @@ def _snapshot(run_dir: Path) -> dict:
         ("batch_size=0", "batch_size must be >= 1"),
         ("accum_steps=3", "multiple of accum_steps"),
         ("data.seq_len=1", "seq_len must be >= 2"),
+        ("data.seq_len=1032", "sft: data.seq_len = 1032 positions, more than the model's max_position_embeddings (1024)"),
         ("position_gaps.prob=2", "position_gaps.prob must be in [0, 1]"),
         ("optimizer.lr=-1", "lr must be > 0"),
         ("data.train_file=/nonexistent/train.jsonl", "/nonexistent/train.jsonl not found"),

@@ -139,6 +139,17 @@ class ModelConfig:
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
 
+    def check_context(self, positions: int, what: str, knob: str) -> None:
+        """Stop (one line) when `positions` tokens would run past `max_position_embeddings`.
+        RoPE computes any position, so nothing would fail: a pretrained model would silently
+        degrade past the length it was trained on. `what` names the lengths, `knob` what to lower."""
+        if positions > self.max_position_embeddings:
+            raise TailorError(
+                f"{what} = {positions} positions, more than the model's max_position_embeddings "
+                f"({self.max_position_embeddings}); lower {knob} or, for a model trained from scratch, raise "
+                "model.overrides.max_position_embeddings"
+            )
+
 
 _LLAMA3_ROPE = {
     "rope_type": "llama3",

@@ -1,6 +1,6 @@
 """Checks of a run config before any stage runs, so that a bad config fails in `--dry-run` with
 one line (exit 2), not after hours of training: batch sizes against the mesh, learning-rate
-schedules, input paths, problem sets and pool sizes, the memory plan."""
+schedules, input paths, problem sets and pool sizes, context lengths, the memory plan."""
 
 from __future__ import annotations
 
@@ -165,6 +165,25 @@ def check_pool_sizes(cfg: RunConfig) -> None:
                 f"{key}: {cfg.task} at {level_option}={at} ({_setting(task)}) has at most {most} distinct problems, "
                 f"but {spread} at that level; {fix}"
             )
+
+
+def check_context_lengths(cfg: RunConfig) -> None:
+    """SFT's sequence length and each generation budget within the model's max_position_embeddings
+    (the prompts' lengths are known only once tokenized: the sampler checks them exactly)."""
+    from tailor_jax.train.memory_plan import sft_model_config
+
+    sft = sft_config(cfg)
+    model_cfg, _ = sft_model_config(sft)
+    if model_cfg is None:  # a pretrained directory without config.json: check_input_paths says so
+        return
+    model_cfg.check_context(max(sft.data.buckets or (sft.data.seq_len,)), "sft.data.seq_len", "sft.data.seq_len")
+    budgets = {"eval.max_new_tokens": cfg.eval.max_new_tokens}
+    if sft.eval_samples:
+        budgets["sft.max_new_tokens"] = sft.max_new_tokens
+    if cfg.grpo is not None:
+        budgets["grpo.rollout.max_new_tokens"] = grpo_config(cfg).rollout.max_new_tokens
+    for knob, budget in budgets.items():
+        model_cfg.check_context(budget + 1, f"{knob} {budget} + a prompt of at least one token", knob)
 
 
 def _setting(task) -> str:

@@ -52,6 +52,7 @@ def plan(cfg: RunConfig) -> list[PlannedStage]:
     checks.check_input_paths(cfg)
     checks.check_problem_sets(cfg)
     checks.check_pool_sizes(cfg)
+    checks.check_context_lengths(cfg)
     hashes = stage_hashes(cfg)
     accepted = accepted_hashes(cfg, hashes)
     stages = []

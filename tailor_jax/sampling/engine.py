@@ -343,8 +343,12 @@ class Sampler:
         if any(not 0 <= int(t) < cfg.vocab_size for t in eos):
             raise TailorError(f"eos_token_ids {eos} must lie in the vocabulary [0, {cfg.vocab_size})")
 
+        longest = max(len(p) for p in prompts)
+        cfg.check_context(longest + max_new_tokens, f"sampler: prompts of up to {longest} tokens + max_new_tokens "
+                          f"{max_new_tokens}", "the generation budget (grpo.rollout.max_new_tokens, eval.max_new_tokens, "
+                          "sft.max_new_tokens) or the prompts")
         batch = bucket(len(prompts), minimum=1, multiple=self._batch_multiple())
-        prompt_len = bucket(max(len(p) for p in prompts), minimum=self.min_prompt_bucket)
+        prompt_len = bucket(longest, minimum=self.min_prompt_bucket)
         new_tokens = bucket(max_new_tokens, minimum=self.min_new_token_bucket)
         padded = pad_prompts(prompts, prompt_len, batch, self.pad_id)
         eos_array = np.full((bucket(len(eos), minimum=4),), -1, np.int32)

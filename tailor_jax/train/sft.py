@@ -245,6 +245,9 @@ def train(cfg: SFTConfig, *, generation_budgets: dict[str, int] | None = None) -
             f"data.buckets {list(cfg.data.buckets)}: with {jax.process_count()} processes every host's batch must have "
             "the same length; use data.packing or a single bucket"
         )
+    planned, _ = sft_model_config(cfg)
+    if planned is not None:
+        planned.check_context(max(cfg.data.buckets or (cfg.data.seq_len,)), "sft: data.seq_len", "sft.data.seq_len")
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(cfg, records, task, run_dir)
@@ -252,7 +255,6 @@ def train(cfg: SFTConfig, *, generation_budgets: dict[str, int] | None = None) -
     for warning in short_budgets(cfg, task, tokenizer, records, generation_budgets):
         _log(f"warning: {warning}")
 
-    planned, _ = sft_model_config(cfg)
     if planned is not None:  # stops here, before the weights load, if a stage cannot fit the device
         check_trainer("sft", cfg, planned.replace(vocab_size=max(planned.vocab_size, -(-len(tokenizer) // 8) * 8)), _log)
     model = build_model(cfg, tokenizer, mesh, rules)
