@@ -140,7 +140,22 @@ def load_study(path: str | Path) -> Study:
             raise TailorError(f"{path}: cell {name}: {err}") from None
         config["run_dir"] = str(study_dir / name)
         cells.append(Cell(name, values, overrides, config))
-    return Study(path, study_dir, float(threshold), axes, cells)
+    return Study(path, study_dir, float(threshold), axes, _with_teachers(cells))
+
+
+def _method(cell: Cell) -> str | None:
+    return (cell.config.get("warm_start") or {}).get("method")
+
+
+def _with_teachers(cells: list[Cell]) -> list[Cell]:
+    """Each redistill cell may take its teacher from the study's rule_based cells (run.adopt_teacher
+    uses the first finished one whose stages hash as the teacher's), so the teacher is not
+    trained again when the study already trained the same rule_based run."""
+    rule_based = [str(c.run_dir) for c in cells if _method(c) == "rule_based"]
+    if not rule_based:
+        return cells
+    return [dataclasses.replace(c, config={**c.config, "teacher_from": rule_based})
+            if _method(c) == "redistill" and "teacher_from" not in c.config else c for c in cells]
 
 
 def check_cells(study: Study) -> list[str]:

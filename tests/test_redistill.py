@@ -30,6 +30,9 @@ def fake_training(monkeypatch):
     def fake(name):
         def stage(cfg, out):
             calls.append(f"{Path(cfg.run_dir).name}/{name}")
+            if name == "grpo":  # the exported policy, which the teacher's samples come from
+                (out / "model").mkdir(parents=True, exist_ok=True)
+                (out / "model" / "weights").write_text(f"trained in {cfg.run_dir}")
             return f"{name} ok"
         return stage
 
@@ -85,13 +88,40 @@ def test_teacher_in_the_hash_chain(tmp_path):
     assert "teacher" not in rule_based
 
 
+def test_the_teacher_is_taken_from_a_finished_rule_based_run_of_the_same_config(tmp_path, fake_training):
+    calls, sampled = fake_training
+    other = run_lib.load_run_config(QUICKSTART, [f"run_dir={tmp_path / 'other'}", "data.num_train=20", "data.num_sft_eval=4",
+                                                 "warm_start={method: rule_based}", "seed=3", "grpo.steps=41"])
+    rule_based = run_lib.load_run_config(QUICKSTART, [f"run_dir={tmp_path / 'rule_based'}", "data.num_train=20",
+                                                      "data.num_sft_eval=4", "warm_start={method: rule_based}", "seed=3"])
+    for cfg in (other, rule_based):
+        run_lib.execute(cfg, log=lambda message: None)
+    calls.clear()
+    cfg = redistill_config(tmp_path, "seed=3", f"teacher_from=[{tmp_path / 'missing'}, {other.run_dir}, {rule_based.run_dir}]")
+    run_lib.execute(cfg, log=lambda message: None)
+    # no teacher training: the rule_based run with the same hashes is the teacher (the other one
+    # RL-trained longer, and the missing one, are passed over)
+    assert calls == ["run/sft", "run/grpo", "run/eval", "run/report"]
+    teacher = tmp_path / "run" / "teacher"
+    assert (teacher / "grpo" / "model" / "weights").samefile(tmp_path / "rule_based" / "grpo" / "model" / "weights")
+    assert sampled[-1]["policy_dir"] == str(teacher / "grpo" / "model")
+    assert not list(teacher.glob(".*adopting"))
+    assert [s.status for s in run_lib.plan(cfg)][:6] == ["done"] * 6
+
+    calls.clear()  # without a matching run it trains its own, as before
+    alone = redistill_config(tmp_path, "run_dir=" + str(tmp_path / "alone"), "seed=3", f"teacher_from=[{other.run_dir}]")
+    run_lib.execute(alone, log=lambda message: None)
+    assert calls[:2] == ["teacher/sft", "teacher/grpo"]
+
+
 @pytest.mark.parametrize("override, message", [
     ("warm_start={method: redistill, options: {curate: {}}}", r"warm_start.options \['curate'\] do not apply to redistill"),
     ("grpo=null", "redistill RL-trains its teacher with the grpo section"),
+    (("warm_start={method: rule_based}", "teacher_from=[runs/x]"), "teacher_from applies to warm_start.method redistill only"),
 ])
 def test_bad_redistill_configs_fail_at_load(tmp_path, override, message):
     with pytest.raises(TailorError, match=message):
-        redistill_config(tmp_path, override)
+        redistill_config(tmp_path, *(override if isinstance(override, tuple) else (override,)))
 
 
 def test_a_teacher_that_solves_nothing_is_one_clear_error(tmp_path, fake_training, monkeypatch):

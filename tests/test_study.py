@@ -89,6 +89,19 @@ def test_cells_are_the_grid_in_order_with_variants(tmp_path):
     assert fwd.run_dir == str(tmp_path / "study" / "seed-1_fwd") and fwd.sft["steps"] == 4  # study overrides applied
 
 
+def test_redistill_cells_take_their_teacher_from_the_same_seeds_rule_based_cell(tmp_path):
+    path = write_study(tmp_path, {"seed": [0, 1], "method": {"rule_based": {"warm_start.method": "rule_based"},
+                                                             "redistill": {"warm_start.method": "redistill"}}})
+    cells = {c.name: config_from_dict(run_lib.RunConfig, c.config) for c in load_study(path).cells}
+    assert cells["seed-1_redistill"].teacher_from == (str(tmp_path / "study" / "seed-0_rule_based"),
+                                                      str(tmp_path / "study" / "seed-1_rule_based"))
+    assert not cells["seed-1_rule_based"].teacher_from
+    teacher = run_lib.stage_hashes(run_lib.teacher_config(cells["seed-1_redistill"]))
+    same_seed, other_seed = (run_lib.stage_hashes(cells[f"seed-{s}_rule_based"]) for s in (1, 0))
+    for stage in run_lib.TEACHER_STAGES:  # what run.adopt_teacher matches on
+        assert teacher[stage] == same_seed[stage] and teacher[stage] != other_seed[stage]
+
+
 def test_shipped_studies_validate():
     for path in sorted((REPO / "configs" / "studies").glob("*.yaml")):
         study = load_study(path)

@@ -113,6 +113,10 @@ class RunConfig:
     eval: EvalSection = dataclasses.field(default_factory=EvalSection)
     report: bool = True
     device_memory_gib: float | None = None  # per-device memory for the memory plan (null: detected; CPU: unchecked)
+    # redistill: finished runs to take the teacher from instead of training it (the first whose
+    # data, warm start, SFT and GRPO stages hash as the teacher's: the same config, rule_based);
+    # `tailor-jax study` fills it in with the study's rule_based cells. Paths are not hashed.
+    teacher_from: tuple[str, ...] = ()
 
     def __post_init__(self):
         from tailor_jax.tasks import TASK_MODULES
@@ -127,6 +131,8 @@ class RunConfig:
         require("task" not in (self.grpo or {}), "grpo.task is the run's `task`; remove it")
         require(self.warm_start.method != "redistill" or self.grpo is not None,
                 "warm_start.method redistill RL-trains its teacher with the grpo section; give one (grpo is null)")
+        require(not self.teacher_from or self.warm_start.method == "redistill",
+                f"teacher_from applies to warm_start.method redistill only, not {self.warm_start.method}; remove it")
         if self.warm_start.method == "redistill":
             unknown = sorted(set(self.warm_start.options) - set(REDISTILL_OPTIONS))
             require(not unknown, f"warm_start.options {unknown} do not apply to redistill; it takes {', '.join(REDISTILL_OPTIONS)}")
@@ -181,7 +187,7 @@ def trained_models(cfg: RunConfig) -> list[str]:
 def teacher_config(cfg: RunConfig) -> RunConfig:
     """redistill's teacher: the same run with the rule_based warm start, in RUN_DIR/teacher/."""
     return dataclasses.replace(cfg, run_dir=str(stage_dir(cfg, "teacher")), warm_start=WarmStartSection(method="rule_based"),
-                               report=False)
+                               report=False, teacher_from=())
 
 
 # ---------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import shutil
 import sys
 import time
@@ -26,9 +27,46 @@ from tailor_jax.stage_cache import read_stage, stage_status, write_stage
 
 
 def run_teacher(cfg: RunConfig, out: Path) -> str:
-    """redistill's teacher run (data -> rule_based warm start -> SFT -> GRPO), resumable like any run."""
-    summaries = execute(teacher_config(cfg), only=TEACHER_STAGES, log=lambda message: _say(f"teacher: {message}"))
+    """redistill's teacher run (data -> rule_based warm start -> SFT -> GRPO), resumable like any
+    run, or taken from a finished run of the same config (`teacher_from`)."""
+    teacher = teacher_config(cfg)
+    source = adopt_teacher(teacher, cfg.teacher_from, out)
+    if source is not None:
+        _say(f"teacher: took the trained teacher from {source} (its data, warm_start, sft and grpo stages hash as "
+             "this teacher's), linked instead of trained again")
+    summaries = execute(teacher, only=TEACHER_STAGES, log=lambda message: _say(f"teacher: {message}"))
     return f"rule_based teacher: {summaries['grpo']}"
+
+
+def adopt_teacher(teacher: RunConfig, sources: Collection[str], out: Path) -> Path | None:
+    """Fill OUT (the teacher's run directory) with the stages of the first finished run in
+    `sources` whose data, warm_start, sft and grpo stages are done under the teacher's hashes:
+    the policy the teacher would train from the same config (bitwise so where both run on the same
+    devices and versions: the trainers are deterministic). Files are hard-linked
+    (copied across file systems); done stages are never written again. Returns the source, or
+    None (OUT already holds a finished teacher, or no source matches)."""
+    accepted = accepted_hashes(teacher, stage_hashes(teacher))
+    finished = lambda run: all(stage_status(Path(run) / s, accepted[s]) == "done" for s in TEACHER_STAGES)  # noqa: E731
+    if finished(out):
+        return None
+    source = next((Path(run) for run in sources if finished(run) and (Path(run) / "grpo" / "model").is_dir()), None)
+    if source is None:
+        return None
+    for stage in TEACHER_STAGES:  # each stage swapped in whole: a kill between two leaves OUT to adopt again
+        staging = out / f".{stage}.adopting"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(source / stage, staging, copy_function=_link_or_copy)
+        if (out / stage).exists():
+            shutil.rmtree(out / stage)
+        staging.rename(out / stage)
+    return source
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(src, dst)
 
 
 STAGE_FUNCTIONS: dict[str, Callable[[RunConfig, Path], str]] = {
