@@ -12,6 +12,8 @@ import yaml
 from tailor_jax import run as run_lib
 from tailor_jax.errors import TailorError
 
+from checkpoint_stub import stub_checkpoint
+
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
 
@@ -26,11 +28,7 @@ def test_config_resolves_and_dry_runs(path, tmp_path, capsys):
     run_dir = tmp_path / "run"
     overrides = [f"run_dir={run_dir}"]
     if yaml.safe_load(path.read_text()).get("pretrained"):  # the plan checks the checkpoint is there
-        checkpoint = tmp_path / "checkpoint"
-        checkpoint.mkdir()
-        (checkpoint / "config.json").write_text("{}")
-        (checkpoint / "tokenizer.json").write_text("{}")
-        overrides.append(f"pretrained={checkpoint}")
+        overrides.append(f"pretrained={stub_checkpoint(tmp_path / 'checkpoint', path)}")
     args = argparse.Namespace(config=str(path), overrides=overrides, dry_run=True)
     assert run_lib.run(args) == 0
     out = capsys.readouterr().out

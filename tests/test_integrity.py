@@ -33,6 +33,7 @@ from tailor_jax.train.guard import NonFiniteError, NonFiniteGuard
 from tailor_jax.train.grpo import make_apply_fn
 from tailor_jax.train.state import TrainState
 
+from checkpoint_stub import stub_checkpoint
 from test_checkpoint import (  # noqa: F401 - `uninterrupted` is a fixture (the toy run, not killed)
     SYNC, leaves_equal, load_npz, run_worker, save_steps, snapshot, toy_state, uninterrupted,
 )
@@ -389,10 +390,7 @@ def test_every_shipped_config_runs_its_data_stage(config, tmp_path):
     """The whole data stage at the config's own sizes (each takes a few seconds at most)."""
     overrides = [f"run_dir={tmp_path}"]
     if yaml.safe_load(config.read_text()).get("pretrained"):
-        (tmp_path / "ckpt").mkdir()
-        (tmp_path / "ckpt" / "config.json").write_text("{}")
-        (tmp_path / "ckpt" / "tokenizer.json").write_text("{}")
-        overrides.append(f"pretrained={tmp_path / 'ckpt'}")
+        overrides.append(f"pretrained={stub_checkpoint(tmp_path / 'ckpt', config)}")
     cfg = run_lib.load_run_config(config, overrides)
     run_lib.plan(cfg)
     out = tmp_path / "data"
