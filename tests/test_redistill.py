@@ -96,6 +96,7 @@ def test_the_teacher_is_taken_from_a_finished_rule_based_run_of_the_same_config(
                                                       "data.num_sft_eval=4", "warm_start={method: rule_based}", "seed=3"])
     for cfg in (other, rule_based):
         run_lib.execute(cfg, log=lambda message: None)
+    (tmp_path / "rule_based" / "sft" / ".lock").touch()  # as the SFT trainer leaves it
     calls.clear()
     cfg = redistill_config(tmp_path, "seed=3", f"teacher_from=[{tmp_path / 'missing'}, {other.run_dir}, {rule_based.run_dir}]")
     run_lib.execute(cfg, log=lambda message: None)
@@ -105,7 +106,7 @@ def test_the_teacher_is_taken_from_a_finished_rule_based_run_of_the_same_config(
     teacher = tmp_path / "run" / "teacher"
     assert (teacher / "grpo" / "model" / "weights").samefile(tmp_path / "rule_based" / "grpo" / "model" / "weights")
     assert sampled[-1]["policy_dir"] == str(teacher / "grpo" / "model")
-    assert not list(teacher.glob(".*adopting"))
+    assert not list(teacher.glob(".*adopting")) and not list(teacher.glob("*/.lock"))
     assert [s.status for s in run_lib.plan(cfg)][:6] == ["done"] * 6
 
     calls.clear()  # without a matching run it trains its own, as before

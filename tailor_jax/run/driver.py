@@ -55,7 +55,8 @@ def adopt_teacher(teacher: RunConfig, sources: Collection[str], out: Path) -> Pa
     for stage in TEACHER_STAGES:  # each stage swapped in whole: a kill between two leaves OUT to adopt again
         staging = out / f".{stage}.adopting"
         shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(source / stage, staging, copy_function=_link_or_copy)
+        shutil.copytree(source / stage, staging, copy_function=_link_or_copy,
+                        ignore=shutil.ignore_patterns(".lock"))  # a lock file's inode is the source's own
         if (out / stage).exists():
             shutil.rmtree(out / stage)
         staging.rename(out / stage)
