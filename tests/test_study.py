@@ -255,6 +255,25 @@ def test_study_report_shows_completions_cut_at_the_budget(tmp_path):
     assert "| long | 25.0 (n=1) | 25.0 (n=1) |" in text and "| short | 0.0 (n=1) | 0.0 (n=1) |" in text
 
 
+def test_study_report_names_cells_that_trained_on_the_same_demonstrations(tmp_path):
+    # GF's rule_based trace is the forward walk: two method names, one data set
+    study_dir = tmp_path / "s"
+    demos = [{"id": f"p{i}", "question": f"q{i}", "completion": f"c{i}"} for i in range(3)]
+    for name, primitive, completions in (("rule-0", "solution_trace", demos), ("fwd-0", "forward", demos),
+                                          ("other-0", "forward", [{**d, "completion": "x"} for d in demos])):
+        _fake_cell(study_dir, name, 0.5, 0.6, [0.5, 0.6])
+        (study_dir / name / "warm_start").mkdir()
+        (study_dir / name / "warm_start" / "sft.jsonl").write_text(
+            "".join(json.dumps({**d, "primitive": primitive}) + "\n" for d in completions))
+    cells = [{"name": n, "values": {"seed": 0, "method": m}} for n, m in (("rule-0", "rule_based"), ("fwd-0", "forward"),
+                                                                         ("other-0", "other"))]
+    (study_dir / "study.json").write_text(json.dumps({"axes": {"seed": [0], "method": ["rule_based", "forward", "other"]},
+                                                       "replicate_axis": "seed", "threshold": 0.8, "cells": cells}))
+    text = study_report.write_study_report(study_dir).read_text()
+    assert json.loads((study_dir / "summary.json").read_text())["same_demonstrations"] == [["rule-0", "fwd-0"]]
+    assert "so their comparisons are of one data set under two names: rule-0 = fwd-0." in text
+
+
 def test_study_report_leaves_out_results_of_an_earlier_config(tmp_path):
     """A cell rerun after the study file changed still holds the old run's evaluation until the
     rerun overwrites it (and a running cell holds part of its GRPO curve): neither may enter the

@@ -11,6 +11,8 @@ be made at any time, over a study still running (cells without results are liste
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -165,6 +167,26 @@ def drop_outdated(run: dict, accepted: dict[str, list[str]] | None) -> None:
         run["eval"] = {}
 
 
+def same_demonstrations(study: dict) -> list[list[str]]:
+    """Groups of 2+ cells whose SFT demonstrations are the same records, the `primitive` label
+    aside: methods under two names that trained on one data set (e.g. GF's `rule_based`, whose
+    trace is the `forward` walk). Their comparisons are of one computation, not two warm starts."""
+    groups: dict[str, list[str]] = {}
+    for cell in study["cells"]:
+        run = cell["run"]
+        path = run["dir"] / "warm_start" / "sft.jsonl" if run else None
+        if path is None or "warm_start" in run["outdated"] or not path.is_file():
+            continue
+        digest = hashlib.sha256()
+        with path.open() as lines:
+            for line in lines:
+                record = json.loads(line)
+                record.pop("primitive", None)
+                digest.update(json.dumps(record, sort_keys=True).encode())
+        groups.setdefault(digest.hexdigest(), []).append(cell["name"])
+    return [names for names in groups.values() if len(names) > 1]
+
+
 def summarize(study: dict) -> dict[str, Any]:
     threshold = study["threshold"]
     per_cell = {c["name"]: cell_metrics(c["run"], threshold) if c["run"] else {} for c in study["cells"]}
@@ -188,7 +210,7 @@ def summarize(study: dict) -> dict[str, Any]:
                 comparisons.append({"a": labels[0], "b": other, "metric": key, **difference(a, b)})
     return {"study_dir": str(study["dir"]), "threshold": threshold, "axes": study["manifest"]["axes"],
             "replicate_axis": study["manifest"].get("replicate_axis"), "cells": per_cell, "methods": methods,
-            "comparisons": comparisons}
+            "comparisons": comparisons, "same_demonstrations": same_demonstrations(study)}
 
 
 # ---------------------------------------------------------------------------------------
@@ -391,6 +413,10 @@ def markdown(study: dict, summary: dict, plots: dict[str, Path]) -> str:
         lines += ["", "## Warm-start data", "", "| method | " + " | ".join(ws) + " |", "|---|" + "---|" * len(ws)]
         lines += [f"| {label} | " + " | ".join(_fmt(m.get(f"warm_start/{k}"), 1.0, 0 if k.startswith("num") else 3) for k in ws) + " |"
                   for label, m in methods.items()]
+    if summary["same_demonstrations"]:
+        lines += ["", "Cells that trained on the same demonstrations (the `primitive` label aside), so their "
+                  "comparisons are of one data set under two names: "
+                  + "; ".join(" = ".join(group) for group in summary["same_demonstrations"]) + "."]
     lines += ["", "## Cells", "", "Stages left out: not finished under the cell's current config (running, not started, or from "
               "an earlier version of the study file).", "",
               "| cell | SFT acc (%) | RL acc (%) | steps to threshold | seconds | stages left out |", "|---|---|---|---|---|---|"]
