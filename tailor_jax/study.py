@@ -8,6 +8,7 @@
       method:                         # a mapping: named variants, each setting several keys
         tailor: {warm_start.method: tailor}
         forward: {warm_start.method: task_trace, warm_start.strategy: forward}
+    compare: [[mixed, forward]]       # optional: method pairs the report compares (besides first vs each)
 
 Every cell's config is validated and planned (run.plan: batches, schedules, problem sets) before
 any cell runs; a bad study file stops with one line (exit 2). Cells run in order in child
@@ -40,7 +41,7 @@ from tailor_jax.atomic import one_writer, write_json
 from tailor_jax.errors import TailorError
 from tailor_jax.stage_cache import STAGE_FILE, read_stage
 
-STUDY_KEYS = ("base", "study_dir", "overrides", "grid", "threshold")
+STUDY_KEYS = ("base", "study_dir", "overrides", "grid", "threshold", "compare")
 REPLICATE_AXIS = "seed"
 
 
@@ -63,6 +64,7 @@ class Study:
     threshold: float  # the report's "steps / seconds to threshold" (held-out accuracy)
     axes: dict[str, list[tuple[Any, dict[str, Any]]]]  # axis -> [(value, {dotted key: value})]
     cells: list[Cell]
+    compare: tuple[tuple[str, str], ...] = ()  # extra method pairs the report compares (besides first vs each)
 
 
 # ---------------------------------------------------------------------------------------
@@ -140,7 +142,24 @@ def load_study(path: str | Path) -> Study:
             raise TailorError(f"{path}: cell {name}: {err}") from None
         config["run_dir"] = str(study_dir / name)
         cells.append(Cell(name, values, overrides, config))
-    return Study(path, study_dir, float(threshold), axes, _with_teachers(cells))
+    compare = _compare_pairs(spec.get("compare"), cells, str(path))
+    return Study(path, study_dir, float(threshold), axes, _with_teachers(cells), compare)
+
+
+def _compare_pairs(compare: Any, cells: list[Cell], where: str) -> tuple[tuple[str, str], ...]:
+    """`compare: [[mixed, rule_based], ...]`: method pairs (labels as the report names them: the
+    grid values other than `seed`, joined by " / ") to compare besides the first method with each."""
+    labels = {" / ".join(str(v) for k, v in c.values.items() if k != REPLICATE_AXIS) or "all" for c in cells}
+    if compare is None:
+        return ()
+    if not isinstance(compare, list) or not all(isinstance(p, list) and len(p) == 2 for p in compare):
+        raise TailorError(f"{where}: compare must be a list of method pairs, e.g. compare: [[mixed, rule_based]]")
+    for pair in compare:
+        unknown = [str(m) for m in pair if str(m) not in labels]
+        if unknown:
+            raise TailorError(f"{where}: compare: {', '.join(unknown)} is not a method of this grid; "
+                              f"its methods are {', '.join(sorted(labels))}")
+    return tuple((str(a), str(b)) for a, b in compare)
 
 
 def _method(cell: Cell) -> str | None:
@@ -330,6 +349,7 @@ def write_manifest(study: Study) -> Path:
         "axes": {axis: [value for value, _ in entries] for axis, entries in study.axes.items()},
         "replicate_axis": REPLICATE_AXIS if REPLICATE_AXIS in study.axes else None,
         "threshold": study.threshold,
+        "compare": [list(pair) for pair in study.compare],
         "cells": [{"name": c.name, "values": c.values, "overrides": c.overrides, "stage_hashes": cell_stage_hashes(c)}
                   for c in study.cells],
     }

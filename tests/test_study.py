@@ -70,6 +70,9 @@ def write_study(tmp_path: Path, grid: dict, **extra) -> Path:
     ({"run_dir": ["x"]}, {}, "run_dir is set by the study"),
     ({"seed": [0]}, {"threshold": 2}, "threshold must be"),
     ({"seed": [0]}, {"base": "no-such.yaml"}, "base (relative to the study file): config file"),
+    ({"warm_start.method": ["tailor", "rule_based"]}, {"compare": [["rule_based", "mixed"]]},
+     "compare: mixed is not a method of this grid; its methods are rule_based, tailor"),
+    ({"seed": [0]}, {"compare": ["a", "b"]}, "compare must be a list of method pairs"),
 ])
 def test_bad_study_files_stop_with_one_line_before_any_cell(tmp_path, capsys, grid, extra, message):
     path = write_study(tmp_path, grid, **extra)
@@ -81,8 +84,11 @@ def test_bad_study_files_stop_with_one_line_before_any_cell(tmp_path, capsys, gr
 
 def test_cells_are_the_grid_in_order_with_variants(tmp_path):
     path = write_study(tmp_path, {"seed": [0, 1], "method": {"tailor": {"warm_start.method": "tailor"},
-                                                             "fwd": {"warm_start": {"method": "task_trace", "strategy": "forward"}}}})
+                                                             "fwd": {"warm_start": {"method": "task_trace", "strategy": "forward"}}}},
+                       compare=[["fwd", "tailor"]])
     study = load_study(path)
+    assert study.compare == (("fwd", "tailor"),)
+    assert json.loads(write_manifest(study).read_text())["compare"] == [["fwd", "tailor"]]
     assert [c.name for c in study.cells] == ["seed-0_tailor", "seed-0_fwd", "seed-1_tailor", "seed-1_fwd"]
     fwd = config_from_dict(run_lib.RunConfig, study.cells[3].config)
     assert (fwd.seed, fwd.warm_start.method, fwd.warm_start.strategy) == (1, "task_trace", "forward")
@@ -234,7 +240,15 @@ def test_study_report_statistics_by_hand(tmp_path):
     # each step 2 s); rule_based never
     assert summary["cells"]["tailor-1"]["steps_to_threshold"] == 20 and summary["cells"]["tailor-1"]["seconds_to_threshold"] == 40.0
     assert summary["methods"]["rule_based"]["reached_threshold"] == 0
+    # the study file's own pairs (`compare`) come after the first method's
+    manifest = json.loads((study_dir / "study.json").read_text())
+    (study_dir / "study.json").write_text(json.dumps({**manifest, "compare": [["rule_based", "tailor"]]}))
+    study_report.write_study_report(study_dir)
+    extra = next(c for c in json.loads((study_dir / "summary.json").read_text())["comparisons"]
+                 if (c["a"], c["b"], c["metric"]) == ("rule_based", "tailor", "rl_acc"))
+    assert extra["mean"] == pytest.approx(-0.2) and extra["std"] == pytest.approx(0.05)
     text = path.read_text()
+    assert "rule_based - tailor, held-out accuracy after RL (%): -20.0 points +- 5.0" in text
     assert ("tailor - rule_based, held-out accuracy after RL (%): +20.0 points +- 5.0 (std of the paired differences; "
             "95% CI [+7.6, +32.4], 3 seeds)") in text
     assert "tailor is higher than rule_based beyond the seed spread" in text

@@ -202,12 +202,14 @@ def summarize(study: dict) -> dict[str, Any]:
             methods[label][key] = mean_interval([per_cell[c["name"]][key] for c in cells if key in per_cell[c["name"]]])
     comparisons = []
     labels = list(study["methods"])
-    for other in labels[1:]:
+    pairs = [(labels[0], other) for other in labels[1:]]  # the first method (e.g. tailor) against each
+    pairs += [tuple(p) for p in study["manifest"].get("compare", []) if tuple(p) not in pairs]  # the study file's own
+    for first, other in pairs:
         for key in ("rl_acc", "sft_acc", "rl_eval_acc_mean", "steps_to_threshold", "seconds_to_threshold"):
-            a = {c["replicate"]: per_cell[c["name"]][key] for c in study["methods"][labels[0]] if key in per_cell[c["name"]]}
-            b = {c["replicate"]: per_cell[c["name"]][key] for c in study["methods"][other] if key in per_cell[c["name"]]}
+            a = {c["replicate"]: per_cell[c["name"]][key] for c in study["methods"].get(first, []) if key in per_cell[c["name"]]}
+            b = {c["replicate"]: per_cell[c["name"]][key] for c in study["methods"].get(other, []) if key in per_cell[c["name"]]}
             if a and b:
-                comparisons.append({"a": labels[0], "b": other, "metric": key, **difference(a, b)})
+                comparisons.append({"a": first, "b": other, "metric": key, **difference(a, b)})
     return {"study_dir": str(study["dir"]), "threshold": threshold, "axes": study["manifest"]["axes"],
             "replicate_axis": study["manifest"].get("replicate_axis"), "cells": per_cell, "methods": methods,
             "comparisons": comparisons, "same_demonstrations": same_demonstrations(study)}
