@@ -149,9 +149,11 @@ def load_study(path: str | Path) -> Study:
 def _compare_pairs(compare: Any, cells: list[Cell], where: str) -> tuple[tuple[str, str], ...]:
     """`compare: [[mixed, rule_based], ...]`: method pairs (labels as the report names them: the
     grid values other than `seed`, joined by " / ") to compare besides the first method with each."""
-    labels = {" / ".join(str(v) for k, v in c.values.items() if k != REPLICATE_AXIS) or "all" for c in cells}
+    from tailor_jax.eval.study_report import method_label
+
     if compare is None:
         return ()
+    labels = {method_label(c.values, REPLICATE_AXIS) for c in cells}
     if not isinstance(compare, list) or not all(isinstance(p, list) and len(p) == 2 for p in compare):
         raise TailorError(f"{where}: compare must be a list of method pairs, e.g. compare: [[mixed, rule_based]]")
     for pair in compare:

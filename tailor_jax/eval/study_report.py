@@ -121,6 +121,11 @@ def cell_metrics(run: dict, threshold: float) -> dict[str, float]:
 
 # ---------------------------------------------------------------------------------------
 # Reading a study.
+def method_label(values: dict[str, Any], replicate: str | None) -> str:
+    """A cell's method as the report groups and names it: its grid values other than the replicate axis."""
+    return " / ".join(str(v) for k, v in values.items() if k != replicate) or "all"
+
+
 def load_study_dir(study_dir: str | Path) -> dict[str, Any]:
     study_dir = Path(study_dir)
     manifest = run_report._read_json(study_dir / "study.json")
@@ -129,8 +134,7 @@ def load_study_dir(study_dir: str | Path) -> dict[str, Any]:
     replicate = manifest.get("replicate_axis")
     cells, methods = [], {}
     for cell in manifest["cells"]:
-        group = {k: v for k, v in cell["values"].items() if k != replicate}
-        label = " / ".join(str(v) for v in group.values()) or "all"
+        label = method_label(cell["values"], replicate)
         run = run_report.load_run(study_dir / cell["name"]) if (study_dir / cell["name"]).is_dir() else None
         if run is not None:
             drop_outdated(run, cell.get("stage_hashes"))
