@@ -288,6 +288,20 @@ def test_study_report_names_cells_that_trained_on_the_same_demonstrations(tmp_pa
     assert "so their comparisons are of one data set under two names: rule-0 = fwd-0." in text
 
 
+def test_a_redistill_cells_compute_counts_its_teacher_also_when_taken_from_another_cell(tmp_path):
+    study_dir = tmp_path / "s"
+    _fake_cell(study_dir, "redistill-0", 0.5, 0.6, [0.5, 0.6])
+    cell = study_dir / "redistill-0"
+    run_lib.write_stage(cell / "grpo", {"hash": "g", "status": "done", "seconds": 10.0})
+    run_lib.write_stage(cell / "teacher", {"hash": "t", "status": "done", "seconds": 2.0})  # linked in: 2 s
+    for stage, seconds in (("data", 1.0), ("warm_start", 3.0), ("sft", 100.0), ("grpo", 50.0)):  # the source's records
+        run_lib.write_stage(cell / "teacher" / stage, {"hash": stage, "status": "done", "seconds": seconds})
+    (study_dir / "study.json").write_text(json.dumps({"axes": {"seed": [0]}, "replicate_axis": "seed", "threshold": 0.8,
+                                                       "cells": [{"name": "redistill-0", "values": {"seed": 0}}]}))
+    study_report.write_study_report(study_dir)
+    assert json.loads((study_dir / "summary.json").read_text())["cells"]["redistill-0"]["seconds"] == 10.0 + 154.0
+
+
 def test_study_report_leaves_out_results_of_an_earlier_config(tmp_path):
     """A cell rerun after the study file changed still holds the old run's evaluation until the
     rerun overwrites it (and a running cell holds part of its GRPO curve): neither may enter the

@@ -111,9 +111,10 @@ def cell_metrics(run: dict, threshold: float) -> dict[str, float]:
     if run["warm_start"]:
         out.update({f"warm_start/{k}": float(run["warm_start"][k]) for k in WARM_START_METRICS if k in run["warm_start"]})
     seconds = sum(float((info or {}).get("seconds", 0.0)) for info in run["stages"].values())
-    teacher = run_report._read_json(run["dir"] / "teacher" / "stage.json")  # redistill's teacher run
-    if "teacher" not in run.get("outdated", ()):
-        seconds += float((teacher or {}).get("seconds", 0.0))
+    if "teacher" not in run.get("outdated", ()):  # redistill's teacher run: its own stages' compute, also when
+        # the cell took it from another cell (teacher_from), whose stage records came with it
+        seconds += sum(float((run_report._read_json(path) or {}).get("seconds", 0.0))
+                       for path in (run["dir"] / "teacher").glob("*/stage.json"))
     if not run.get("outdated"):  # a cell's compute time only when every stage is finished and current
         out["seconds"] = seconds
     return out
@@ -344,7 +345,7 @@ METRIC_NAMES = {
     "rl_eval_acc_mean": ("mean accuracy over RL's eval points (area under the curve, %)", 100.0, 1),
     "steps_to_threshold": ("GRPO steps to the threshold", 1.0, 0),
     "seconds_to_threshold": ("GRPO seconds to the threshold", 1.0, 0),
-    "seconds": ("compute seconds per cell (all stages)", 1.0, 0),
+    "seconds": ("compute seconds per cell (all stages, redistill's teacher included)", 1.0, 0),
 }
 
 
