@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -320,6 +321,32 @@ def test_a_stopped_stage_starts_no_later_stage(tmp_path, monkeypatch):
     assert calls == ["data", "warm_start", "sft"]
     assert run_lib.read_stage(tmp_path / "sft")["status"] == "running"
     assert not (tmp_path / "grpo").exists() and not (tmp_path / "report.md").exists()
+
+
+def test_a_stage_interrupted_and_resumed_counts_the_time_of_both_parts(tmp_path, monkeypatch):
+    """A stage's recorded seconds (what the study report sums into a cell's compute) include the
+    part before a SIGINT/SIGTERM stop, not only the part after the resume."""
+    from test_run import micro_config
+
+    runs = []
+
+    def stage(name):
+        def run(cfg, out):
+            if name == "sft":
+                runs.append(name)
+                time.sleep(0.3)
+                if len(runs) == 1:
+                    raise run_lib.Interrupted("SFT stopped at step 5 of 10")
+            return "ok"
+        return run
+
+    monkeypatch.setattr(run_driver, "STAGE_FUNCTIONS", {name: stage(name) for name in run_lib.STAGES})
+    with pytest.raises(KeyboardInterrupt):
+        run_lib.execute(micro_config(tmp_path), log=lambda message: None)
+    assert run_lib.read_stage(tmp_path / "sft")["status"] == "running"
+    run_lib.execute(micro_config(tmp_path), log=lambda message: None)
+    info = run_lib.read_stage(tmp_path / "sft")
+    assert info["status"] == "done" and info["seconds"] >= 0.6, info
 
 
 # ---------------------------------------------------------------------------------------

@@ -168,9 +168,14 @@ def _execute_stages(cfg: RunConfig, stages: list[PlannedStage], log: Callable[[s
         t0 = time.perf_counter()
         try:
             summary = STAGE_FUNCTIONS[stage.name](cfg, directory)
-        except Interrupted as stop:
-            log(f"{prefix}: {stop}; checkpoint saved, rerun the same command to continue")
-            raise KeyboardInterrupt from None
+        except BaseException as stop:
+            if stage.name != "report":  # the time spent counts when the stage resumes (a SIGKILL's is lost)
+                spent = (read_stage(directory) or {}).get("seconds", 0.0) + time.perf_counter() - t0
+                write_stage(directory, {"hash": stage.hash, "status": "running", "seconds": spent})
+            if isinstance(stop, Interrupted):
+                log(f"{prefix}: {stop}; checkpoint saved, rerun the same command to continue")
+                raise KeyboardInterrupt from None
+            raise
         seconds = time.perf_counter() - t0
         if stage.name != "report":
             total = (read_stage(directory) or {}).get("seconds", 0.0) + seconds
