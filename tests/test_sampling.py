@@ -351,8 +351,6 @@ def test_module_level_generate_reuses_its_sampler(tiny):
     (dict(max_new_tokens=0), "max_new_tokens"),
     (dict(num_samples=0), "num_samples"),
     (dict(eos_token_ids=[500]), "eos_token_ids"),
-    (dict(max_new_tokens=1023), r"prompts of up to 2 tokens \+ max_new_tokens 1023 = 1025 positions, more than the "
-                                r"model's max_position_embeddings \(1024\)"),
 ])
 def test_bad_generate_arguments_raise_one_line(tiny, bad, message):
     _, sampler = tiny
@@ -360,6 +358,27 @@ def test_bad_generate_arguments_raise_one_line(tiny, bad, message):
     with pytest.raises(TailorError, match=message) as err:
         sampler.generate(kwargs.pop("prompts"), **kwargs)
     assert "\n" not in str(err.value)
+
+
+def test_a_budget_past_the_models_positions_warns_once_and_still_generates(tiny, caplog):
+    _, sampler = tiny
+    original = sampler.config
+    sampler.config = original.replace(max_position_embeddings=12)  # the same weights, declared with a 12-position context
+    try:
+        with caplog.at_level(logging.WARNING, logger="tailor_jax.sampling.engine"):
+            for _ in range(2):
+                out = sampler.generate([[1, 2, 3]], max_new_tokens=10, eos_token_ids=[])
+        warnings = [r.getMessage() for r in caplog.records if "max_position_embeddings" in r.getMessage()]
+        assert warnings == ["sampler: prompts of up to 3 tokens + max_new_tokens 10 = 13 positions, more than the model's "
+                            "max_position_embeddings (12): a generation that long runs past the positions the model was "
+                            "trained on; lower the generation budget or the prompts"]
+        assert len(out.tokens[0]) == 10
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="tailor_jax.sampling.engine"):
+            sampler.generate([[1, 2]], max_new_tokens=10, eos_token_ids=[])  # 12 positions: within
+        assert not [r for r in caplog.records if "max_position_embeddings" in r.getMessage()]
+    finally:
+        sampler.config = original
 
 
 def test_sharded_sampling_matches_single_device(tiny):

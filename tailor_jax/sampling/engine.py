@@ -278,6 +278,7 @@ class Sampler:
         self.max_segments = max_segments
         self.share_prompt_cache = share_prompt_cache
         self._programs: dict[tuple, Any] = {}
+        self._context_warned: set[tuple[int, int]] = set()
         self.graphdef, self.state = nnx.split(model)
 
     @property
@@ -294,6 +295,20 @@ class Sampler:
         else:
             state = model_or_state
         self.state = state
+
+    def _warn_past_context(self, longest: int, max_new_tokens: int) -> None:
+        """A warning (once per prompt length bucket and budget) when a generation may run past the
+        model's max_position_embeddings. Not an error: the budget is a cap that most generations do
+        not reach, but tokens past it sit at positions the model was not trained on. (The run plan
+        stops a budget that alone exceeds it.)"""
+        key = (bucket(longest, minimum=self.min_prompt_bucket), max_new_tokens)
+        limit = self.config.max_position_embeddings
+        if longest + max_new_tokens > limit and key not in self._context_warned:
+            self._context_warned.add(key)
+            log.warning("sampler: prompts of up to %d tokens + max_new_tokens %d = %d positions, more than the model's "
+                        "max_position_embeddings (%d): a generation that long runs past the positions the model was "
+                        "trained on; lower the generation budget or the prompts", longest, max_new_tokens,
+                        longest + max_new_tokens, limit)
 
     def _batch_multiple(self) -> int:
         if self.mesh is None:
@@ -344,9 +359,7 @@ class Sampler:
             raise TailorError(f"eos_token_ids {eos} must lie in the vocabulary [0, {cfg.vocab_size})")
 
         longest = max(len(p) for p in prompts)
-        cfg.check_context(longest + max_new_tokens, f"sampler: prompts of up to {longest} tokens + max_new_tokens "
-                          f"{max_new_tokens}", "the generation budget (grpo.rollout.max_new_tokens, eval.max_new_tokens, "
-                          "sft.max_new_tokens) or the prompts")
+        self._warn_past_context(longest, max_new_tokens)
         batch = bucket(len(prompts), minimum=1, multiple=self._batch_multiple())
         prompt_len = bucket(longest, minimum=self.min_prompt_bucket)
         new_tokens = bucket(max_new_tokens, minimum=self.min_new_token_bucket)
