@@ -106,7 +106,7 @@ def test_the_teacher_is_taken_from_a_finished_rule_based_run_of_the_same_config(
     teacher = tmp_path / "run" / "teacher"
     assert (teacher / "grpo" / "model" / "weights").samefile(tmp_path / "rule_based" / "grpo" / "model" / "weights")
     assert sampled[-1]["policy_dir"] == str(teacher / "grpo" / "model")
-    assert not list(teacher.glob(".*adopting")) and not list(teacher.glob("*/.lock"))
+    assert not list(teacher.glob("*.tmp")) and not list(teacher.glob("*/.lock"))
     assert [s.status for s in run_lib.plan(cfg)][:6] == ["done"] * 6
 
     calls.clear()  # without a matching run it trains its own, as before

@@ -169,14 +169,15 @@ def check_pool_sizes(cfg: RunConfig) -> None:
 
 def check_context_lengths(cfg: RunConfig) -> None:
     """SFT's sequence length and each generation budget within the model's max_position_embeddings
-    (the prompts' lengths are known only once tokenized: the sampler checks them exactly)."""
+    (the prompts' lengths are known only once tokenized: the sampler warns when prompt + budget
+    may run past it)."""
     from tailor_jax.train.memory_plan import sft_model_config
 
     sft = sft_config(cfg)
     model_cfg, _ = sft_model_config(sft)
     if model_cfg is None:  # a pretrained directory without config.json: check_input_paths says so
         return
-    model_cfg.check_context(max(sft.data.buckets or (sft.data.seq_len,)), "sft.data.seq_len", "sft.data.seq_len")
+    model_cfg.check_context(sft.data.longest, "sft.data.seq_len", "sft.data.seq_len")
     budgets = {"eval.max_new_tokens": cfg.eval.max_new_tokens}
     if sft.eval_samples:
         budgets["sft.max_new_tokens"] = sft.max_new_tokens

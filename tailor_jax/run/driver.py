@@ -16,7 +16,7 @@ from typing import Literal
 import jax
 import yaml
 
-from tailor_jax.atomic import one_writer
+from tailor_jax.atomic import LOCK_NAME, one_writer, replace_dir
 from tailor_jax.config import config_to_dict, dump_config
 from tailor_jax.errors import TailorError
 from tailor_jax.run import checks
@@ -53,13 +53,9 @@ def adopt_teacher(teacher: RunConfig, sources: Collection[str], out: Path) -> Pa
     if source is None:
         return None
     for stage in TEACHER_STAGES:  # each stage swapped in whole: a kill between two leaves OUT to adopt again
-        staging = out / f".{stage}.adopting"
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(source / stage, staging, copy_function=_link_or_copy,
-                        ignore=shutil.ignore_patterns(".lock"))  # a lock file's inode is the source's own
-        if (out / stage).exists():
-            shutil.rmtree(out / stage)
-        staging.rename(out / stage)
+        replace_dir(out / stage, lambda tmp, stage=stage: shutil.copytree(
+            source / stage, tmp, copy_function=_link_or_copy,
+            ignore=shutil.ignore_patterns(LOCK_NAME)))  # a lock file's inode is the source's own
     return source
 
 

@@ -386,7 +386,7 @@ def check(estimates: list[StageEstimate], limit_gib: float | None, where: str = 
 def sft_plan(cfg, model_cfg: ModelConfig, mesh: Mesh, rules: Rules | None) -> list[StageEstimate]:
     """The SFT config's train step at its micro-batch and longest sequence."""
     rows = cfg.batch_size // cfg.accum_steps
-    length = max(cfg.data.buckets or (cfg.data.seq_len,))
+    length = cfg.data.longest
     model = AbstractModel.build(model_cfg, mesh, rules, exact=cfg.memory.estimate == "exact")
     return [sft_step(model, rows, length, accum_steps=cfg.accum_steps, optimizer=cfg.optimizer,
                      logprob_chunk=cfg.memory.logprob_chunk)]

@@ -138,7 +138,7 @@ def evaluate(
         batches = list(itertools.islice(iter(ds), cfg.eval_batches))
         # Every process runs the same number of (collective) eval steps: a host whose share of
         # the eval set ran out feeds all-padding batches, which add nothing to the sums.
-        width = batches[0]["inputs"].shape[1] if batches else max(cfg.data.buckets or (cfg.data.seq_len,))
+        width = batches[0]["inputs"].shape[1] if batches else cfg.data.longest
         padding = {k: np.zeros((rows, width), np.int32) for k in pipeline.BATCH_KEYS}
         batches += [padding] * (_max_over_processes(len(batches)) - len(batches))
         for batch in batches:
@@ -247,7 +247,7 @@ def train(cfg: SFTConfig, *, generation_budgets: dict[str, int] | None = None) -
         )
     planned, _ = sft_model_config(cfg)
     if planned is not None:
-        planned.check_context(max(cfg.data.buckets or (cfg.data.seq_len,)), "sft: data.seq_len", "sft.data.seq_len")
+        planned.check_context(cfg.data.longest, "sft: data.seq_len", "sft.data.seq_len")
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(cfg, records, task, run_dir)

@@ -39,6 +39,11 @@ class DataConfig:
         require(self.seq_len >= 2, f"seq_len must be >= 2, got {self.seq_len}")
         require(all(b >= 2 for b in self.buckets), f"buckets must be >= 2, got {list(self.buckets)}")
 
+    @property
+    def longest(self) -> int:
+        """The longest row a batch can have: the largest bucket (padding mode), else seq_len."""
+        return max(self.buckets or (self.seq_len,))
+
 
 @dataclasses.dataclass(frozen=True)
 class PositionGapsConfig:
