@@ -288,6 +288,27 @@ def test_study_report_names_cells_that_trained_on_the_same_demonstrations(tmp_pa
     assert "so their comparisons are of one data set under two names: rule-0 = fwd-0." in text
 
 
+def test_study_report_gives_each_warm_starts_primitive_mix(tmp_path):
+    # what a warm start is made of (GF's tailor set: mostly forward and backward walks) decides
+    # which other method it is close to; a primitive one seed lacks counts as 0 in the mean
+    study_dir = tmp_path / "s"
+    mixes = {"tailor-0": {"forward": 3, "backward": 1}, "tailor-1": {"forward": 1, "backward": 0, "meet_in_middle": 1},
+             "rule-0": {"solution_trace": 4}}
+    for name, primitives in mixes.items():
+        _fake_cell(study_dir, name, 0.5, 0.6, [0.5, 0.6])
+        (study_dir / name / "warm_start").mkdir()
+        (study_dir / name / "warm_start" / "stats.json").write_text(json.dumps({"num_demos": 4, "primitives": primitives}))
+    cells = [{"name": n, "values": {"seed": int(n[-1]), "method": n.split("-")[0]}} for n in mixes]
+    (study_dir / "study.json").write_text(json.dumps({"axes": {"seed": [0, 1], "method": ["tailor", "rule"]},
+                                                       "replicate_axis": "seed", "threshold": 0.8, "cells": cells}))
+    text = study_report.write_study_report(study_dir).read_text()
+    # tailor: forward 75% and 50%, backward 25% and 0%, meet_in_middle 0% and 50%
+    assert "- tailor: forward 62.5 +- 17.7, meet_in_middle 25.0 +- 35.4, backward 12.5 +- 17.7" in text  # largest first
+    assert "- rule: solution_trace 100.0\n" in text
+    share = json.loads((study_dir / "summary.json").read_text())["methods"]["tailor"]["primitive/meet_in_middle"]
+    assert share["n"] == 2 and share["values"] == [0.0, 0.5]
+
+
 def test_a_redistill_cells_compute_counts_its_teacher_also_when_taken_from_another_cell(tmp_path):
     study_dir = tmp_path / "s"
     _fake_cell(study_dir, "redistill-0", 0.5, 0.6, [0.5, 0.6])

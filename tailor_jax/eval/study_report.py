@@ -110,6 +110,9 @@ def cell_metrics(run: dict, threshold: float) -> dict[str, float]:
         out["rl_eval_acc_mean"] = sum(acc) / len(acc)  # the area under the RL curve per eval point: how fast it rose
     if run["warm_start"]:
         out.update({f"warm_start/{k}": float(run["warm_start"][k]) for k in WARM_START_METRICS if k in run["warm_start"]})
+        primitives = run["warm_start"].get("primitives") or {}  # what the warm start is made of: its share of each
+        total = sum(primitives.values())
+        out.update({f"primitive/{name}": count / total for name, count in primitives.items() if total})
     seconds = sum(float((info or {}).get("seconds", 0.0)) for info in run["stages"].values())
     if "teacher" not in run.get("outdated", ()):  # redistill's teacher run: its own stages' compute, also when
         # the cell took it from another cell (teacher_from), whose stage records came with it
@@ -195,6 +198,11 @@ def same_demonstrations(study: dict) -> list[list[str]]:
 def summarize(study: dict) -> dict[str, Any]:
     threshold = study["threshold"]
     per_cell = {c["name"]: cell_metrics(c["run"], threshold) if c["run"] else {} for c in study["cells"]}
+    primitives = {k for m in per_cell.values() for k in m if k.startswith("primitive/")}
+    for m in per_cell.values():  # a warm start without a primitive has a share of 0 (not a missing value) in the mean
+        if any(k.startswith("primitive/") for k in m):
+            for k in primitives:
+                m.setdefault(k, 0.0)
     keys = sorted({k for m in per_cell.values() for k in m})
     methods = {}
     for label, cells in study["methods"].items():
@@ -337,6 +345,12 @@ def _fmt(stat: dict | None, scale: float = 100.0, digits: int = 1) -> str:
     return text + f" (n={stat['n']})"
 
 
+def _share(stat: dict) -> str:
+    if stat["mean"] < 0.0005:  # a handful of demonstrations in thousands: "0.0 +- 0.0" would read as none
+        return "< 0.1"
+    return f"{100 * stat['mean']:.1f}" + (f" +- {100 * stat['std']:.1f}" if stat.get("std") is not None else "")
+
+
 METRIC_NAMES = {
     "sft_acc": ("held-out accuracy after SFT (%)", 100.0, 1),
     "rl_acc": ("held-out accuracy after RL (%)", 100.0, 1),
@@ -420,6 +434,12 @@ def markdown(study: dict, summary: dict, plots: dict[str, Path]) -> str:
         lines += ["", "## Warm-start data", "", "| method | " + " | ".join(ws) + " |", "|---|" + "---|" * len(ws)]
         lines += [f"| {label} | " + " | ".join(_fmt(m.get(f"warm_start/{k}"), 1.0, 0 if k.startswith("num") else 3) for k in ws) + " |"
                   for label, m in methods.items()]
+    shares = {label: sorted(((k.split("/", 1)[1], m[k]) for k in m if k.startswith("primitive/") and m[k]["mean"]),
+                            key=lambda item: -item[1]["mean"]) for label, m in methods.items()}
+    if any(shares.values()):
+        lines += ["", "Primitives in each warm start (% of its demonstrations; mean +- std over seeds):", ""]
+        lines += [f"- {label}: " + ", ".join(f"{name} {_share(stat)}" for name, stat in items)
+                  for label, items in shares.items() if items]
     if summary["same_demonstrations"]:
         lines += ["", "Cells that trained on the same demonstrations (the `primitive` label aside), so their "
                   "comparisons are of one data set under two names: "
