@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -148,19 +149,24 @@ def test_apportion_splits_in_proportion_with_largest_remainders():
         apportion({}, 3)
 
 
-def _brute_force_objective(chosen: list[int], texts, states, labels, embeddings) -> float:
+def _brute_force_objective(chosen: list[int], texts, states, labels, embeddings, primitive_term="count") -> float:
     """F of the module docstring from the metric functions themselves."""
     picked = [texts[j] for j in chosen]
     value = np.mean([math.log(M.distinct_n(picked, n)) for n in NGRAM_ORDERS])
     value += math.log(len(set().union(*(states[j] for j in chosen))))
     if len(chosen) >= 2:
         value += math.log(M.mean_pairwise_cosine_distance(embeddings[chosen]))
+    if primitive_term == "entropy":
+        shares = np.array(list(Counter(labels[j] for j in chosen).values())) / len(chosen)
+        return value - float((shares * np.log(shares)).sum())
     return value + math.log(len({labels[j] for j in chosen}))
 
 
-def test_select_diverse_is_the_greedy_maximiser_of_the_metrics_product():
+@pytest.mark.parametrize("primitive_term", ["count", "entropy"])
+def test_select_diverse_is_the_greedy_maximiser_of_the_metrics_product(primitive_term):
     """Every pick has the highest F(S + i) over the allowed items, F computed from scratch with
-    `distinct_n`, the reached states and `mean_pairwise_cosine_distance` (no bookkeeping)."""
+    `distinct_n`, the reached states, `mean_pairwise_cosine_distance` and the primitive mix (no
+    bookkeeping)."""
     prims = all_primitives("gf")
     pool, seen = [], set()
     for record in RECORDS[:10]:
@@ -173,14 +179,15 @@ def test_select_diverse_is_the_greedy_maximiser_of_the_metrics_product():
     items = [describe(r, c, name, 0, reachable[problem_key(r)]) for r, c, name in pool]
     texts = [c for _, c, _ in pool]
     embeddings = M.tfidf_char_embeddings(texts).toarray()
-    chosen, duplicates = select_diverse(items, embeddings, 8, dedup_threshold=1.01)
+    chosen, duplicates = select_diverse(items, embeddings, 8, dedup_threshold=1.01, weights=Weights(primitive_term=primitive_term))
     assert len(chosen) == 8 and duplicates == 0
     assert len({items[i].group for i in chosen}) == 8  # one per question
     labels = [item.label for item in items]
     for step in range(len(chosen)):
         done = chosen[:step]
         allowed = [j for j in range(len(items)) if items[j].group not in {items[k].group for k in done}]
-        values = {j: _brute_force_objective(done + [j], texts, [it.states for it in items], labels, embeddings) for j in allowed}
+        values = {j: _brute_force_objective(done + [j], texts, [it.states for it in items], labels, embeddings, primitive_term)
+                  for j in allowed}
         assert values[chosen[step]] == pytest.approx(max(values.values()), abs=1e-9), step
     assert len({labels[i] for i in chosen}) == 8  # every primitive represented
 
@@ -217,3 +224,21 @@ def test_selection_prefers_novel_ngrams_states_and_new_primitives():
     labelled = [_item("a b c d", {1}, "q1", label="x"), _item("e f g h", {1}, "q2", label="x"),
                 _item("a f g i", {1}, "q3", label="y")]
     assert select_diverse(labelled, emb, 2)[0] == [0, 2]  # a new primitive beats one more new word
+
+
+def test_the_entropy_term_evens_the_primitive_mix_where_the_count_term_takes_one_item():
+    # every question has a "walk" of fresh words and a "loop" that shares a word with every other
+    # loop: distinct-n prefers walks. log num_primitives gains from a loop's first item only; the
+    # entropy of the mix keeps rewarding loops while they are the fewer
+    items = []
+    for q in range(12):
+        items += [_item(f"w{q}a w{q}b w{q}c w{q}d", (), f"q{q}", label="walk"), _item(f"g x{q} y{q} z{q}", (), f"q{q}", label="loop")]
+    emb = np.eye(len(items))
+    mix = {term: Counter(items[i].label for i in select_diverse(items, emb, 12, weights=Weights(coverage=0.0, embedding=0.0,
+                                                                                             primitive_term=term))[0])
+           for term in ("count", "entropy")}
+    assert mix["count"] == {"walk": 11, "loop": 1}
+    assert mix["entropy"] == {"walk": 6, "loop": 6}
+    with pytest.raises(TailorError, match="primitive_term"):
+        Weights(primitive_term="balanced")
+

@@ -101,7 +101,8 @@ def curate(cfg: TailorConfig, synthesis: SynthesizeResult) -> CurateResult:
     reachable = question_states(cfg.task, [d.record for d in pool])
     items = [selection.describe(d.record, d.completion, d.primitive, task.difficulty(d.record),
                                 reachable[problem_key(d.record)]) for d in pool]
-    weights = selection.Weights(ccfg.distinct_weight, ccfg.coverage_weight, ccfg.diversity_weight, ccfg.primitive_weight)
+    weights = selection.Weights(ccfg.distinct_weight, ccfg.coverage_weight, ccfg.diversity_weight, ccfg.primitive_weight,
+                                ccfg.primitive_term)
     chosen, duplicates = selection.select_diverse(
         items, embeddings, cfg.budget, weights=weights, bonus=bonus,
         max_per_group=ccfg.max_per_question, dedup_threshold=ccfg.dedup_threshold,

@@ -20,6 +20,7 @@ from tailor_jax.data.jsonl import read_jsonl, write_jsonl
 from tailor_jax.errors import TailorError
 from tailor_jax.tailor import metrics as metrics_lib
 from tailor_jax.tailor.metrics import Example
+from tailor_jax.tailor.selection import PRIMITIVE_TERMS
 from tailor_jax.stage_cache import stage_status, write_stage
 from tailor_jax.tasks import Task, get_task
 
@@ -71,6 +72,7 @@ class CurateConfig:
     coverage_weight: float = 1.0  # ... of log reasoning states reached
     diversity_weight: float = 1.0  # ... of log mean pairwise embedding distance
     primitive_weight: float = 1.0  # ... of log number of primitives
+    primitive_term: str = "count"  # "count": log number of primitives; "entropy": entropy of the mix (an even mix)
     fit_weight: float = 0.0  # ... of the set's mean z-scored student log-likelihood (needs a student)
     max_length_words: int | None = None  # drop longer demonstrations
 
@@ -80,6 +82,8 @@ class CurateConfig:
         require(0.0 < self.dedup_threshold <= 1.0, f"curate.dedup_threshold must be in (0, 1], got {self.dedup_threshold}")
         weights = (self.distinct_weight, self.coverage_weight, self.diversity_weight, self.primitive_weight, self.fit_weight)
         require(min(weights) >= 0, "curate weights must be >= 0")
+        require(self.primitive_term in PRIMITIVE_TERMS,
+                f"curate.primitive_term must be one of {list(PRIMITIVE_TERMS)}, got {self.primitive_term!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,7 +191,10 @@ def stage_settings(cfg: TailorConfig, stage: str) -> dict:
     settings = {"analyse": {**base, "analyse": config_to_dict(cfg.analyse)}}
     settings["discover"] = {**settings["analyse"], "teacher": config_to_dict(cfg.teacher)}
     settings["synthesize"] = settings["discover"]
-    settings["curate"] = {**settings["synthesize"], "budget": cfg.budget, "curate": config_to_dict(cfg.curate)}
+    curate = config_to_dict(cfg.curate)
+    if curate["primitive_term"] == "count":  # the default (added 2026-12-07): earlier curate stages still match
+        del curate["primitive_term"]
+    settings["curate"] = {**settings["synthesize"], "budget": cfg.budget, "curate": curate}
     return settings[stage]
 
 
