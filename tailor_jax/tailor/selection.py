@@ -116,12 +116,6 @@ class _Cover:
         self.total += len(cols)
         self.new -= np.asarray(self.columns[:, cols].sum(axis=1), np.float64).ravel()
 
-    def _mix_entropy(self) -> np.ndarray:
-        """H(S + one item of primitive l), for every primitive l."""
-        counts = self.label_count[None, :] + np.eye(len(self.label_count))  # row l: S's counts, plus one for l
-        shares = counts / counts.sum(axis=1, keepdims=True)
-        return -(shares * np.log(np.where(shares > 0, shares, 1.0))).sum(axis=1)
-
     def keep(self, rows: np.ndarray) -> None:
         """Drop every row not in `rows` (the covered columns stay covered)."""
         self.rows = self.rows[rows]
