@@ -10,7 +10,7 @@ import pytest
 from etils import epath
 
 from tailor_jax import atomic
-from tailor_jax.config import config_from_dict, config_hash
+from tailor_jax.config import config_from_dict, config_hash, config_to_dict
 from tailor_jax.tailor import pipeline as P
 from tailor_jax.stage_cache import read_stage, stage_status, write_stage
 
@@ -94,3 +94,17 @@ def test_a_pipeline_directory_from_before_the_shared_cache_is_still_done(tmp_pat
     P.mark_done(changed, "curate")
     assert P.is_done(changed, "curate") and not P.is_done(cfg, "curate")
     assert json.loads((tmp_path / "curate" / "stage.json").read_text())["status"] == "done"
+
+
+def test_a_curate_stage_from_before_primitive_term_is_still_done_and_entropy_reruns_only_curate(tmp_path):
+    # curate.primitive_term was added on 2026-12-07: a curate stage written before then hashed its
+    # settings without the key, and must still count as done under the default ("count")
+    cfg = config_from_dict(P.TailorConfig, {"run_dir": str(tmp_path), "task": "gf", "task_options": {"p": 11},
+                                            "num_questions": 8, "budget": 4})
+    before = P.stage_settings(cfg, "curate")
+    before["curate"] = {k: v for k, v in before["curate"].items() if k != "primitive_term"}
+    write_stage(tmp_path / "curate", {"hash": config_hash(before), "status": "done"})
+    assert P.is_done(cfg, "curate")
+    balanced = config_from_dict(P.TailorConfig, {**config_to_dict(cfg), "curate": {"primitive_term": "entropy"}})
+    assert not P.is_done(balanced, "curate")
+    assert P.stage_settings(balanced, "synthesize") == P.stage_settings(cfg, "synthesize")  # the stages before curate stay
