@@ -162,26 +162,29 @@ def _brute_force_objective(chosen: list[int], texts, states, labels, embeddings,
     return value + math.log(len({labels[j] for j in chosen}))
 
 
-@pytest.mark.parametrize("primitive_term", ["count", "entropy"])
-def test_select_diverse_is_the_greedy_maximiser_of_the_metrics_product(primitive_term):
+# entropy: 12 picks from 12 questions, so that the mix (8 primitives) must repeat some and the
+# picks differ from the count term's (at 8 picks both take one of each primitive)
+@pytest.mark.parametrize("primitive_term,questions,budget", [("count", 10, 8), ("entropy", 12, 12)])
+def test_select_diverse_is_the_greedy_maximiser_of_the_metrics_product(primitive_term, questions, budget):
     """Every pick has the highest F(S + i) over the allowed items, F computed from scratch with
     `distinct_n`, the reached states, `mean_pairwise_cosine_distance` and the primitive mix (no
     bookkeeping)."""
     prims = all_primitives("gf")
     pool, seen = [], set()
-    for record in RECORDS[:10]:
+    for record in RECORDS[:questions]:
         for name, primitive in prims.items():
             completion = TASK.target(record, primitive.render(record))
             if (record["id"], completion) not in seen:  # curate drops exact duplicates first
                 seen.add((record["id"], completion))
                 pool.append((record, completion, name))
-    reachable = {problem_key(r): frozenset(M.reachable_states("gf", [r])) for r in RECORDS[:10]}
+    reachable = {problem_key(r): frozenset(M.reachable_states("gf", [r])) for r in RECORDS[:questions]}
     items = [describe(r, c, name, 0, reachable[problem_key(r)]) for r, c, name in pool]
     texts = [c for _, c, _ in pool]
     embeddings = M.tfidf_char_embeddings(texts).toarray()
-    chosen, duplicates = select_diverse(items, embeddings, 8, dedup_threshold=1.01, weights=Weights(primitive_term=primitive_term))
-    assert len(chosen) == 8 and duplicates == 0
-    assert len({items[i].group for i in chosen}) == 8  # one per question
+    chosen, duplicates = select_diverse(items, embeddings, budget, dedup_threshold=1.01,
+                                        weights=Weights(primitive_term=primitive_term))
+    assert len(chosen) == budget and duplicates == 0
+    assert len({items[i].group for i in chosen}) == budget  # one per question
     labels = [item.label for item in items]
     for step in range(len(chosen)):
         done = chosen[:step]
