@@ -36,6 +36,18 @@ def test_score_outcomes_matches_hand_counts():
     assert r["mean_length_by_level"] == {"6": 15.0, "7": 40.0}
 
 
+def test_strategy_tables_in_the_run_report(tmp_path):
+    labelled = [{**o, "strategy": s, "sample_strategies": [s, None], "sample_correct": [o["correct"], False]}
+                for o, s in zip(OUTCOMES, ["forward", "backward", None, "forward", "forward"])]
+    run = tmp_path / "run"
+    write_result(score_outcomes(labelled), run / "eval" / "sft.json")
+    text = report_lib.write_report(run).read_text()
+    # forward: 3 of 5 problems, all right; backward 1 (wrong); other 1 (wrong)
+    assert "- sft: forward 60.0% (right 100.0%), backward 20.0% (right 0.0%), other 20.0% (right 0.0%)" in text
+    # the 10 samples: the 5 unlabelled second samples (wrong) and problem 2 are other; forward 3 (right)
+    assert "- sft: other 60.0% (right 0.0%), forward 30.0% (right 100.0%), backward 10.0% (right 0.0%)" in text
+
+
 def test_truncated_share_by_level_and_in_the_report(tmp_path):
     cut = [{**o, "truncated": i in (1, 2)} for i, o in enumerate(OUTCOMES)]  # one of level 6, one of level 7
     r = score_outcomes(cut)

@@ -309,6 +309,30 @@ def test_study_report_gives_each_warm_starts_primitive_mix(tmp_path):
     assert share["n"] == 2 and share["values"] == [0.0, 0.5]
 
 
+def test_study_report_gives_the_strategy_of_the_outputs_after_sft_and_after_rl(tmp_path):
+    # Select and Improve's "select": which primitive the greedy outputs follow, before and after
+    # RL; a strategy one seed's outputs never take counts as 0 in the mean
+    study_dir = tmp_path / "s"
+    shares = {("mixed-0", "sft"): {"forward": 0.5, "backward": 0.5}, ("mixed-0", "grpo"): {"forward": 1.0},
+              ("mixed-1", "sft"): {"forward": 0.25, "backward": 0.5, "other": 0.25}, ("mixed-1", "grpo"): {"forward": 0.5, "backward": 0.5}}
+    for name in ("mixed-0", "mixed-1"):
+        _fake_cell(study_dir, name, 0.5, 0.6, [0.5, 0.6])
+        for model in ("sft", "grpo"):
+            result = {"acc": 0.5, "acc_by_level": {"3": 0.5},
+                      "strategies": {k: {"share": v, "acc": 0.5, "count": 1} for k, v in shares[name, model].items()}}
+            (study_dir / name / "eval" / f"{model}.json").write_text(json.dumps(result))
+    cells = [{"name": n, "values": {"seed": int(n[-1]), "method": "mixed"}} for n in ("mixed-0", "mixed-1")]
+    (study_dir / "study.json").write_text(json.dumps({"axes": {"seed": [0, 1], "method": ["mixed"]},
+                                                       "replicate_axis": "seed", "threshold": 0.8, "cells": cells}))
+    text = study_report.write_study_report(study_dir).read_text()
+    after_sft = text.split("Strategy of the greedy outputs after SFT")[1].split("\n\n")[1]
+    after_rl = text.split("Strategy of the greedy outputs after RL")[1].split("\n\n")[1]
+    assert after_sft == "- mixed: backward 50.0 +- 0.0, forward 37.5 +- 17.7, other 12.5 +- 17.7"
+    assert after_rl.startswith("- mixed: forward 75.0 +- 35.4, backward 25.0 +- 35.4")
+    methods = json.loads((study_dir / "summary.json").read_text())["methods"]["mixed"]
+    assert methods["grpo_strategy/backward"]["values"] == [0.0, 0.5]
+
+
 def test_a_redistill_cells_compute_counts_its_teacher_also_when_taken_from_another_cell(tmp_path):
     study_dir = tmp_path / "s"
     _fake_cell(study_dir, "redistill-0", 0.5, 0.6, [0.5, 0.6])

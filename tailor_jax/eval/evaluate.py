@@ -1,5 +1,6 @@
 """Held-out evaluation of a trained model directory: accuracy per difficulty level (and per GF
-kind), pass@k, mean completion length, and the Logic-RL-style table.
+kind), pass@k, mean completion length, the strategy each completion follows (share and accuracy
+per primitive of the task's library), and the Logic-RL-style table.
 
 `evaluate_model` loads a Hugging Face-format model directory with its tokenizer (a run's
 `sft/model` or `grpo/model`, or a run's stage directory holding `model/`) and scores it with the
@@ -36,6 +37,11 @@ def format_table(results: dict[str, dict], *, key: str = "acc_by_level", label: 
     return "\n".join(lines)
 
 
+def format_strategies(table: dict[str, dict]) -> str:
+    """A `strategy_table` in one line: "forward 60.0% (right 100.0%), backward 20.0% (...)"."""
+    return ", ".join(f"{name} {100 * row['share']:.1f}% (right {100 * row['acc']:.1f}%)" for name, row in table.items())
+
+
 # ---------------------------------------------------------------------------------------
 # A model directory.
 def resolve_model_dir(path: str | Path) -> Path:
@@ -67,10 +73,20 @@ def evaluate_model(
     sampler = Sampler(model, mesh=device_mesh, rules=rules, pad_id=tok_lib.pad_id(tokenizer))
     start = time.perf_counter()
     outcomes = evaluate_records(sampler, task, tokenizer, records, prompt_style=prompt_style, think_prefill=think_prefill,
-                                max_new_tokens=max_new_tokens, pass_k=pass_k, temperature=temperature, seed=seed)
+                                max_new_tokens=max_new_tokens, pass_k=pass_k, temperature=temperature, seed=seed,
+                                strategy_of=task_strategy_classifier(task))
     result = score_outcomes(outcomes)
     result.update(model=str(path), pass_k=pass_k, max_new_tokens=max_new_tokens, seconds=time.perf_counter() - start)
     return result
+
+
+def task_strategy_classifier(task):
+    """The strategy labeller of `task`'s primitive library (`tailor_jax.primitives.classify`), or
+    None for a task without one."""
+    from tailor_jax.primitives import LIBRARY_MODULES
+    from tailor_jax.primitives.classify import strategy_classifier
+
+    return strategy_classifier(task) if task.name in LIBRARY_MODULES else None
 
 
 def write_result(result: dict, path: str | Path) -> Path:
@@ -93,6 +109,9 @@ def describe(result: dict, task_name: str, name: str = "model") -> str:
         parts.append(format_table({f"{name} pass@{result.get('pass_k', 'k')}": {"acc": result["pass_at_k"],
                                                                         "acc_by_level": result["pass_at_k_by_level"]}},
                                   label=label))
+    for key, what in (("strategies", "greedy"), ("sampled_strategies", "samples")):
+        if key in result:
+            parts.append(f"strategy ({what}): {format_strategies(result[key])}")
     parts.append(f"mean completion length: {result['mean_length']:.1f} tokens over {result['num_problems']} problems")
     if result.get("truncated"):
         parts.append(f"{100 * result['truncated']:.1f}% of greedy completions were cut at max_new_tokens = "

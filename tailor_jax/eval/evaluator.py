@@ -18,7 +18,7 @@ Pure core: `decode_completions` given a sampler output, `score_completions`, `sc
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -93,11 +93,14 @@ def score_completions(task, records: Sequence[dict], completions: Completions, r
 def evaluate_records(
     sampler, task, tokenizer, records: Sequence[dict], *, prompt_style: str = "plain", think_prefill: bool = False,
     max_new_tokens: int = 256, pass_k: int = 0, temperature: float = 1.0, seed: int = 0, chunk: int = 64,
+    strategy_of: Callable[[dict, str], str | None] | None = None,
 ) -> list[dict]:
     """Per-problem outcomes: greedy correctness and length, plus pass@k over `pass_k` samples at
     `temperature` (seed `seed` + the chunk's first index). Outcome: {"level", "kind", "correct",
     "length", "truncated", "pass"} (truncated: the greedy completion was cut at `max_new_tokens`
-    without an end token; pass None when pass_k is 0)."""
+    without an end token; pass None when pass_k is 0). With `strategy_of` (record, completion)
+    -> name or None (`tailor_jax.primitives.classify`), also "strategy" of the greedy completion
+    and, when pass_k, "sample_strategies" and "sample_correct" (one per sample)."""
     prompts = [task.prompt(r, style=prompt_style, think_prefill=think_prefill) for r in records]
     outcomes = []
     for start in range(0, len(records), chunk):
@@ -105,15 +108,22 @@ def evaluate_records(
         block_records, block_prompts = records[block], prompts[block]
         greedy = sample_completions(sampler, tokenizer, block_prompts, max_new_tokens=max_new_tokens)
         correct = score_completions(task, block_records, greedy)[:, 0] > 0
-        passed: list[bool | None] = [None] * len(block_records)
+        sampled, sample_scores = None, None
         if pass_k:
             sampled = sample_completions(sampler, tokenizer, block_prompts, max_new_tokens=max_new_tokens,
                                          temperature=temperature, num_samples=pass_k, seed=seed + start)
-            passed = [bool(s) for s in score_completions(task, block_records, sampled).max(axis=1) > 0]
+            sample_scores = score_completions(task, block_records, sampled) > 0
         for j, record in enumerate(block_records):
-            outcomes.append({"level": task.difficulty(record), "kind": record.get("kind"), "correct": bool(correct[j]),
-                             "length": int(greedy.lengths[j]), "truncated": not greedy.finished[j],
-                             "pass": passed[j]})
+            outcome = {"level": task.difficulty(record), "kind": record.get("kind"), "correct": bool(correct[j]),
+                       "length": int(greedy.lengths[j]), "truncated": not greedy.finished[j],
+                       "pass": None if sample_scores is None else bool(sample_scores[j].any())}
+            if strategy_of is not None:
+                outcome["strategy"] = strategy_of(record, greedy.texts[j])
+                if sampled is not None:
+                    rows = sampled.texts[j * pass_k:(j + 1) * pass_k]
+                    outcome["sample_strategies"] = [strategy_of(record, text) for text in rows]
+                    outcome["sample_correct"] = [bool(c) for c in sample_scores[j]]
+            outcomes.append(outcome)
     return outcomes
 
 
@@ -127,9 +137,13 @@ def score_outcomes(outcomes: Sequence[dict]) -> dict[str, Any]:
     Each outcome: {"level": int, "kind": str | None, "correct": bool (greedy), "length": int
     (tokens), "truncated": bool (greedy completion cut at max_new_tokens; optional), "pass":
     bool | None (any of k samples correct; None when pass@k is off)}.
+    Optional: "strategy" (str | None, the greedy completion's), "sample_strategies" and
+    "sample_correct" (lists, one per sample), from `evaluate_records(strategy_of=...)`.
     Result: acc, acc_by_level, acc_by_kind, acc_by_kind_level, pass_at_k (+ by level),
     mean_length (+ by level), truncated (+ by level: the share of greedy completions cut at
-    max_new_tokens, which score as wrong), num_problems, num_by_level. Level keys are strings (JSON).
+    max_new_tokens, which score as wrong), num_problems, num_by_level; with strategies,
+    `strategies` (+ `strategies_by_kind`) of the greedy completions and `sampled_strategies` of
+    the samples (`strategy_table`). Level keys are strings (JSON).
     """
     by_level: dict[int, list[dict]] = {}
     by_kind: dict[str, list[dict]] = {}
@@ -159,7 +173,28 @@ def score_outcomes(outcomes: Sequence[dict]) -> dict[str, Any]:
     if outcomes and all(o.get("pass") is not None for o in outcomes):
         result["pass_at_k"] = mean_or_zero([float(o["pass"]) for o in outcomes])
         result["pass_at_k_by_level"] = {str(lv): mean_or_zero([float(o["pass"]) for o in by_level[lv]]) for lv in levels}
+    if outcomes and all("strategy" in o for o in outcomes):
+        result["strategies"] = strategy_table([o["strategy"] for o in outcomes], [o["correct"] for o in outcomes])
+        if by_kind:
+            result["strategies_by_kind"] = {
+                k: strategy_table([o["strategy"] for o in v], [o["correct"] for o in v]) for k, v in sorted(by_kind.items())
+            }
+    if outcomes and all("sample_strategies" in o for o in outcomes):
+        result["sampled_strategies"] = strategy_table([s for o in outcomes for s in o["sample_strategies"]],
+                                                      [c for o in outcomes for c in o["sample_correct"]])
     return result
+
+
+def strategy_table(strategies: Sequence[str | None], correct: Sequence[bool]) -> dict[str, dict[str, float]]:
+    """{strategy: {"share", "acc", "count"}}: the share of completions that follow each strategy
+    and how many of those are right (None, no known strategy, counts as "other"), most common
+    first."""
+    groups: dict[str, list[bool]] = {}
+    for strategy, ok in zip(strategies, correct, strict=True):
+        groups.setdefault(strategy or "other", []).append(bool(ok))
+    total = max(len(strategies), 1)
+    return {name: {"share": len(oks) / total, "acc": mean_or_zero([float(x) for x in oks]), "count": len(oks)}
+            for name, oks in sorted(groups.items(), key=lambda item: (-len(item[1]), item[0]))}
 
 
 def policy_metrics(outcomes: Sequence[dict], task_name: str, pass_k: int = 0) -> dict[str, float]:

@@ -21,7 +21,7 @@ import numpy as np
 
 from tailor_jax.atomic import write_text
 from tailor_jax.errors import TailorError
-from tailor_jax.eval.evaluate import format_table
+from tailor_jax.eval.evaluate import format_strategies, format_table
 
 STAGES = ("data", "warm_start", "sft", "grpo", "eval")
 MODELS = ("sft", "grpo")
@@ -245,6 +245,12 @@ def _eval_tables(run: dict) -> list[str]:
               for m, r in results.items() if "pass_at_k" in r}
     if passes:
         parts += ["", "pass@k (%):", "", format_table(passes, label=label)]
+    for key, what in (("strategies", "greedy completions"), ("sampled_strategies", "pass@k samples")):
+        labelled = {m: r[key] for m, r in results.items() if key in r}
+        if labelled:
+            parts += ["", f"Strategy of the {what} (the primitive each follows: % of them, and the accuracy among them; "
+                      "`other`: none known):", ""]
+            parts += [f"- {m}: {format_strategies(table)}" for m, table in labelled.items()]
     lengths = ", ".join(f"{m} {r['mean_length']:.1f}" for m, r in results.items())
     parts += ["", f"Mean completion length (tokens, greedy): {lengths}. Problems per level: "
               + ", ".join(f"{lv}: {n}" for lv, n in next(iter(results.values()))["num_by_level"].items()) + "."]

@@ -24,6 +24,13 @@ from tailor_jax.eval import report as run_report
 
 DEFAULT_THRESHOLD = 0.8  # held-out accuracy for "steps / seconds to threshold" (study file: `threshold`)
 WARM_START_METRICS = ("num_demos", "num_primitives", "distinct_1", "distinct_2", "distinct_3", "mean_words")
+# Shares per cell, listed per method: what each warm start is made of, and which primitive the
+# greedy outputs follow after SFT and after RL (Select and Improve's "select": does RL shift it?)
+SHARE_PREFIXES = {
+    "primitive/": "Primitives in each warm start (% of its demonstrations)",
+    "sft_strategy/": "Strategy of the greedy outputs after SFT (% of held-out problems; `other`: no known primitive)",
+    "grpo_strategy/": "Strategy of the greedy outputs after RL (% of held-out problems)",
+}
 
 
 # ---------------------------------------------------------------------------------------
@@ -96,6 +103,8 @@ def cell_metrics(run: dict, threshold: float) -> dict[str, float]:
             out[f"{label.replace('acc', 'pass')}@{result.get('pass_k')}"] = result["pass_at_k"]
         if "truncated" in result:  # share of greedy completions cut at eval.max_new_tokens (scored wrong)
             out[f"{model}_truncated"] = result["truncated"]
+        for name, row in result.get("strategies", {}).items():  # which primitive the greedy outputs follow
+            out[f"{model}_strategy/{name}"] = row["share"]
     if "sft_acc" in out and "rl_acc" in out:
         out["rl_gain"] = out["rl_acc"] - out["sft_acc"]
     steps, acc = run_report.series(run["grpo_metrics"], "eval/acc")
@@ -198,11 +207,12 @@ def same_demonstrations(study: dict) -> list[list[str]]:
 def summarize(study: dict) -> dict[str, Any]:
     threshold = study["threshold"]
     per_cell = {c["name"]: cell_metrics(c["run"], threshold) if c["run"] else {} for c in study["cells"]}
-    primitives = {k for m in per_cell.values() for k in m if k.startswith("primitive/")}
-    for m in per_cell.values():  # a warm start without a primitive has a share of 0 (not a missing value) in the mean
-        if any(k.startswith("primitive/") for k in m):
-            for k in primitives:
-                m.setdefault(k, 0.0)
+    for prefix in SHARE_PREFIXES:  # a cell without a primitive / strategy has a share of 0 (not a missing value)
+        names = {k for m in per_cell.values() for k in m if k.startswith(prefix)}
+        for m in per_cell.values():
+            if any(k.startswith(prefix) for k in m):
+                for k in names:
+                    m.setdefault(k, 0.0)
     keys = sorted({k for m in per_cell.values() for k in m})
     methods = {}
     for label, cells in study["methods"].items():
@@ -434,12 +444,13 @@ def markdown(study: dict, summary: dict, plots: dict[str, Path]) -> str:
         lines += ["", "## Warm-start data", "", "| method | " + " | ".join(ws) + " |", "|---|" + "---|" * len(ws)]
         lines += [f"| {label} | " + " | ".join(_fmt(m.get(f"warm_start/{k}"), 1.0, 0 if k.startswith("num") else 3) for k in ws) + " |"
                   for label, m in methods.items()]
-    shares = {label: sorted(((k.split("/", 1)[1], m[k]) for k in m if k.startswith("primitive/") and m[k]["mean"]),
-                            key=lambda item: -item[1]["mean"]) for label, m in methods.items()}
-    if any(shares.values()):
-        lines += ["", "Primitives in each warm start (% of its demonstrations; mean +- std over seeds):", ""]
-        lines += [f"- {label}: " + ", ".join(f"{name} {_share(stat)}" for name, stat in items)
-                  for label, items in shares.items() if items]
+    for prefix, title in SHARE_PREFIXES.items():
+        shares = {label: sorted(((k.split("/", 1)[1], m[k]) for k in m if k.startswith(prefix) and m[k]["mean"]),
+                                key=lambda item: -item[1]["mean"]) for label, m in methods.items()}
+        if any(shares.values()):
+            lines += ["", f"{title} (mean +- std over seeds):", ""]
+            lines += [f"- {label}: " + ", ".join(f"{name} {_share(stat)}" for name, stat in items)
+                      for label, items in shares.items() if items]
     if summary["same_demonstrations"]:
         lines += ["", "Cells that trained on the same demonstrations (the `primitive` label aside), so their "
                   "comparisons are of one data set under two names: "
