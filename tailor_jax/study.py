@@ -272,7 +272,9 @@ def _say(message: str) -> None:
 
 def run_study(study: Study, *, parallel: int = 1, log: Callable[[str], None] = _say) -> list[str]:
     """Run every unfinished cell; returns the names of cells that failed (others are done).
-    On KeyboardInterrupt the running cells get SIGINT (they checkpoint and stop) first."""
+    On KeyboardInterrupt (Ctrl-C, or SIGTERM: a study started in the background, where the shell
+    makes it ignore SIGINT, is stopped with `kill`) the running cells get SIGINT (they checkpoint
+    and stop) first."""
     states = check_cells(study)
     study.study_dir.mkdir(parents=True, exist_ok=True)
     write_manifest(study)
@@ -287,6 +289,7 @@ def run_study(study: Study, *, parallel: int = 1, log: Callable[[str], None] = _
     log(f"{total - len(pending)} of {total} cells done; {eta_text(seconds, len(pending), parallel)}")
     running: dict[int, tuple[subprocess.Popen, Cell, float]] = {}
     failed: list[str] = []
+    previous_term = _stop_on_sigterm()
     try:
         while pending or running:
             while pending and len(running) < parallel:
@@ -323,7 +326,22 @@ def run_study(study: Study, *, parallel: int = 1, log: Callable[[str], None] = _
                 proc.kill()
         log("interrupted; run the same command again to continue (finished cells are kept, the others resume)")
         raise
+    finally:
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
     return failed
+
+
+def _stop_on_sigterm():
+    """Make SIGTERM raise KeyboardInterrupt (so the cells are stopped at a checkpoint, not left to
+    the parent-death signal); returns the previous handler, or None off the main thread."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # signal handlers can only be set from the main thread
+        return None
 
 
 def _last_line(path: Path) -> str:

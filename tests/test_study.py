@@ -153,6 +153,49 @@ def test_driver_runs_in_order_skips_done_cells_and_reports_failures(tmp_path, mo
     assert lines[0].startswith("[1/2] seed-0: done earlier") and "1 of 2 cells done" in lines[1]
 
 
+def test_sigterm_stops_the_study_by_sigint_to_its_running_cells(tmp_path, monkeypatch):
+    """`kill` of a study started in the background (where SIGINT is ignored): the running cell
+    gets SIGINT, as on Ctrl-C, and the driver says how to continue."""
+    import os
+    import signal
+    import threading
+
+    from tailor_jax import study as study_lib
+
+    marker = tmp_path / "got-sigint"
+    child = (f"import signal, sys, time, pathlib\n"
+             f"def stop(*_): pathlib.Path({str(marker)!r}).write_text('1'); sys.exit(130)\n"
+             f"signal.signal(signal.SIGINT, stop)\nprint('ready', flush=True)\ntime.sleep(60)\n")
+
+    def fake_launch(cell):
+        cell.run_dir.mkdir(parents=True, exist_ok=True)
+        log = open(cell.run_dir / "run.log", "w")
+        proc = subprocess.Popen([sys.executable, "-c", child], stdout=log, stderr=subprocess.STDOUT)
+        proc.log_file = log
+        return proc
+
+    monkeypatch.setattr(study_lib, "launch_cell", fake_launch)
+    study = load_study(write_study(tmp_path, {"seed": [0]}))
+    run_log = study.cells[0].run_dir / "run.log"
+    threading.Timer(0.1, lambda: (_wait_for(lambda: run_log.is_file() and "ready" in run_log.read_text()),
+                                  os.kill(os.getpid(), signal.SIGTERM))).start()
+    before = signal.getsignal(signal.SIGTERM)
+    lines: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        study_lib.run_study(study, log=lines.append)
+    assert marker.read_text() == "1"  # the cell got SIGINT (and would have saved a checkpoint)
+    assert "interrupted; run the same command again" in lines[-1]
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
+
+
+def _wait_for(condition, seconds: float = 30.0) -> None:
+    import time
+
+    end = time.monotonic() + seconds
+    while not condition() and time.monotonic() < end:
+        time.sleep(0.05)
+
+
 # ---------------------------------------------------------------------------------------
 # One seed for everything random.
 def test_seed_varies_data_init_and_sampling(tmp_path):
