@@ -346,8 +346,8 @@ def test_study_report_gives_each_warm_starts_primitive_mix(tmp_path):
                                                        "replicate_axis": "seed", "threshold": 0.8, "cells": cells}))
     text = study_report.write_study_report(study_dir).read_text()
     # tailor: forward 75% and 50%, backward 25% and 0%, meet_in_middle 0% and 50%
-    assert "- tailor: forward 62.5 +- 17.7, meet_in_middle 25.0 +- 35.4, backward 12.5 +- 17.7" in text  # largest first
-    assert "- rule: solution_trace 100.0\n" in text
+    assert "- tailor (n=2): forward 62.5 +- 17.7, meet_in_middle 25.0 +- 35.4, backward 12.5 +- 17.7" in text  # largest first
+    assert "- rule (n=1): solution_trace 100.0\n" in text
     share = json.loads((study_dir / "summary.json").read_text())["methods"]["tailor"]["primitive/meet_in_middle"]
     assert share["n"] == 2 and share["values"] == [0.0, 0.5]
 
@@ -370,8 +370,8 @@ def test_study_report_gives_the_strategy_of_the_outputs_after_sft_and_after_rl(t
     text = study_report.write_study_report(study_dir).read_text()
     after_sft = text.split("Strategy of the greedy outputs after SFT")[1].split("\n\n")[1]
     after_rl = text.split("Strategy of the greedy outputs after RL")[1].split("\n\n")[1]
-    assert after_sft == "- mixed: backward 50.0 +- 0.0, forward 37.5 +- 17.7, other 12.5 +- 17.7"
-    assert after_rl.startswith("- mixed: forward 75.0 +- 35.4, backward 25.0 +- 35.4")
+    assert after_sft == "- mixed (n=2): backward 50.0 +- 0.0, forward 37.5 +- 17.7, other 12.5 +- 17.7"
+    assert after_rl.startswith("- mixed (n=2): forward 75.0 +- 35.4, backward 25.0 +- 35.4")
     methods = json.loads((study_dir / "summary.json").read_text())["methods"]["mixed"]
     assert methods["grpo_strategy/backward"]["values"] == [0.0, 0.5]
 

@@ -448,9 +448,9 @@ def markdown(study: dict, summary: dict, plots: dict[str, Path]) -> str:
         shares = {label: sorted(((k.split("/", 1)[1], m[k]) for k in m if k.startswith(prefix) and m[k]["mean"]),
                                 key=lambda item: -item[1]["mean"]) for label, m in methods.items()}
         if any(shares.values()):
-            lines += ["", f"{title} (mean +- std over seeds):", ""]
-            lines += [f"- {label}: " + ", ".join(f"{name} {_share(stat)}" for name, stat in items)
-                      for label, items in shares.items() if items]
+            lines += ["", f"{title} (mean +- std over seeds; n: the cells that have it):", ""]
+            lines += [f"- {label} (n={max(stat['n'] for _, stat in items)}): "
+                      + ", ".join(f"{name} {_share(stat)}" for name, stat in items) for label, items in shares.items() if items]
     if summary["same_demonstrations"]:
         lines += ["", "Cells that trained on the same demonstrations (the `primitive` label aside), so their "
                   "comparisons are of one data set under two names: "
