@@ -454,5 +454,7 @@ def test_quickstart_micro_run_with_the_tailor_warm_start(tmp_path):
         percent = f"{100 * result['acc']:.1f}"
         assert f"| {model} | {percent} | {percent} |" in held_out_table, held_out_table
         assert f"{model} acc {result['acc']:.3f}" in report  # the eval stage's summary line
+        # every completion labelled with the primitive it follows (the run layer passes the labeller)
+        assert sum(row["count"] for row in result["strategies"].values()) == 4
     assert "| warm_start | done |" in report and "40 demonstrations (tailor:" in report
     assert re.search(r"\| sft \| done \| [0-9.]+ \| 8 steps, loss [0-9.]+", report), report

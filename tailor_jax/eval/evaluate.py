@@ -56,8 +56,12 @@ def resolve_model_dir(path: str | Path) -> Path:
 def evaluate_model(
     model_path: str | Path, task, records: Sequence[dict], *, prompt_style: str = "plain", think_prefill: bool = False,
     max_new_tokens: int = 256, pass_k: int = 0, temperature: float = 1.0, seed: int = 0, mesh: dict | None = None,
+    strategy_of=None,
 ) -> dict[str, Any]:
-    """Load a model directory (with tokenizer), decode `records`, return `score_outcomes` + metadata."""
+    """Load a model directory (with tokenizer), decode `records`, return `score_outcomes` + metadata.
+    `strategy_of` (record, completion) -> strategy name labels the completions
+    (`tailor_jax.primitives.classify.task_strategy_classifier`; the primitive libraries sit above
+    the evaluator, so the caller passes it)."""
     from tailor_jax.data import tokenizer as tok_lib
     from tailor_jax.model.hf_io import load_pretrained
     from tailor_jax.parallel.mesh import MeshConfig, create_mesh
@@ -74,19 +78,10 @@ def evaluate_model(
     start = time.perf_counter()
     outcomes = evaluate_records(sampler, task, tokenizer, records, prompt_style=prompt_style, think_prefill=think_prefill,
                                 max_new_tokens=max_new_tokens, pass_k=pass_k, temperature=temperature, seed=seed,
-                                strategy_of=task_strategy_classifier(task))
+                                strategy_of=strategy_of)
     result = score_outcomes(outcomes)
     result.update(model=str(path), pass_k=pass_k, max_new_tokens=max_new_tokens, seconds=time.perf_counter() - start)
     return result
-
-
-def task_strategy_classifier(task):
-    """The strategy labeller of `task`'s primitive library (`tailor_jax.primitives.classify`), or
-    None for a task without one."""
-    from tailor_jax.primitives import LIBRARY_MODULES
-    from tailor_jax.primitives.classify import strategy_classifier
-
-    return strategy_classifier(task) if task.name in LIBRARY_MODULES else None
 
 
 def write_result(result: dict, path: str | Path) -> Path:

@@ -3,8 +3,9 @@ for the same problem it resembles most.
 
 Select and Improve's "select" claim is that RL picks, per problem, one of the strategies its SFT
 data demonstrated. Accuracy alone cannot show that; the share of each strategy among the
-policy's outputs before and after RL can. The evaluator (`tailor_jax.eval.evaluator`) labels
-every completion with `strategy_classifier(task)`.
+policy's outputs before and after RL can. The run's eval stage and `tailor-jax eval` pass
+`task_strategy_classifier(task)` to the evaluator (`tailor_jax.eval.evaluate.evaluate_model`),
+which labels every completion with it.
 
 The match is structural, so a completion with a wrong value in it is still recognised:
 - the trace (the text inside <think> ... </think>, or all of it when the tag is missing) is cut
@@ -27,7 +28,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 
-from tailor_jax.primitives import compositions, get_library
+from tailor_jax.primitives import LIBRARY_MODULES, compositions, get_library
 from tailor_jax.tasks.prompt import THINK_CLOSE, THINK_OPEN
 
 RULE_BASED = "rule_based"
@@ -93,3 +94,8 @@ def strategy_classifier(task) -> Callable[[dict, str], str | None]:
     """`(record, completion) -> strategy name or None` for `task` (see `closest_strategy`)."""
     renderers = strategy_renderers(task)
     return lambda record, completion: closest_strategy(record, completion, renderers)
+
+
+def task_strategy_classifier(task) -> Callable[[dict, str], str | None] | None:
+    """`strategy_classifier(task)`, or None for a task without a primitive library."""
+    return strategy_classifier(task) if task.name in LIBRARY_MODULES else None

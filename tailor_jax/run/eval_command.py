@@ -28,6 +28,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from tailor_jax.primitives.classify import task_strategy_classifier
     from tailor_jax.tasks import get_task
 
     cfg = load_run_config(args.config, args.overrides)
@@ -44,7 +45,7 @@ def run(args) -> int:
     result = evaluate.evaluate_model(
         args.checkpoint, task, records, prompt_style=cfg.prompt_style, think_prefill=cfg.think_prefill,
         max_new_tokens=cfg.eval.max_new_tokens, pass_k=cfg.eval.pass_k, temperature=cfg.eval.temperature,
-        seed=cfg.eval.seed, mesh=mesh_dict(cfg),
+        seed=cfg.eval.seed, mesh=mesh_dict(cfg), strategy_of=task_strategy_classifier(task),
     )
     print(evaluate.describe(result, cfg.task, name=Path(args.checkpoint).name))
     if args.out:

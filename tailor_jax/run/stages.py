@@ -184,6 +184,7 @@ def train_keys(cfg: RunConfig) -> set[str]:
 def run_eval(cfg: RunConfig, out: Path) -> str:
     from tailor_jax.data.jsonl import read_jsonl, write_jsonl
     from tailor_jax.eval import evaluate as eval_lib
+    from tailor_jax.primitives.classify import task_strategy_classifier
     from tailor_jax.tasks import get_task
 
     records_path = out / "records.jsonl"
@@ -198,7 +199,7 @@ def run_eval(cfg: RunConfig, out: Path) -> str:
             result = eval_lib.evaluate_model(
                 model_dir(cfg, name), task, records, prompt_style=cfg.prompt_style, think_prefill=cfg.think_prefill,
                 max_new_tokens=cfg.eval.max_new_tokens, pass_k=cfg.eval.pass_k, temperature=cfg.eval.temperature,
-                seed=cfg.eval.seed, mesh=mesh_dict(cfg),
+                seed=cfg.eval.seed, mesh=mesh_dict(cfg), strategy_of=task_strategy_classifier(task),
             )
             eval_lib.write_result(result, result_path)
         result = json.loads(result_path.read_text())
