@@ -55,6 +55,14 @@ def test_policy_metrics_by_hand():
     assert list(policy_metrics(outcomes[::-1], "gf")) == ["eval/acc/gf/3", "eval/acc/gf/5", "eval/acc", "eval/mean_length"]
 
 
+def test_policy_metrics_give_the_strategy_shares_of_labelled_outcomes():
+    outcomes = [{"level": 3, "kind": None, "correct": c, "length": 10, "pass": None, "strategy": s}
+                for c, s in ((True, "forward"), (False, "forward"), (False, None), (True, "backward"))]
+    metrics = policy_metrics(outcomes, "gf")
+    assert {k: v for k, v in metrics.items() if k.startswith("eval/strategy/")} == {
+        "eval/strategy/forward": 0.5, "eval/strategy/backward": 0.25, "eval/strategy/other": 0.25}
+
+
 def test_policy_metrics_report_the_truncated_share():
     outcomes = [{"level": 3, "kind": None, "correct": c, "length": 10, "truncated": t, "pass": None}
                 for c, t in ((True, False), (False, True), (False, True), (False, False))]

@@ -48,6 +48,17 @@ def test_strategy_tables_in_the_run_report(tmp_path):
     assert "- sft: other 60.0% (right 0.0%), forward 30.0% (right 100.0%), backward 10.0% (right 0.0%)" in text
 
 
+def test_the_run_report_gives_the_strategy_mix_during_grpo(tmp_path):
+    run = tmp_path / "run"
+    with MetricsWriter(run / "grpo", tensorboard=False) as w:
+        w.write(0, {"eval/acc": 0.2, "eval/strategy/forward": 0.6, "eval/strategy/backward": 0.3, "eval/strategy/other": 0.1})
+        w.write(5, {"reward": 0.5})
+        w.write(10, {"eval/acc": 0.9, "eval/strategy/forward": 1.0})
+    text = report_lib.write_report(run).read_text()
+    assert "Strategy of those outputs (% of them): step 0: forward 60%, backward 30%, other 10% -> step 10: forward 100%." in text
+    assert report_lib.strategy_shares(report_lib.load_run(run)["grpo_metrics"])[1] == (10, {"forward": 1.0})
+
+
 def test_truncated_share_by_level_and_in_the_report(tmp_path):
     cut = [{**o, "truncated": i in (1, 2)} for i, o in enumerate(OUTCOMES)]  # one of level 6, one of level 7
     r = score_outcomes(cut)

@@ -456,5 +456,9 @@ def test_quickstart_micro_run_with_the_tailor_warm_start(tmp_path):
         assert f"{model} acc {result['acc']:.3f}" in report  # the eval stage's summary line
         # every completion labelled with the primitive it follows (the run layer passes the labeller)
         assert sum(row["count"] for row in result["strategies"].values()) == 4
+    # and GRPO's periodic evaluation logs the strategy mix of its greedy outputs
+    logged = [m for m in read_jsonl(tmp_path / "grpo" / "metrics.jsonl") if "eval/acc" in m]
+    assert logged and all(sum(v for k, v in m.items() if k.startswith("eval/strategy/")) == pytest.approx(1.0)
+                          for m in logged)
     assert "| warm_start | done |" in report and "40 demonstrations (tailor:" in report
     assert re.search(r"\| sft \| done \| [0-9.]+ \| 8 steps, loss [0-9.]+", report), report

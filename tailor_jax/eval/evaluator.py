@@ -27,6 +27,11 @@ from tailor_jax.data import tokenizer as tok_lib
 from tailor_jax.tasks.prompt import Prompt
 
 
+# (record, completion) -> the strategy (primitive) it follows, or None: `primitives.classify`,
+# which sits above the evaluator, so callers pass it in
+StrategyLabeller = Callable[[dict, str], "str | None"]
+
+
 @dataclasses.dataclass(frozen=True)
 class Completions:
     """Decoded completions of a list of prompts, `num_samples` per prompt: row j*k + s is sample s
@@ -93,7 +98,7 @@ def score_completions(task, records: Sequence[dict], completions: Completions, r
 def evaluate_records(
     sampler, task, tokenizer, records: Sequence[dict], *, prompt_style: str = "plain", think_prefill: bool = False,
     max_new_tokens: int = 256, pass_k: int = 0, temperature: float = 1.0, seed: int = 0, chunk: int = 64,
-    strategy_of: Callable[[dict, str], str | None] | None = None,
+    strategy_of: StrategyLabeller | None = None,
 ) -> list[dict]:
     """Per-problem outcomes: greedy correctness and length, plus pass@k over `pass_k` samples at
     `temperature` (seed `seed` + the chunk's first index). Outcome: {"level", "kind", "correct",
@@ -199,8 +204,9 @@ def strategy_table(strategies: Sequence[str | None], correct: Sequence[bool]) ->
 
 def policy_metrics(outcomes: Sequence[dict], task_name: str, pass_k: int = 0) -> dict[str, float]:
     """The trainers' evaluation metrics: `eval/acc/<task>/<level>` and `eval/acc` (greedy),
-    `eval/pass@<k>/<task>/<level>` when `pass_k`, `eval/mean_length` (greedy, in tokens) and
-    `eval/truncated` (share of greedy completions cut at max_new_tokens)."""
+    `eval/pass@<k>/<task>/<level>` when `pass_k`, `eval/mean_length` (greedy, in tokens),
+    `eval/truncated` (share of greedy completions cut at max_new_tokens) and, when the outcomes
+    carry strategy labels, `eval/strategy/<name>` (share of the greedy completions)."""
     result = score_outcomes(outcomes)
     metrics = {f"eval/acc/{task_name}/{level}": acc for level, acc in result["acc_by_level"].items()}
     metrics["eval/acc"] = result["acc"]
@@ -209,6 +215,8 @@ def policy_metrics(outcomes: Sequence[dict], task_name: str, pass_k: int = 0) ->
     metrics["eval/mean_length"] = result["mean_length"]
     if "truncated" in result:
         metrics["eval/truncated"] = result["truncated"]
+    for name, row in result.get("strategies", {}).items():
+        metrics[f"eval/strategy/{name}"] = row["share"]
     return metrics
 
 

@@ -278,6 +278,13 @@ def _stage_table(run: dict) -> list[str]:
     return lines
 
 
+def strategy_shares(metrics: Sequence[dict], prefix: str = "eval/strategy/") -> list[tuple[int, dict[str, float]]]:
+    """(step, {strategy: share}) at each logged evaluation with strategy labels; a strategy not
+    logged at a step had a share of 0 there."""
+    return [(int(m["step"]), {k[len(prefix):]: v for k, v in m.items() if k.startswith(prefix)})
+            for m in metrics if any(k.startswith(prefix) for k in m)]
+
+
 def _grpo_curve(run: dict) -> list[str]:
     steps, acc = series(run["grpo_metrics"], "eval/acc")
     r_steps, reward = series(run["grpo_metrics"], "reward")
@@ -285,6 +292,11 @@ def _grpo_curve(run: dict) -> list[str]:
     if steps:
         lines.append("Held-out accuracy during GRPO (greedy, the trainer's own eval set): "
                      + ", ".join(f"step {s}: {100 * a:.1f}%" for s, a in zip(steps, acc)) + ".")
+    shares = strategy_shares(run["grpo_metrics"])
+    if len(shares) >= 2:  # what RL selected: the strategy mix of those greedy outputs, first and last eval
+        (first, start), (last, end) = shares[0], shares[-1]
+        mix = lambda share: ", ".join(f"{k} {100 * v:.0f}%" for k, v in sorted(share.items(), key=lambda i: -i[1]) if v)  # noqa: E731
+        lines.append(f"Strategy of those outputs (% of them): step {first}: {mix(start)} -> step {last}: {mix(end)}.")
     if r_steps:
         window = smoothing_window(len(r_steps))
         if window == 1:

@@ -157,8 +157,10 @@ def run_grpo(cfg: RunConfig, out: Path) -> str:
     from tailor_jax.train import grpo as grpo_lib
     from tailor_jax.train.state import merge_model
 
+    from tailor_jax.primitives.classify import task_strategy_classifier
+
     grpo_cfg = grpo_config(cfg)
-    result = grpo_lib.train(grpo_cfg)
+    result = grpo_lib.train(grpo_cfg, strategy_labeller=task_strategy_classifier)
     if result.history and result.history[-1]["step"] < grpo_cfg.steps:
         raise Interrupted(f"GRPO stopped at step {result.history[-1]['step']} of {grpo_cfg.steps}")
     export_model(merge_model(result.graphdef, result.state), result.tokenizer, model_dir(cfg, "grpo"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from tailor_jax.data import tokenizer as tok_lib
 from tailor_jax.data.jsonl import read_jsonl
 from tailor_jax.errors import TailorError
 from tailor_jax.eval.accuracy import level_records
-from tailor_jax.eval.evaluator import evaluate_policy
+from tailor_jax.eval.evaluator import StrategyLabeller, evaluate_policy
 from tailor_jax.parallel.mesh import create_mesh
 from tailor_jax.parallel.sharding import use_sharding
 from tailor_jax.sampling import Sampler
@@ -51,14 +52,16 @@ def eval_problems(cfg: GRPOConfig) -> list[dict]:
 
 
 def evaluate(cfg: GRPOConfig, sampler: Sampler, graphdef, state: TrainState, eval_task, tokenizer,
-             eval_records: list[dict]) -> dict[str, float]:
-    """The periodic evaluation: greedy answer accuracy of the current weights on `eval_records`."""
+             eval_records: list[dict], strategy_of: StrategyLabeller | None = None) -> dict[str, float]:
+    """The periodic evaluation: greedy answer accuracy of the current weights on `eval_records`
+    (and, with `strategy_of`, the share of each strategy among the greedy completions)."""
     if not eval_records:
         return {}
     sampler.update_weights(merge_model(graphdef, state))
     return evaluate_policy(
         sampler, eval_task, tokenizer, eval_records, prompt_style=cfg.prompt_style,
         think_prefill=cfg.think_prefill, max_new_tokens=cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens,
+        strategy_of=strategy_of,
     )
 
 
@@ -86,8 +89,11 @@ class GRPOResult:
     tokenizer: Any
 
 
-def train(cfg: GRPOConfig) -> GRPOResult:
-    """Run (or resume) GRPO as configured."""
+def train(cfg: GRPOConfig, *, strategy_labeller: Callable[[Any], StrategyLabeller | None] | None = None) -> GRPOResult:
+    """Run (or resume) GRPO as configured. `strategy_labeller(eval_task)` gives the periodic
+    evaluation a (record, completion) -> strategy labeller, whose shares it logs as
+    `eval/strategy/<name>` (the run passes `primitives.classify.task_strategy_classifier`, a layer
+    above the trainer)."""
     check_run_dir(cfg.run_dir)
     pool = list(read_jsonl(cfg.train_file)) if cfg.train_file else None
     get_task(cfg.task, **task_options_at(cfg, cfg.steps))  # bad task options fail before any work
@@ -127,7 +133,7 @@ def train(cfg: GRPOConfig) -> GRPOResult:
             logp=jax.jit(make_logp_fn(graphdef, temperature, chunk)),
             place=lambda rows: place_rows(rows, mesh, rules),
         )
-    trainer = _GRPOTrainer(cfg, sampler, tokenizer, graphdef, fns, shards, ref_params, pool)
+    trainer = _GRPOTrainer(cfg, sampler, tokenizer, graphdef, fns, shards, ref_params, pool, strategy_labeller)
     result = run_loop(LoopConfig.of("grpo", cfg, eval_every=cfg.eval.every, eval_at_start=True), trainer, state)
     return GRPOResult(result.metrics, result.history, result.state, graphdef, tokenizer)
 
@@ -172,10 +178,11 @@ class _GRPOTrainer:
     periodic evaluation, and the run's compute totals as the checkpoint's data position."""
 
     def __init__(self, cfg: GRPOConfig, sampler: Sampler, tokenizer, graphdef, fns: UpdateFns, shards: int,
-                 ref_params, pool: list[dict] | None):
+                 ref_params, pool: list[dict] | None, strategy_labeller=None):
         self.cfg, self.sampler, self.tokenizer, self.graphdef, self.fns = cfg, sampler, tokenizer, graphdef, fns
         self.shards, self.ref_params, self.pool = shards, ref_params, pool
         self.eval_task = get_task(cfg.task, **{**cfg.task_options, **cfg.eval.task_options})
+        self.strategy_of = strategy_labeller(self.eval_task) if strategy_labeller else None
         self.eval_records = eval_problems(cfg)
         self.totals: dict[str, float] = {}  # cumulative compute accounting (`*_total`)
 
@@ -202,7 +209,8 @@ class _GRPOTrainer:
         return {"reward": metrics["reward"], "kept": metrics["dash/kept_frac"]}
 
     def evaluate(self, state: TrainState, step: int) -> dict[str, float]:
-        metrics = evaluate(self.cfg, self.sampler, self.graphdef, state, self.eval_task, self.tokenizer, self.eval_records)
+        metrics = evaluate(self.cfg, self.sampler, self.graphdef, state, self.eval_task, self.tokenizer, self.eval_records,
+                           self.strategy_of)
         if step == 0 and metrics:
             _log("before RL: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k.startswith("eval/acc")))
         elif step:
