@@ -201,9 +201,15 @@ def check_cells(study: Study) -> list[str]:
 
 # ---------------------------------------------------------------------------------------
 # Running.
-def _die_with_parent() -> None:
-    """In the child: SIGTERM when the study process dies (even by SIGKILL), so no orphaned
-    run keeps writing a cell that the next `study` would start again (Linux only)."""
+def prepare_child() -> None:
+    """In the child, before exec: SIGINT back to its default, so the cell's Python turns it into
+    KeyboardInterrupt (and stops at a checkpoint) also when the study was started in the
+    background, where the shell makes SIGINT ignored and the ignore would pass to every child;
+    and SIGTERM when the study process dies (even by SIGKILL), so no orphaned run keeps writing a
+    cell that the next `study` would start again (Linux only)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if not sys.platform.startswith("linux"):
+        return
     try:
         import ctypes
 
@@ -220,11 +226,11 @@ def launch_cell(cell: Cell) -> subprocess.Popen:
     log.write(f"--- tailor-jax study: cell {cell.name} started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
     log.flush()
     # preexec_fn makes Popen fork (not posix_spawn), which trips JAX's at-fork warning; the child
-    # only calls prctl and then execs, so no thread state is used after the fork.
+    # only sets a signal disposition, calls prctl and then execs, so no thread state is used.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
         proc = subprocess.Popen([sys.executable, "-m", "tailor_jax.cli", "run", str(config_path)], stdout=log,
-                                stderr=subprocess.STDOUT, preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+                                stderr=subprocess.STDOUT, preexec_fn=prepare_child if os.name == "posix" else None)
     proc.log_file = log  # type: ignore[attr-defined]
     return proc
 
@@ -272,9 +278,8 @@ def _say(message: str) -> None:
 
 def run_study(study: Study, *, parallel: int = 1, log: Callable[[str], None] = _say) -> list[str]:
     """Run every unfinished cell; returns the names of cells that failed (others are done).
-    On KeyboardInterrupt (Ctrl-C, or SIGTERM: a study started in the background, where the shell
-    makes it ignore SIGINT, is stopped with `kill`) the running cells get SIGINT (they checkpoint
-    and stop) first."""
+    On Ctrl-C, SIGINT or SIGTERM (`kill`; also for a study started in the background, where the
+    shell set SIGINT to be ignored) the running cells get SIGINT (they checkpoint and stop) first."""
     states = check_cells(study)
     study.study_dir.mkdir(parents=True, exist_ok=True)
     write_manifest(study)
@@ -289,7 +294,7 @@ def run_study(study: Study, *, parallel: int = 1, log: Callable[[str], None] = _
     log(f"{total - len(pending)} of {total} cells done; {eta_text(seconds, len(pending), parallel)}")
     running: dict[int, tuple[subprocess.Popen, Cell, float]] = {}
     failed: list[str] = []
-    previous_term = _stop_on_sigterm()
+    previous = _stop_on_signals()
     try:
         while pending or running:
             while pending and len(running) < parallel:
@@ -327,21 +332,25 @@ def run_study(study: Study, *, parallel: int = 1, log: Callable[[str], None] = _
         log("interrupted; run the same command again to continue (finished cells are kept, the others resume)")
         raise
     finally:
-        if previous_term is not None:
-            signal.signal(signal.SIGTERM, previous_term)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return failed
 
 
-def _stop_on_sigterm():
-    """Make SIGTERM raise KeyboardInterrupt (so the cells are stopped at a checkpoint, not left to
-    the parent-death signal); returns the previous handler, or None off the main thread."""
+def _stop_on_signals() -> dict:
+    """Make SIGINT and SIGTERM raise KeyboardInterrupt (so the cells are stopped at a checkpoint,
+    not left to the parent-death signal, and not ignored); returns the previous handlers (none
+    off the main thread, where handlers cannot be set)."""
     def stop(signum, frame):
         raise KeyboardInterrupt
 
-    try:
-        return signal.signal(signal.SIGTERM, stop)
-    except ValueError:  # signal handlers can only be set from the main thread
-        return None
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[signum] = signal.signal(signum, stop)
+        except ValueError:  # not the main thread
+            break
+    return previous
 
 
 def _last_line(path: Path) -> str:

@@ -153,9 +153,10 @@ def test_driver_runs_in_order_skips_done_cells_and_reports_failures(tmp_path, mo
     assert lines[0].startswith("[1/2] seed-0: done earlier") and "1 of 2 cells done" in lines[1]
 
 
-def test_sigterm_stops_the_study_by_sigint_to_its_running_cells(tmp_path, monkeypatch):
-    """`kill` of a study started in the background (where SIGINT is ignored): the running cell
-    gets SIGINT, as on Ctrl-C, and the driver says how to continue."""
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_kill_stops_the_study_by_sigint_to_its_running_cells(tmp_path, monkeypatch, signame):
+    """`kill` or `kill -INT` of a study started in the background (where the shell makes SIGINT
+    ignored): the running cell gets SIGINT, as on Ctrl-C, and the driver says how to continue."""
     import os
     import signal
     import threading
@@ -177,15 +178,37 @@ def test_sigterm_stops_the_study_by_sigint_to_its_running_cells(tmp_path, monkey
     monkeypatch.setattr(study_lib, "launch_cell", fake_launch)
     study = load_study(write_study(tmp_path, {"seed": [0]}))
     run_log = study.cells[0].run_dir / "run.log"
+    signum = getattr(signal, signame)
     threading.Timer(0.1, lambda: (_wait_for(lambda: run_log.is_file() and "ready" in run_log.read_text()),
-                                  os.kill(os.getpid(), signal.SIGTERM))).start()
-    before = signal.getsignal(signal.SIGTERM)
-    lines: list[str] = []
-    with pytest.raises(KeyboardInterrupt):
-        study_lib.run_study(study, log=lines.append)
+                                  os.kill(os.getpid(), signum))).start()
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a background job
+    try:
+        lines: list[str] = []
+        with pytest.raises(KeyboardInterrupt):
+            study_lib.run_study(study, log=lines.append)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # the handlers are put back
+    finally:
+        signal.signal(signal.SIGINT, ignored)
     assert marker.read_text() == "1"  # the cell got SIGINT (and would have saved a checkpoint)
     assert "interrupted; run the same command again" in lines[-1]
-    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
+    assert signal.getsignal(signal.SIGTERM) is before[signal.SIGTERM]
+
+
+def test_a_cell_process_gets_sigint_back_when_the_study_ignores_it():
+    import signal
+
+    from tailor_jax import study as study_lib
+
+    ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        code = "import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             preexec_fn=study_lib.prepare_child, check=True).stdout
+        plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    finally:
+        signal.signal(signal.SIGINT, ignored)
+    assert (out.strip(), plain.strip()) == ("True", "False")  # without it the child would ignore Ctrl-C
 
 
 def _wait_for(condition, seconds: float = 30.0) -> None:
