@@ -195,6 +195,7 @@ def test_kill_stops_the_study_by_sigint_to_its_running_cells(tmp_path, monkeypat
     assert signal.getsignal(signal.SIGTERM) is before[signal.SIGTERM]
 
 
+@pytest.mark.filterwarnings(r"ignore:os\.fork\(\) was called:RuntimeWarning")
 def test_a_cell_process_gets_sigint_back_when_the_study_ignores_it():
     import signal
 
@@ -203,6 +204,7 @@ def test_a_cell_process_gets_sigint_back_when_the_study_ignores_it():
     ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         code = "import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
+        # preexec_fn forks (the warning is filtered above); the child only resets a signal and execs
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              preexec_fn=study_lib.prepare_child, check=True).stdout
         plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
