@@ -18,7 +18,7 @@ from typing import Any
 
 from tailor_jax.atomic import write_json
 from tailor_jax.errors import TailorError
-from tailor_jax.eval.evaluator import mean_or_zero, evaluate_records, score_outcomes
+from tailor_jax.eval.evaluator import StrategyLabeller, evaluate_records, mean_or_zero, score_outcomes
 
 
 # ---------------------------------------------------------------------------------------
@@ -56,7 +56,7 @@ def resolve_model_dir(path: str | Path) -> Path:
 def evaluate_model(
     model_path: str | Path, task, records: Sequence[dict], *, prompt_style: str = "plain", think_prefill: bool = False,
     max_new_tokens: int = 256, pass_k: int = 0, temperature: float = 1.0, seed: int = 0, mesh: dict | None = None,
-    strategy_of=None,
+    strategy_of: StrategyLabeller | None = None,
 ) -> dict[str, Any]:
     """Load a model directory (with tokenizer), decode `records`, return `score_outcomes` + metadata.
     `strategy_of` (record, completion) -> strategy name labels the completions
