@@ -208,9 +208,8 @@ def test_missing_run_dir_is_one_clear_error(tmp_path):
 def test_evaluate_records_scores_decoded_completions():
     """The decode -> reward path with a stub sampler: greedy right on even problems only,
     and among k=3 samples one right answer on every problem except the last."""
-    import types
+    from scripted_sampler import scripted_sampler
 
-    from tailor_jax.data import tokenizer as tok_lib
     from tailor_jax.eval.evaluator import evaluate_records
     from tailor_jax.tasks import get_task
 
@@ -218,25 +217,16 @@ def test_evaluate_records_scores_decoded_completions():
     records = list(task.generate(6, seed=5))
     wrong = [task.target(r).replace(f"<answer>{task.format_answer(r['answer'])}<",
                                     f"<answer>{task.format_answer((r['answer'] + 1) % 11)}<") for r in records]
-    texts = [task.prompt(r).text + task.target(r) for r in records]
-    tokenizer = tok_lib.train_bpe_tokenizer(texts, 400, sorted(task.symbols.values()))
-    encode = lambda s: tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
-
-    index_of = {tuple(tok_lib.encode_prompt(tokenizer, task.prompt(r))): i for i, r in enumerate(records)}
-
-    def generate(prompts, *, max_new_tokens, temperature, eos_token_ids, num_samples=1, seed=0):
-        rows = []
-        for i in (index_of[tuple(p)] for p in prompts):
-            if num_samples == 1:
-                rows.append(encode(task.target(records[i]) if i % 2 == 0 else wrong[i]))
-            else:
-                right = i < len(records) - 1
-                rows += [encode(wrong[i]), encode(task.target(records[i]) if right else wrong[i]), encode(wrong[i])]
+    right = [task.target(r) for r in records]
+    sampler, tokenizer = scripted_sampler(
+        task, records,
+        greedy=lambda i: right[i] if i % 2 == 0 else wrong[i],
+        sampled=lambda i: [wrong[i], right[i] if i < len(records) - 1 else wrong[i], wrong[i]],
         # greedy rows of problems 0 and 1 end without an end token (cut at max_new_tokens)
-        finished = [num_samples > 1 or index_of[tuple(p)] > 1 for p in prompts for _ in range(num_samples)]
-        return types.SimpleNamespace(tokens=rows, finished=finished, lengths=[len(r) for r in rows])
+        finished=lambda i, is_greedy: not is_greedy or i > 1,
+    )
 
-    outcomes = evaluate_records(types.SimpleNamespace(generate=generate), task, tokenizer, records, pass_k=3, chunk=4)
+    outcomes = evaluate_records(sampler, task, tokenizer, records, pass_k=3, chunk=4)
     assert [o["correct"] for o in outcomes] == [False, False, True, False, True, False]  # problem 0: right but cut
     assert [o["truncated"] for o in outcomes] == [True, True, False, False, False, False]
     assert [o["pass"] for o in outcomes] == [True, True, True, True, True, False]

@@ -4,7 +4,6 @@ evaluator's result: which primitive a model's output follows, before and after R
 from __future__ import annotations
 
 import re
-import types
 
 import pytest
 
@@ -89,7 +88,8 @@ def test_strategy_table_by_hand():
 def test_evaluate_records_labels_greedy_and_sampled_completions():
     """A stub sampler writes forward walks greedily on even problems, backward walks on odd ones,
     and per problem 2 samples: one backward walk and one unreadable text."""
-    from tailor_jax.data import tokenizer as tok_lib
+    from scripted_sampler import scripted_sampler
+
     from tailor_jax.primitives.classify import strategy_classifier
 
     task = get_task("gf", p=11, steps="3-4")
@@ -97,21 +97,8 @@ def test_evaluate_records_labels_greedy_and_sampled_completions():
     renderers = strategy_renderers(task)
     forward = [task.target(r, renderers["forward"](r)) for r in records]
     backward = [task.target(r, renderers["backward"](r)) for r in records]
-    texts = [task.prompt(r).text + t for r, t in zip(records, forward + backward)] + backward
-    tokenizer = tok_lib.train_bpe_tokenizer(texts, 400, sorted(task.symbols.values()))
-    encode = lambda s: tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
-    index_of = {tuple(tok_lib.encode_prompt(tokenizer, task.prompt(r))): i for i, r in enumerate(records)}
-
-    def generate(prompts, *, max_new_tokens, temperature, eos_token_ids, num_samples=1, seed=0):
-        rows = []
-        for i in (index_of[tuple(p)] for p in prompts):
-            if num_samples == 1:
-                rows.append(encode(forward[i] if i % 2 == 0 else backward[i]))
-            else:
-                rows += [encode(backward[i]), encode("<think>no idea</think><answer>ka</answer>")]
-        return types.SimpleNamespace(tokens=rows, finished=[True] * len(rows), lengths=[len(r) for r in rows])
-
-    sampler = types.SimpleNamespace(generate=generate)
+    sampler, tokenizer = scripted_sampler(task, records, greedy=lambda i: forward[i] if i % 2 == 0 else backward[i],
+                                          sampled=lambda i: [backward[i], "<think>no idea</think><answer>ka</answer>"])
     outcomes = evaluate_records(sampler, task, tokenizer, records, pass_k=2, strategy_of=strategy_classifier(task))
     assert [o["strategy"] for o in outcomes] == ["forward", "backward", "forward", "backward"]
     assert all(o["sample_strategies"] == ["backward", None] for o in outcomes)
