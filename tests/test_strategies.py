@@ -8,7 +8,7 @@ import re
 import pytest
 
 from tailor_jax.eval.evaluator import evaluate_records, score_outcomes, strategy_table
-from tailor_jax.primitives.classify import closest_strategy, shapes, strategy_renderers, trace_text
+from tailor_jax.primitives.classify import closest_strategy, shapes, strategy_classifier, strategy_renderers, trace_text
 from tailor_jax.tasks import get_task
 
 TASKS = {"gf": {"p": 11, "steps": "2-9"}, "kk": {}, "igsm": {}}
@@ -45,11 +45,13 @@ def test_every_primitive_render_is_labelled_as_itself_also_with_a_wrong_value(na
     task = get_task(name, **TASKS[name])
     renderers = strategy_renderers(task)
     assert "rule_based" in renderers and len(renderers) > 3
+    label = strategy_classifier(task)  # the evaluator's labeller: renders each record once, in turn
     labelled = 0
     for record in _records(task):
         for text, strategy in _distinct_renders(renderers, record).items():
             assert closest_strategy(record, task.target(record, text), renderers) == strategy
             assert closest_strategy(record, task.target(record, _corrupt(text)), renderers) == strategy
+            assert label(record, task.target(record, _corrupt(text))) == strategy
             labelled += 1
     assert labelled >= 12 * 4
 
@@ -89,8 +91,6 @@ def test_evaluate_records_labels_greedy_and_sampled_completions():
     """A stub sampler writes forward walks greedily on even problems, backward walks on odd ones,
     and per problem 2 samples: one backward walk and one unreadable text."""
     from scripted_sampler import scripted_sampler
-
-    from tailor_jax.primitives.classify import strategy_classifier
 
     task = get_task("gf", p=11, steps="3-4")
     records = _records(task, 4, seed=7)

@@ -63,22 +63,33 @@ def _shared_prefix(a: list[str], b: list[str]) -> int:
     return n
 
 
-def closest_strategy(record: dict, completion: str, renderers: Mapping[str, Callable[[dict], str]]) -> str | None:
-    """The name of the renderer whose trace for `record` `completion` follows (module docstring);
-    None when no renderer shares its first unit. A renderer that fails on the record is skipped."""
-    target = shapes(trace_text(completion))
-    if not target:
-        return None
-    best, best_key = None, (0, 0)
+def reference_shapes(record: dict, renderers: Mapping[str, Callable[[dict], str]]) -> dict[str, list[str]]:
+    """Each renderer's trace for `record` as shapes; a renderer that fails on the record (a
+    primitive that does not apply to it) is left out."""
+    references = {}
     for name, render in renderers.items():
         try:
-            reference = shapes(render(record))
-        except Exception:  # noqa: BLE001 - a primitive that does not apply to this record
+            references[name] = shapes(render(record))
+        except Exception:  # noqa: BLE001
             continue
+    return references
+
+
+def closest_in(completion: str, references: Mapping[str, list[str]]) -> str | None:
+    """The name of the reference `completion` follows (module docstring), or None when none
+    shares its first unit."""
+    target = shapes(trace_text(completion))
+    best, best_key = None, (0, 0)
+    for name, reference in references.items():
         key = (_shared_prefix(target, reference), -abs(len(reference) - len(target)))
         if key[0] > 0 and key > best_key:
             best, best_key = name, key
     return best
+
+
+def closest_strategy(record: dict, completion: str, renderers: Mapping[str, Callable[[dict], str]]) -> str | None:
+    """The name of the renderer whose trace for `record` `completion` follows, or None."""
+    return closest_in(completion, reference_shapes(record, renderers))
 
 
 def strategy_renderers(task) -> dict[str, Callable[[dict], str]]:
@@ -93,7 +104,15 @@ def strategy_renderers(task) -> dict[str, Callable[[dict], str]]:
 def strategy_classifier(task) -> Callable[[dict, str], str | None]:
     """`(record, completion) -> strategy name or None` for `task` (see `closest_strategy`)."""
     renderers = strategy_renderers(task)
-    return lambda record, completion: closest_strategy(record, completion, renderers)
+    last: list = [None, {}]  # the record labelled last and its references: the evaluator labels a
+    # record's greedy completion and its pass@k samples one after another, so each renders once
+
+    def label(record: dict, completion: str) -> str | None:
+        if last[0] is not record:
+            last[:] = [record, reference_shapes(record, renderers)]
+        return closest_in(completion, last[1])
+
+    return label
 
 
 def task_strategy_classifier(task) -> Callable[[dict, str], str | None] | None:
