@@ -9,6 +9,7 @@
         tailor: {warm_start.method: tailor}
         forward: {warm_start.method: task_trace, warm_start.strategy: forward}
     compare: [[mixed, forward]]       # optional: method pairs the report compares (besides first vs each)
+    archive_dir: results/gf/cells     # optional: each finished cell's record (tailor_jax.study_archive)
 
 Every cell's config is validated and planned (run.plan: batches, schedules, problem sets) before
 any cell runs; a bad study file stops with one line (exit 2). Cells run in order in child
@@ -40,8 +41,9 @@ from tailor_jax.config import apply_overrides, config_from_dict, read_yaml
 from tailor_jax.atomic import one_writer, write_json
 from tailor_jax.errors import TailorError
 from tailor_jax.stage_cache import STAGE_FILE, read_stage
+from tailor_jax import study_archive
 
-STUDY_KEYS = ("base", "study_dir", "overrides", "grid", "threshold", "compare")
+STUDY_KEYS = ("base", "study_dir", "overrides", "grid", "threshold", "compare", "archive_dir")
 REPLICATE_AXIS = "seed"
 
 
@@ -65,6 +67,7 @@ class Study:
     axes: dict[str, list[tuple[Any, dict[str, Any]]]]  # axis -> [(value, {dotted key: value})]
     cells: list[Cell]
     compare: tuple[tuple[str, str], ...] = ()  # extra method pairs the report compares (besides first vs each)
+    archive_dir: Path | None = None  # where finished cells' records are kept (tailor_jax.study_archive)
 
 
 # ---------------------------------------------------------------------------------------
@@ -143,7 +146,11 @@ def load_study(path: str | Path) -> Study:
         config["run_dir"] = str(study_dir / name)
         cells.append(Cell(name, values, overrides, config))
     compare = _compare_pairs(spec.get("compare"), cells, str(path))
-    return Study(path, study_dir, float(threshold), axes, _with_teachers(cells), compare)
+    archive_dir = spec.get("archive_dir")
+    if archive_dir is not None and (not isinstance(archive_dir, str) or not archive_dir.strip()):
+        raise TailorError(f"{path}: archive_dir must be a directory path, e.g. archive_dir: results/{path.stem}/cells")
+    return Study(path, study_dir, float(threshold), axes, _with_teachers(cells), compare,
+                 Path(archive_dir) if archive_dir else None)
 
 
 def _compare_pairs(compare: Any, cells: list[Cell], where: str) -> tuple[tuple[str, str], ...]:
@@ -182,21 +189,30 @@ def _with_teachers(cells: list[Cell]) -> list[Cell]:
 def check_cells(study: Study) -> list[str]:
     """Validate and plan every cell (run.plan) before any runs; returns each cell's state:
     `done` (every stage done), `partial` (some stage started) or `new`."""
+    return [cell_state(cell, str(study.path)) for cell in study.cells]
+
+
+def cell_state(cell: Cell, where: str) -> str:
     from tailor_jax import run as run_lib
 
-    states = []
-    for cell in study.cells:
-        try:
-            cfg = config_from_dict(run_lib.RunConfig, cell.config)
-            stages = run_lib.plan(cfg)
-        except TailorError as err:
-            raise TailorError(f"{study.path}: cell {cell.name}: {err}") from None
-        work = [s for s in stages if s.status not in ("done", "always")]
-        if not work and (not cfg.report or (cell.run_dir / "report.md").is_file()):
-            states.append("done")
-        else:
-            states.append("partial" if any(s.status != "fresh" for s in stages if s.hash) else "new")
-    return states
+    try:
+        cfg = config_from_dict(run_lib.RunConfig, cell.config)
+        stages = run_lib.plan(cfg)
+    except TailorError as err:
+        raise TailorError(f"{where}: cell {cell.name}: {err}") from None
+    work = [s for s in stages if s.status not in ("done", "always")]
+    if not work and (not cfg.report or (cell.run_dir / "report.md").is_file()):
+        return "done"
+    return "partial" if any(s.status != "fresh" for s in stages if s.hash) else "new"
+
+
+def restore_archived(study: Study) -> list[str]:
+    """Restore cells that have no run directory from the study's archive (study_archive); the
+    names of those restored."""
+    if study.archive_dir is None:
+        return []
+    return [cell.name for cell in study.cells
+            if study_archive.restore_cell(cell.run_dir, study.archive_dir, lambda c=cell: cell_state(c, str(study.path)) == "done")]
 
 
 # ---------------------------------------------------------------------------------------
@@ -280,9 +296,16 @@ def run_study(study: Study, *, parallel: int = 1, log: Callable[[str], None] = _
     """Run every unfinished cell; returns the names of cells that failed (others are done).
     On Ctrl-C, SIGINT or SIGTERM (`kill`; also for a study started in the background, where the
     shell set SIGINT to be ignored) the running cells get SIGINT (they checkpoint and stop) first."""
+    restored = restore_archived(study)
+    if restored:
+        log(f"restored {len(restored)} finished cell(s) from {study.archive_dir}: {', '.join(restored)}")
     states = check_cells(study)
     study.study_dir.mkdir(parents=True, exist_ok=True)
     write_manifest(study)
+    if study.archive_dir is not None:  # finished before the archive was set, or before a kill mid-archive
+        for cell, state in zip(study.cells, states):
+            if state == "done" and cell.name not in restored:
+                study_archive.archive_cell(cell.run_dir, study.archive_dir)
     total = len(study.cells)
     seconds = [recorded_seconds(c.run_dir) for c, s in zip(study.cells, states) if s == "done"]
     pending = []
@@ -314,6 +337,8 @@ def run_study(study: Study, *, parallel: int = 1, log: Callable[[str], None] = _
                 left = len(pending) + len(running)
                 if rc == 0:
                     seconds.append(elapsed)
+                    if study.archive_dir is not None:
+                        study_archive.archive_cell(cell.run_dir, study.archive_dir)
                     log(f"[{i}/{total}] {cell.name}: done in {_duration(elapsed)} ({cell_outcome(cell)}); "
                         f"{eta_text(seconds, left, parallel)}")
                 else:
@@ -408,6 +433,8 @@ def run(args) -> int:
         states = check_cells(study)
         print(f"study {study.path}: {len(study.cells)} cells in {study.study_dir}")
         for i, (cell, state) in enumerate(zip(study.cells, states), 1):
+            if state == "new" and study.archive_dir is not None and (study.archive_dir / cell.name).is_dir():
+                state = "archived"  # restored when the study runs, if its record is of this config
             print(f"  [{i}/{len(study.cells)}] {cell.name:<40} {state:<8} " + " ".join(f"{k}={json.dumps(v)}" for k, v in cell.values.items()))
         return 0
     check_cells(study)  # every cell valid before anything is written (run_study checks again, under the lock)

@@ -73,6 +73,7 @@ def write_study(tmp_path: Path, grid: dict, **extra) -> Path:
     ({"warm_start.method": ["tailor", "rule_based"]}, {"compare": [["rule_based", "mixed"]]},
      "compare: mixed is not a method of this grid; its methods are rule_based, tailor"),
     ({"seed": [0]}, {"compare": ["a", "b"]}, "compare must be a list of method pairs"),
+    ({"seed": [0]}, {"archive_dir": 3}, "archive_dir must be a directory path"),
 ])
 def test_bad_study_files_stop_with_one_line_before_any_cell(tmp_path, capsys, grid, extra, message):
     path = write_study(tmp_path, grid, **extra)
@@ -116,14 +117,10 @@ def test_shipped_studies_validate():
             run_lib.plan(config_from_dict(run_lib.RunConfig, cell.config))
 
 
-def test_driver_runs_in_order_skips_done_cells_and_reports_failures(tmp_path, monkeypatch):
-    """The study loop with stand-in cell processes: one "trains" (writes its stages as done, as
-    a finished `tailor-jax run` leaves them), one fails; the rerun skips the finished cell."""
-    from tailor_jax import study as study_lib
-
-    launched, fail = [], {"seed-1"}
-
-    def fake_launch(cell):
+def _stand_in_cells(launched: list[str], fail: set[str]):
+    """A `launch_cell` whose process "trains" the cell (writes its stages as done, as a finished
+    `tailor-jax run` leaves them, with a model and demonstrations) or fails (cells named in `fail`)."""
+    def launch(cell):
         launched.append(cell.name)
         cfg = config_from_dict(run_lib.RunConfig, cell.config)
         cell.run_dir.mkdir(parents=True, exist_ok=True)
@@ -132,13 +129,26 @@ def test_driver_runs_in_order_skips_done_cells_and_reports_failures(tmp_path, mo
             for stage, digest in run_lib.stage_hashes(cfg).items():
                 run_lib.write_stage(cell.run_dir / stage, {"hash": digest, "status": "done", "seconds": 2.0})
             (cell.run_dir / "eval" / "sft.json").write_text(json.dumps({"acc": 0.25}))
+            (cell.run_dir / "sft" / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 2.5}) + "\n")
+            (cell.run_dir / "sft" / "model").mkdir()
+            (cell.run_dir / "sft" / "model" / "model.safetensors").write_bytes(b"weights")
+            (cell.run_dir / "warm_start" / "sft.jsonl").write_text("{}\n")
             (cell.run_dir / "report.md").write_text("done")
         log = open(cell.run_dir / "run.log", "w")
         proc = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT)
         proc.log_file = log
         return proc
 
-    monkeypatch.setattr(study_lib, "launch_cell", fake_launch)
+    return launch
+
+
+def test_driver_runs_in_order_skips_done_cells_and_reports_failures(tmp_path, monkeypatch):
+    """The study loop with stand-in cell processes: one "trains" (writes its stages as done, as
+    a finished `tailor-jax run` leaves them), one fails; the rerun skips the finished cell."""
+    from tailor_jax import study as study_lib
+
+    launched, fail = [], {"seed-1"}
+    monkeypatch.setattr(study_lib, "launch_cell", _stand_in_cells(launched, fail))
     study = load_study(write_study(tmp_path, {"seed": [0, 1]}))
     lines: list[str] = []
     assert study_lib.run_study(study, log=lines.append) == ["seed-1"]
@@ -151,6 +161,45 @@ def test_driver_runs_in_order_skips_done_cells_and_reports_failures(tmp_path, mo
     assert study_lib.run_study(study, log=lines.append) == []
     assert launched == ["seed-0", "seed-1", "seed-1"]  # the finished cell is not started again
     assert lines[0].startswith("[1/2] seed-0: done earlier") and "1 of 2 cells done" in lines[1]
+
+
+def test_archived_cells_are_restored_when_the_study_directory_is_lost(tmp_path, monkeypatch):
+    """A study with archive_dir keeps each finished cell's record (no weights, no data); on a new
+    machine (the study directory gone) the finished cells are restored and skipped, and a record
+    of another config is not restored: that cell runs afresh."""
+    import shutil
+
+    from tailor_jax import study as study_lib
+
+    launched, fail = [], {"seed-1"}
+    monkeypatch.setattr(study_lib, "launch_cell", _stand_in_cells(launched, fail))
+    path = write_study(tmp_path, {"seed": [0, 1]}, archive_dir=str(tmp_path / "archive"))
+    study = load_study(path)
+    assert study_lib.run_study(study, log=lambda line: None) == ["seed-1"]
+    record = tmp_path / "archive" / "seed-0"
+    kept = {str(p.relative_to(record)) for p in record.rglob("*") if p.is_file()}
+    assert {"report.md", "run.log", "eval/sft.json", "sft/metrics.jsonl", "sft/stage.json", "grpo/stage.json"} <= kept
+    assert not any(name.endswith(("model.safetensors", "sft.jsonl")) for name in kept), kept
+    assert not (tmp_path / "archive" / "seed-1").exists()  # failed: nothing to keep
+
+    shutil.rmtree(tmp_path / "study")
+    fail.clear()
+    lines: list[str] = []
+    study_lib.run_study(study, log=lines.append)
+    assert launched == ["seed-0", "seed-1", "seed-1"]  # seed-0 restored, not run again
+    assert any("restored 1 finished cell(s)" in line and "seed-0" in line for line in lines), lines
+    assert "[1/2] seed-0: done earlier (held-out acc sft 25.0%)" in lines
+    assert (tmp_path / "archive" / "seed-1" / "report.md").is_file()  # archived once it finished
+    assert study_lib.check_cells(study) == ["done", "done"]
+
+    # another evaluation: the records' training stages still match but not their eval stage; a
+    # restored cell would resume from models it does not have, so it is not restored: it runs afresh
+    shutil.rmtree(tmp_path / "study")
+    study = load_study(write_study(tmp_path, {"seed": [0, 1]}, archive_dir=str(tmp_path / "archive"),
+                                   overrides={**MICRO_OVERRIDES, "eval": {**MICRO_OVERRIDES["eval"], "per_level": 3}}))
+    assert study_lib.restore_archived(study) == [] and study_lib.check_cells(study) == ["new", "new"]
+    assert study_lib.run_study(study, log=lambda line: None) == []
+    assert launched[3:] == ["seed-0", "seed-1"]
 
 
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
