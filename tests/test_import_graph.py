@@ -12,7 +12,7 @@ that share a layer may not import each other):
 
 `eval` is the evaluator (`eval.evaluator`, `eval.evaluate`, `eval.accuracy`): the trainers'
 periodic evaluation and the Tailor analyse stage use it, so it sits below both. The reports
-(`eval.report`, `eval.study_report`) read what training wrote (`train.metrics`) and are what
+(`eval.report`, `eval.study_report`, `eval.study_plots`) read what training wrote (`train.metrics`) and are what
 `run` and `study` call last, so they sit above the pipeline.
 """
 
@@ -44,7 +44,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("study",),
     ("cli",),
 ]
-MODULE_UNITS = {f"tailor_jax.eval.{name}": "report" for name in ("report", "study_report", "report_command")}
+MODULE_UNITS = {f"tailor_jax.eval.{name}": "report" for name in ("report", "study_report", "study_plots", "report_command")}
 MODULE_UNITS["tailor_jax.study_archive"] = "study"  # the study driver's helper, beside it
 
 # Edges that break the layering on purpose: (importer, imported) -> why. None today.

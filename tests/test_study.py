@@ -450,6 +450,30 @@ def test_study_report_gives_the_strategy_of_the_outputs_after_sft_and_after_rl(t
     assert methods["grpo_strategy/backward"]["values"] == [0.0, 0.5]
 
 
+def test_study_report_gives_when_rl_narrowed_the_outputs_to_one_strategy(tmp_path):
+    # the GRPO trainer's periodic eval logs eval/strategy/<name>; `other` (no primitive) is not a
+    # strategy RL selects, so a cell whose outputs collapse to `other` never "selects"
+    study_dir = tmp_path / "s"
+    logged = {"mixed-0": [{"forward": 0.5, "backward": 0.5}, {"forward": 0.8, "other": 0.2}, {"forward": 0.95, "backward": 0.05}],
+              "mixed-1": [{"backward": 0.6, "forward": 0.4}, {"other": 0.95, "forward": 0.05}, {"other": 0.95, "backward": 0.05}]}
+    for name, shares in logged.items():
+        _fake_cell(study_dir, name, 0.5, 0.6, [0.5, 0.6, 0.7])
+        lines = [{"step": 10 * i, "eval/acc": 0.5, **{f"eval/strategy/{k}": v for k, v in share.items()}}
+                 for i, share in enumerate(shares)]
+        (study_dir / name / "grpo" / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    cells = [{"name": n, "values": {"seed": int(n[-1]), "method": "mixed"}} for n in logged]
+    (study_dir / "study.json").write_text(json.dumps({"axes": {"seed": [0, 1], "method": ["mixed"]},
+                                                       "replicate_axis": "seed", "threshold": 0.8, "cells": cells}))
+    text = study_report.write_study_report(study_dir).read_text()
+    summary = json.loads((study_dir / "summary.json").read_text())
+    assert summary["selection"]["mixed-1"] == [[0, "backward", 0.6], [10, "forward", 0.05], [20, "backward", 0.05]]
+    assert summary["cells"]["mixed-0"]["steps_to_one_strategy"] == 20 and "steps_to_one_strategy" not in summary["cells"]["mixed-1"]
+    assert summary["methods"]["mixed"]["rl_top_strategy_last"]["values"] == [0.95, 0.05]
+    section = text.split("## Selection during RL")[1]
+    assert "| mixed | 55.0 +- 7.1" in section and "| 20 (n=1) (1 of 2) |" in section
+    assert "- mixed-0: step 0 forward 50% -> step 10 forward 80% -> step 20 forward 95%" in section
+
+
 def test_a_redistill_cells_compute_counts_its_teacher_also_when_taken_from_another_cell(tmp_path):
     study_dir = tmp_path / "s"
     _fake_cell(study_dir, "redistill-0", 0.5, 0.6, [0.5, 0.6])

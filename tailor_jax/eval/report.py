@@ -70,6 +70,23 @@ def series(metrics: Sequence[dict], key: str) -> tuple[list[int], list[float]]:
     return [p[0] for p in points], [float(p[1]) for p in points]
 
 
+def training_seconds(grpo_metrics: Sequence[dict]) -> tuple[list[int], list[float]]:
+    """(steps, cumulative GRPO seconds: sampling + update, no periodic eval) at each logged step.
+    Steps between two logged ones are counted at the later one's step_time."""
+    steps, seconds, total, previous = [], [], 0.0, 0
+    for record in grpo_metrics:
+        if record["step"] == 0:
+            steps.append(0)
+            seconds.append(0.0)
+            continue
+        if record.get("step_time") is not None:
+            total += float(record["step_time"]) * (record["step"] - previous)
+            previous = record["step"]
+        steps.append(record["step"])
+        seconds.append(total)
+    return steps, seconds
+
+
 def level_keys(metrics: Sequence[dict], prefix: str = "eval/acc/") -> list[str]:
     keys = {k for m in metrics for k in m if k.startswith(prefix) and k[len(prefix):].count("/") == 1}
     return sorted(keys, key=lambda k: int(k.rsplit("/", 1)[1]) if k.rsplit("/", 1)[1].isdigit() else 0)

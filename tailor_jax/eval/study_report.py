@@ -21,6 +21,7 @@ from typing import Any
 from tailor_jax.atomic import write_json, write_text
 from tailor_jax.errors import TailorError
 from tailor_jax.eval import report as run_report
+from tailor_jax.eval import study_plots
 
 DEFAULT_THRESHOLD = 0.8  # held-out accuracy for "steps / seconds to threshold" (study file: `threshold`)
 WARM_START_METRICS = ("num_demos", "num_primitives", "distinct_1", "distinct_2", "distinct_3", "mean_words")
@@ -31,6 +32,8 @@ SHARE_PREFIXES = {
     "sft_strategy/": "Strategy of the greedy outputs after SFT (% of held-out problems; `other`: no known primitive)",
     "grpo_strategy/": "Strategy of the greedy outputs after RL (% of held-out problems)",
 }
+# RL "has selected" once one named strategy (not `other`) covers this share of the trainer's eval outputs
+SELECTED_SHARE = 0.9
 
 
 # ---------------------------------------------------------------------------------------
@@ -72,23 +75,6 @@ def difference(a: dict[Any, float], b: dict[Any, float]) -> dict[str, Any]:
     return {"n": min(len(x), len(y)), "mean": mx - my, "std": se, "ci95": [mx - my - half, mx - my + half], "paired": False}
 
 
-def training_seconds(grpo_metrics: Sequence[dict]) -> tuple[list[int], list[float]]:
-    """(steps, cumulative GRPO seconds: sampling + update, no periodic eval) at each logged step.
-    Steps between two logged ones are counted at the later one's step_time."""
-    steps, seconds, total, previous = [], [], 0.0, 0
-    for record in grpo_metrics:
-        if record["step"] == 0:
-            steps.append(0)
-            seconds.append(0.0)
-            continue
-        if record.get("step_time") is not None:
-            total += float(record["step_time"]) * (record["step"] - previous)
-            previous = record["step"]
-        steps.append(record["step"])
-        seconds.append(total)
-    return steps, seconds
-
-
 def cell_metrics(run: dict, threshold: float) -> dict[str, float]:
     """The scalar results of one cell (absent ones left out)."""
     out: dict[str, float] = {}
@@ -109,7 +95,7 @@ def cell_metrics(run: dict, threshold: float) -> dict[str, float]:
         out["rl_gain"] = out["rl_acc"] - out["sft_acc"]
     steps, acc = run_report.series(run["grpo_metrics"], "eval/acc")
     if steps:
-        clock = dict(zip(*training_seconds(run["grpo_metrics"])))
+        clock = dict(zip(*run_report.training_seconds(run["grpo_metrics"])))
         reached = [s for s, a in zip(steps, acc) if a >= threshold]
         if reached:
             out["steps_to_threshold"] = float(reached[0])
@@ -117,6 +103,12 @@ def cell_metrics(run: dict, threshold: float) -> dict[str, float]:
                 out["seconds_to_threshold"] = clock[reached[0]]
         out["rl_eval_acc_best"] = max(acc)
         out["rl_eval_acc_mean"] = sum(acc) / len(acc)  # the area under the RL curve per eval point: how fast it rose
+    curve = selection_curve(run["grpo_metrics"])
+    if curve:  # Select and Improve's "select" over RL: how concentrated the outputs' strategy is, and when
+        out["rl_top_strategy_first"], out["rl_top_strategy_last"] = curve[0][2], curve[-1][2]
+        selected = [step for step, _, share in curve if share >= SELECTED_SHARE]
+        if selected:
+            out["steps_to_one_strategy"] = float(selected[0])
     if run["warm_start"]:
         out.update({f"warm_start/{k}": float(run["warm_start"][k]) for k in WARM_START_METRICS if k in run["warm_start"]})
         primitives = run["warm_start"].get("primitives") or {}  # what the warm start is made of: its share of each
@@ -130,6 +122,17 @@ def cell_metrics(run: dict, threshold: float) -> dict[str, float]:
     if not run.get("outdated"):  # a cell's compute time only when every stage is finished and current
         out["seconds"] = seconds
     return out
+
+
+def selection_curve(grpo_metrics: Sequence[dict]) -> list[tuple[int, str, float]]:
+    """(step, most common named strategy, its share) at each GRPO evaluation with strategy labels
+    (`other`, outputs that follow no primitive, is not a strategy RL could select)."""
+    curve = []
+    for step, shares in run_report.strategy_shares(grpo_metrics):
+        named = {k: v for k, v in shares.items() if k != "other"}
+        if named:
+            curve.append((step, *max(named.items(), key=lambda item: item[1])))
+    return curve
 
 
 # ---------------------------------------------------------------------------------------
@@ -233,112 +236,12 @@ def summarize(study: dict) -> dict[str, Any]:
             b = {c["replicate"]: per_cell[c["name"]][key] for c in study["methods"].get(other, []) if key in per_cell[c["name"]]}
             if a and b:
                 comparisons.append({"a": first, "b": other, "metric": key, **difference(a, b)})
+    selection = {c["name"]: [list(point) for point in selection_curve(c["run"]["grpo_metrics"])]
+                 for c in study["cells"] if c["run"] and "grpo" not in c["run"].get("outdated", ())}
     return {"study_dir": str(study["dir"]), "threshold": threshold, "axes": study["manifest"]["axes"],
             "replicate_axis": study["manifest"].get("replicate_axis"), "cells": per_cell, "methods": methods,
-            "comparisons": comparisons, "same_demonstrations": same_demonstrations(study)}
-
-
-# ---------------------------------------------------------------------------------------
-# Curves and plots.
-def mean_curve(curves: Sequence[tuple[Sequence[float], Sequence[float]]], points: int = 50):
-    """Mean and std of several (x, y) curves on a shared x: their common steps when they share
-    them, else `points` x values over the range all of them cover (linear interpolation)."""
-    import numpy as np
-
-    curves = [(np.asarray(x, float), np.asarray(y, float)) for x, y in curves if len(x)]
-    if not curves:
-        return None
-    shared = set(curves[0][0].tolist())
-    for x, _ in curves[1:]:
-        shared &= set(x.tolist())
-    if len(shared) >= 2 and all(len(x) == len(shared) for x, _ in curves):
-        grid = np.array(sorted(shared))
-    else:
-        grid = np.linspace(max(x[0] for x, _ in curves), min(x[-1] for x, _ in curves), points)
-    ys = np.stack([np.interp(grid, x, y) for x, y in curves])
-    return grid, ys.mean(0), ys.std(0, ddof=1) if len(curves) > 1 else np.zeros(len(grid)), len(curves)
-
-
-def rl_curves(study: dict, against: str):
-    """Per method: (x, mean, std, n) of held-out accuracy during GRPO against `step` or `seconds`."""
-    out = {}
-    for label, cells in study["methods"].items():
-        curves = []
-        for cell in cells:
-            if not cell["run"]:
-                continue
-            steps, acc = run_report.series(cell["run"]["grpo_metrics"], "eval/acc")
-            if against == "seconds":
-                clock = dict(zip(*training_seconds(cell["run"]["grpo_metrics"])))
-                steps = [clock[s] for s in steps]
-            curves.append((steps, acc))
-        curve = mean_curve(curves)
-        if curve is not None:
-            out[label] = curve
-    return out
-
-
-def plot_curves(study: dict, against: str, path: Path) -> Path | None:
-    curves = rl_curves(study, against)
-    if not curves:
-        return None
-    plt = run_report._pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, (x, mean, std, n) in curves.items():
-        line = ax.plot(x, mean, "-", lw=2, label=f"{label} (n={n})")[0]
-        ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
-    xlabel = "GRPO step" if against == "step" else "GRPO seconds (sampling + updates, periodic eval excluded)"
-    ax.set(xlabel=xlabel, ylabel="held-out greedy accuracy", ylim=(-0.02, 1.02),
-           title="Held-out accuracy during RL: mean over seeds, band = +-1 std")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return run_report._save(fig, path)
-
-
-def plot_bars(summary: dict, keys: Sequence[tuple[str, str]], path: Path, title: str, ylabel: str,
-              ylim: tuple[float, float] | None = (0.0, 1.05)) -> Path | None:
-    """Grouped bars per method (mean, error bar = std) with each seed's value as a dot."""
-    import numpy as np
-
-    methods = [m for m in summary["methods"] if any(summary["methods"][m].get(k, {}).get("n") for k, _ in keys)]
-    if not methods:
-        return None
-    plt = run_report._pyplot()
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(methods) * len(keys) ** 0.5 + 2), 4.5))
-    width = 0.8 / len(keys)
-    x = np.arange(len(methods))
-    for i, (key, name) in enumerate(keys):
-        stats = [summary["methods"][m].get(key, {}) for m in methods]
-        means = [s.get("mean") or 0.0 for s in stats]
-        stds = [s.get("std") or 0.0 for s in stats]
-        offset = x + (i - (len(keys) - 1) / 2) * width
-        ax.bar(offset, means, width, yerr=stds, capsize=3, label=name, alpha=0.8)
-        for xi, s in zip(offset, stats):
-            ax.plot([xi] * len(s.get("values", [])), s.get("values", []), "k.", ms=4)
-    ax.set_xticks(x, methods, rotation=20, ha="right")
-    ax.set(ylabel=ylabel, title=title, ylim=ylim)
-    ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8)
-    return run_report._save(fig, path)
-
-
-def _level_keys(summary: dict, prefix: str) -> list[str]:
-    keys = {k for m in summary["methods"].values() for k in m if k.startswith(prefix + "/")}
-    return sorted(keys, key=lambda k: int(k.rsplit("/", 1)[1]) if k.rsplit("/", 1)[1].isdigit() else 0)
-
-
-def make_plots(study: dict, summary: dict, plot_dir: Path) -> dict[str, Path]:
-    made = {
-        "rl_accuracy_by_step": plot_curves(study, "step", plot_dir / "rl_accuracy_by_step.png"),
-        "rl_accuracy_by_seconds": plot_curves(study, "seconds", plot_dir / "rl_accuracy_by_seconds.png"),
-        "accuracy": plot_bars(summary, [("sft_acc", "after SFT"), ("rl_acc", "after RL")], plot_dir / "accuracy.png",
-                              "Held-out accuracy (mean +- std over seeds; dots: seeds)", "greedy accuracy"),
-        "rl_accuracy_by_level": plot_bars(summary, [(k, f"level {k.rsplit('/', 1)[1]}") for k in _level_keys(summary, "rl_acc")],
-                                          plot_dir / "rl_accuracy_by_level.png", "Held-out accuracy after RL by level", "greedy accuracy"),
-        "warm_start": plot_bars(summary, [(f"warm_start/distinct_{n}", f"distinct-{n}") for n in (1, 2, 3)],
-                                plot_dir / "warm_start.png", "Warm-start data: distinct n-grams / n-grams", "ratio"),
-    }
-    return {name: path for name, path in made.items() if path is not None}
+            "comparisons": comparisons, "same_demonstrations": same_demonstrations(study),
+            "selection": {name: curve for name, curve in selection.items() if curve}}
 
 
 # ---------------------------------------------------------------------------------------
@@ -404,6 +307,30 @@ def _reached(label: str, method: dict) -> str:
     return text + (f" ({before} before RL)" if before else "")
 
 
+def _selection_lines(study: dict, summary: dict) -> list[str]:
+    """How fast RL narrowed each cell's outputs to one strategy (the trainer's periodic eval)."""
+    curves = summary.get("selection") or {}
+    if not curves:
+        return []
+    keys = [("rl_top_strategy_first", "first eval"), ("rl_top_strategy_last", "last eval")]
+    lines = ["", "## Selection during RL", "",
+             "Share of the most common strategy (`other` aside) among the greedy outputs of the GRPO trainer's "
+             f"periodic eval (%), and the GRPO step from which one strategy had >= {100 * SELECTED_SHARE:.0f}% of them.", "",
+             "| method | " + " | ".join(title for _, title in keys) + f" | steps to one strategy (cells reaching it) |",
+             "|---|---|---|---|"]
+    for label, m in summary["methods"].items():
+        if any(c in curves for c in m["cells"]):
+            reached = sum("steps_to_one_strategy" in summary["cells"][c] for c in m["cells"])
+            lines.append(f"| {label} | " + " | ".join(_fmt(m.get(k)) for k, _ in keys)
+                         + f" | {_fmt(m.get('steps_to_one_strategy'), 1.0, 0)} ({reached} of {len(m['cells'])}) |")
+    lines.append("")
+    for cell in study["cells"]:
+        if cell["name"] in curves:
+            lines.append(f"- {cell['name']}: " + " -> ".join(f"step {step} {name} {100 * share:.0f}%"
+                                                             for step, name, share in curves[cell["name"]]))
+    return lines
+
+
 def markdown(study: dict, summary: dict, plots: dict[str, Path]) -> str:
     base = study["dir"]
     methods = summary["methods"]
@@ -425,7 +352,7 @@ def markdown(study: dict, summary: dict, plots: dict[str, Path]) -> str:
     lines += ["## Comparisons", ""]
     lines += [f"- {describe_comparison(c)}" for c in summary["comparisons"]] or ["(one method only)"]
     for prefix, title in (("sft_acc", "after SFT"), ("rl_acc", "after RL")):
-        keys = _level_keys(summary, prefix)
+        keys = study_plots.level_keys(summary, prefix)
         if keys:
             lines += ["", f"## Held-out accuracy {title} by level (%)", "",
                       "| method | " + " | ".join(f"level {k.rsplit('/', 1)[1]}" for k in keys) + " |", "|---|" + "---|" * len(keys)]
@@ -451,6 +378,7 @@ def markdown(study: dict, summary: dict, plots: dict[str, Path]) -> str:
             lines += ["", f"{title} (mean +- std over seeds; n: the cells that have it):", ""]
             lines += [f"- {label} (n={max(stat['n'] for _, stat in items)}): "
                       + ", ".join(f"{name} {_share(stat)}" for name, stat in items) for label, items in shares.items() if items]
+    lines += _selection_lines(study, summary)
     if summary["same_demonstrations"]:
         lines += ["", "Cells that trained on the same demonstrations (the `primitive` label aside), so their "
                   "comparisons are of one data set under two names: "
@@ -473,7 +401,7 @@ def write_study_report(study_dir: str | Path) -> Path:
     """STUDY_DIR/report.md, summary.json and plots/*.png."""
     study = load_study_dir(study_dir)
     summary = summarize(study)
-    plots = make_plots(study, summary, study["dir"] / "plots")
+    plots = study_plots.make_plots(study, summary, study["dir"] / "plots")
     write_json(study["dir"] / "summary.json", summary, allow_nan=False, default=str)
     path = study["dir"] / "report.md"
     write_text(path, markdown(study, summary, plots))
