@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -163,7 +164,7 @@ def test_driver_runs_in_order_skips_done_cells_and_reports_failures(tmp_path, mo
     assert lines[0].startswith("[1/2] seed-0: done earlier") and "1 of 2 cells done" in lines[1]
 
 
-def test_archived_cells_are_restored_when_the_study_directory_is_lost(tmp_path, monkeypatch):
+def test_archived_cells_are_restored_when_the_study_directory_is_lost(tmp_path, monkeypatch, capsys):
     """A study with archive_dir keeps each finished cell's record (no weights, no data); on a new
     machine (the study directory gone) the finished cells are restored and skipped, and a record
     of another config is not restored: that cell runs afresh."""
@@ -183,6 +184,10 @@ def test_archived_cells_are_restored_when_the_study_directory_is_lost(tmp_path, 
     assert not (tmp_path / "archive" / "seed-1").exists()  # failed: nothing to keep
 
     shutil.rmtree(tmp_path / "study")
+    assert cli.main(["study", str(path), "--dry-run"]) == 0
+    listed = capsys.readouterr().out
+    assert re.search(r"\] seed-0 +archived ", listed) and re.search(r"\] seed-1 +new ", listed), listed
+    assert not (tmp_path / "study").exists()  # a dry run restores nothing
     fail.clear()
     lines: list[str] = []
     study_lib.run_study(study, log=lines.append)
