@@ -42,8 +42,10 @@ def fake_training(monkeypatch):
     monkeypatch.setitem(run_lib.STAGE_FUNCTIONS, "report", fake("report"))
     sampled: list[dict] = []
 
-    def fake_redistill(task, records, budget, policy_dir, **options):
+    def fake_redistill(task, records, budget, policy_dir, on_progress, **options):
         sampled.append({"policy_dir": str(policy_dir), "budget": budget, "records": len(records), **options})
+        for done in range(1, len(records) + 1):  # the sampling's progress, a prompt at a time
+            on_progress(done, len(records), done // 2)
         # the "teacher" solves every other prompt
         return [Example(r, task.target(r), "redistill") for r in records[::2]]
 
@@ -51,7 +53,7 @@ def fake_training(monkeypatch):
     return calls, sampled
 
 
-def test_redistill_trains_its_teacher_then_samples_it(tmp_path, fake_training):
+def test_redistill_trains_its_teacher_then_samples_it(tmp_path, fake_training, capsys):
     calls, sampled = fake_training
     cfg = redistill_config(tmp_path, "seed=3")
     assert [s.name for s in run_lib.plan(cfg)] == ["data", "teacher", "warm_start", "sft", "grpo", "eval", "report"]
@@ -69,6 +71,8 @@ def test_redistill_trains_its_teacher_then_samples_it(tmp_path, fake_training):
     assert len(demos) == 10 and {d["primitive"] for d in demos} == {"redistill"}
     stats = json.loads((tmp_path / "run" / "warm_start" / "stats.json").read_text())
     assert stats["num_demos"] == 10
+    lines = [line for line in capsys.readouterr().err.splitlines() if "redistill sampled" in line]
+    assert len(lines) == 10 and lines[-1].endswith("sampled 20 of 20 SFT prompts, the teacher solved 10 (50.0%)"), lines
 
     calls.clear()  # rerun: everything done is skipped, the teacher included
     assert [s.status for s in run_lib.plan(cfg)][:6] == ["done"] * 6

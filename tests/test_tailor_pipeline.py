@@ -291,8 +291,12 @@ def test_redistill_keeps_correct_samples_one_per_question_first(tiny_dir, monkey
             return Completions([p.prefill for p in prompts], texts, [True] * len(texts), [1] * len(texts), num_samples)
 
     monkeypatch.setattr(teacher.LocalModel, "load", classmethod(lambda cls, path: FakePolicy()))
-    chosen = baselines.redistill(task, records, 4, "unused", samples_per_question=2)
+    progress = []
+    chosen = baselines.redistill(task, records, 4, "unused", samples_per_question=2, chunk=2,
+                                 on_progress=lambda *counts: progress.append(counts))
     assert [records.index(e.record) for e in chosen] == [0, 2, 4, 0]  # firsts, then a second
+    n = len(records)  # (prompts sampled, prompts, prompts solved) after each chunk of 2
+    assert progress == [(min(i, n), n, (min(i, n) + 1) // 2) for i in range(2, n + 2, 2)]
     assert all(e.primitive == "redistill" for e in chosen)
 
 

@@ -4,6 +4,7 @@ the stage's directory. The driver (`tailor_jax.run.execute`) decides which of th
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -85,8 +86,17 @@ def _redistill_records(cfg: RunConfig, records: list[dict]) -> list[dict]:
 
     options = {"samples_per_question": 1, "max_new_tokens": cfg.eval.max_new_tokens, **cfg.warm_start.options}
     teacher = model_dir(teacher_config(cfg), "grpo")
+    shown = 0
+
+    def progress(done: int, total: int, solved: int) -> None:  # a line per tenth of the prompts
+        nonlocal shown
+        if done - shown >= total / 10 or done == total:
+            shown = done
+            print(f"tailor-jax run: warm_start: redistill sampled {done:,} of {total:,} SFT prompts, the teacher solved "
+                  f"{solved:,} ({solved / done:.1%})", file=sys.stderr, flush=True)
+
     examples = baselines.redistill(get_task(cfg.task, **cfg.task_options), records, len(records), teacher,
-                                   prompt_style=cfg.prompt_style, **options)
+                                   prompt_style=cfg.prompt_style, on_progress=progress, **options)
     if not examples:
         raise TailorError(f"redistill: the teacher ({teacher}) solved none of the {len(records)} SFT prompts; train it longer "
                           "(sft.steps, grpo.steps) or sample more (warm_start.options.samples_per_question)")

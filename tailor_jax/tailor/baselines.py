@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tailor_jax.errors import TailorError
@@ -69,9 +69,11 @@ def redistill(
     prompt_style: str = "plain",
     seed: int = 0,
     chunk: int = 32,
+    on_progress: Callable[[int, int, int], None] | None = None,
 ) -> list[Example]:
     """Up to `budget` verified-correct samples of the policy (fewer if it solves too little:
-    logged). Questions are taken in order."""
+    logged). Questions are taken in order; after each chunk of them `on_progress(questions
+    sampled, questions, questions solved)` (sampling thousands of prompts takes minutes to hours)."""
     from tailor_jax.eval.evaluator import score_completions
     from tailor_jax.tailor.teacher import LocalModel
 
@@ -93,7 +95,10 @@ def redistill(
                 if scores[j, s] == 1.0 and completion not in correct:
                     correct.append(completion)
             per_question.append(correct)
-        if sum(map(bool, per_question)) >= budget:
+        solved = sum(map(bool, per_question))
+        if on_progress is not None:
+            on_progress(len(per_question), len(records), solved)
+        if solved >= budget:
             break
     examples: list[Example] = []
     for rank in range(samples_per_question):  # one per question first, then seconds, ...
