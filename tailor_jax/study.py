@@ -206,6 +206,11 @@ def cell_state(cell: Cell, where: str) -> str:
     return "partial" if any(s.status != "fresh" for s in stages if s.hash) else "new"
 
 
+def _archive(study: Study, cell: Cell) -> None:
+    teachers = {str(run) for c in study.cells for run in c.config.get("teacher_from") or ()}
+    study_archive.archive_cell(cell.run_dir, study.archive_dir, teacher=str(cell.run_dir) in teachers)
+
+
 def restore_archived(study: Study) -> list[str]:
     """Restore cells that have no run directory from the study's archive (study_archive); the
     names of those restored."""
@@ -305,7 +310,7 @@ def run_study(study: Study, *, parallel: int = 1, log: Callable[[str], None] = _
     if study.archive_dir is not None:  # finished before the archive was set, or before a kill mid-archive
         for cell, state in zip(study.cells, states):
             if state == "done" and cell.name not in restored:
-                study_archive.archive_cell(cell.run_dir, study.archive_dir)
+                _archive(study, cell)
     total = len(study.cells)
     seconds = [recorded_seconds(c.run_dir) for c, s in zip(study.cells, states) if s == "done"]
     pending = []
@@ -338,7 +343,7 @@ def run_study(study: Study, *, parallel: int = 1, log: Callable[[str], None] = _
                 if rc == 0:
                     seconds.append(elapsed)
                     if study.archive_dir is not None:
-                        study_archive.archive_cell(cell.run_dir, study.archive_dir)
+                        _archive(study, cell)
                     log(f"[{i}/{total}] {cell.name}: done in {_duration(elapsed)} ({cell_outcome(cell)}); "
                         f"{eta_text(seconds, left, parallel)}")
                 else:

@@ -10,8 +10,10 @@ of each finished cell to ARCHIVE_DIR/CELL (small enough to commit), and when it 
 with no run directory but a record in the archive is restored from it: its stages read as done
 under their hashes, so the study skips it and its report counts it. A record written under
 another config (its stage hashes are not the cell's any more) is not restored; that cell runs
-afresh. A restored cell has no models: a redistill cell whose rule_based teacher was restored
-trains that teacher itself (run.adopt_teacher takes only a teacher with its model).
+afresh. A restored cell has no models, with one exception: a cell that redistill cells take as
+their teacher (`teacher_from`) also keeps its final policy (`grpo/model`, 3.5 MB for the KK and
+iGSM studies' model), the one thing run.adopt_teacher needs from it; without it each such
+redistill cell would train that teacher again (an hour on a 2-core CPU).
 """
 
 from __future__ import annotations
@@ -26,22 +28,25 @@ RECORD_GLOBS = (
     "*/stage.json", "*/metrics.jsonl", "warm_start/stats.json", "eval/*.json",
     "teacher/*/stage.json", "teacher/*/metrics.jsonl", "teacher/warm_start/stats.json",
 )
+TEACHER_GLOBS = ("grpo/model/*",)  # what a redistill cell samples from (run.adopt_teacher)
 
 
-def record_files(run_dir: Path) -> list[Path]:
-    """The cell's record: its files matching RECORD_GLOBS, relative to `run_dir`."""
-    found = {path.relative_to(run_dir) for pattern in RECORD_GLOBS for path in run_dir.glob(pattern) if path.is_file()}
+def record_files(run_dir: Path, teacher: bool = False) -> list[Path]:
+    """The cell's record: its files matching RECORD_GLOBS (and TEACHER_GLOBS for a cell that is a
+    redistill cell's teacher), relative to `run_dir`."""
+    patterns = RECORD_GLOBS + (TEACHER_GLOBS if teacher else ())
+    found = {path.relative_to(run_dir) for pattern in patterns for path in run_dir.glob(pattern) if path.is_file()}
     return sorted(found)
 
 
-def archive_cell(run_dir: Path, archive_dir: Path) -> Path:
+def archive_cell(run_dir: Path, archive_dir: Path, teacher: bool = False) -> Path:
     """Copy the cell's record to ARCHIVE_DIR/<cell name>, replacing an earlier one whole: it is
     written beside it first, so a kill mid-copy leaves the earlier record (or none) and the run
     directory, which the next `study` archives again."""
     target = archive_dir / run_dir.name
     staging = archive_dir / f".{run_dir.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
-    for relative in record_files(run_dir):
+    for relative in record_files(run_dir, teacher):
         (staging / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(run_dir / relative, staging / relative)
     staging.mkdir(parents=True, exist_ok=True)  # a record with no files still marks the cell as archived

@@ -131,8 +131,9 @@ def _stand_in_cells(launched: list[str], fail: set[str]):
                 run_lib.write_stage(cell.run_dir / stage, {"hash": digest, "status": "done", "seconds": 2.0})
             (cell.run_dir / "eval" / "sft.json").write_text(json.dumps({"acc": 0.25}))
             (cell.run_dir / "sft" / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 2.5}) + "\n")
-            (cell.run_dir / "sft" / "model").mkdir()
-            (cell.run_dir / "sft" / "model" / "model.safetensors").write_bytes(b"weights")
+            for model in ("sft", "grpo"):
+                (cell.run_dir / model / "model").mkdir()
+                (cell.run_dir / model / "model" / "model.safetensors").write_bytes(b"weights")
             (cell.run_dir / "warm_start" / "sft.jsonl").write_text("{}\n")
             (cell.run_dir / "report.md").write_text("done")
         log = open(cell.run_dir / "run.log", "w")
@@ -205,6 +206,34 @@ def test_archived_cells_are_restored_when_the_study_directory_is_lost(tmp_path, 
     assert study_lib.restore_archived(study) == [] and study_lib.check_cells(study) == ["new", "new"]
     assert study_lib.run_study(study, log=lambda line: None) == []
     assert launched[3:] == ["seed-0", "seed-1"]
+
+
+def test_an_archived_teacher_keeps_its_policy_for_redistill_cells(tmp_path, monkeypatch):
+    """A rule_based cell that redistill cells take as their teacher keeps its final policy in the
+    archive (nothing else does), so a redistill cell on a new machine adopts the restored teacher
+    instead of training it again."""
+    import shutil
+
+    from tailor_jax import study as study_lib
+    from tailor_jax.run.driver import adopt_teacher
+
+    launched: list[str] = []
+    monkeypatch.setattr(study_lib, "launch_cell", _stand_in_cells(launched, fail={"redistill"}))
+    path = write_study(tmp_path, {"method": {"rule_based": {"warm_start.method": "rule_based"},
+                                             "redistill": {"warm_start.method": "redistill"}}},
+                       archive_dir=str(tmp_path / "archive"))
+    study = load_study(path)
+    assert study_lib.run_study(study, log=lambda line: None) == ["redistill"]
+    record = tmp_path / "archive" / "rule_based"
+    assert (record / "grpo" / "model" / "model.safetensors").is_file()
+    assert not (record / "sft" / "model").exists()  # only what the redistill cell samples from
+
+    shutil.rmtree(tmp_path / "study")
+    assert study_lib.restore_archived(study) == ["rule_based"]
+    redistill = config_from_dict(run_lib.RunConfig, study.cells[1].config)
+    out = tmp_path / "study" / "redistill" / "teacher"
+    assert adopt_teacher(run_lib.teacher_config(redistill), redistill.teacher_from, out) == study.cells[0].run_dir
+    assert (out / "grpo" / "model" / "model.safetensors").read_bytes() == b"weights"
 
 
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
