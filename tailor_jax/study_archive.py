@@ -3,7 +3,8 @@
     archive_dir: benchmarks/results/studies/kk-warm-starts/cells    # in the study file
 
 A long study outlives the machine it started on only if its results do. The run directories
-hold gigabytes of checkpoints and demonstrations, but the reports read a few hundred kilobytes:
+hold checkpoints and demonstrations (tens of MB a cell for the tiny models here, gigabytes for
+real ones), but the reports read a few hundred kilobytes:
 the configs, the stage markers (with their hashes and summaries), the training metrics, the
 evaluations and the logs (`RECORD_GLOBS`). With `archive_dir` set, the study copies that record
 of each finished cell to ARCHIVE_DIR/CELL (small enough to commit), and when it starts, a cell
