@@ -341,7 +341,8 @@ def run_study(study: Study, *, parallel: int = 1, log: Callable[[str], None] = _
                 elapsed = time.perf_counter() - t0
                 left = len(pending) + len(running)
                 if rc == 0:
-                    seconds.append(elapsed)
+                    # a resumed cell's own record holds the time of its earlier parts too
+                    seconds.append(max(elapsed, recorded_seconds(cell.run_dir)))
                     if study.archive_dir is not None:
                         _archive(study, cell)
                     log(f"[{i}/{total}] {cell.name}: done in {_duration(elapsed)} ({cell_outcome(cell)}); "

@@ -155,7 +155,10 @@ def test_driver_runs_in_order_skips_done_cells_and_reports_failures(tmp_path, mo
     lines: list[str] = []
     assert study_lib.run_study(study, log=lines.append) == ["seed-1"]
     assert launched == ["seed-0", "seed-1"]
-    assert any("[1/2] seed-0: done in" in line and "held-out acc sft 25.0%" in line and "1 to go, ETA" in line for line in lines), lines
+    # the ETA from the cell's recorded stage seconds (a resumed cell's include its earlier parts)
+    # when they exceed the wall time this study saw it run
+    eta = f"1 to go, ETA {study_lib._duration(study_lib.recorded_seconds(study.cells[0].run_dir))}"
+    assert any("[1/2] seed-0: done in" in line and "held-out acc sft 25.0%" in line and eta in line for line in lines), (eta, lines)
     assert any("[2/2] seed-1: FAILED (exit 3): boom: out of cheese" in line for line in lines), lines
 
     fail.clear()
