@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -172,8 +173,6 @@ def test_archived_cells_are_restored_when_the_study_directory_is_lost(tmp_path, 
     """A study with archive_dir keeps each finished cell's record (no weights, no data); on a new
     machine (the study directory gone) the finished cells are restored and skipped, and a record
     of another config is not restored: that cell runs afresh."""
-    import shutil
-
     from tailor_jax import study as study_lib
 
     launched, fail = [], {"seed-1"}
@@ -215,8 +214,6 @@ def test_an_archived_teacher_keeps_its_policy_for_redistill_cells(tmp_path, monk
     """A rule_based cell that redistill cells take as their teacher keeps its final policy in the
     archive (nothing else does), so a redistill cell on a new machine adopts the restored teacher
     instead of training it again."""
-    import shutil
-
     from tailor_jax import study as study_lib
     from tailor_jax.run.driver import adopt_teacher
 
