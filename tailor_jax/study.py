@@ -439,7 +439,7 @@ def run(args) -> int:
         states = check_cells(study)
         print(f"study {study.path}: {len(study.cells)} cells in {study.study_dir}")
         for i, (cell, state) in enumerate(zip(study.cells, states), 1):
-            if state == "new" and study.archive_dir is not None and (study.archive_dir / cell.name).is_dir():
+            if study.archive_dir is not None and study_archive.restorable(cell.run_dir, study.archive_dir):
                 state = "archived"  # restored when the study runs, if its record is of this config
             print(f"  [{i}/{len(study.cells)}] {cell.name:<40} {state:<8} " + " ".join(f"{k}={json.dumps(v)}" for k, v in cell.values.items()))
         return 0

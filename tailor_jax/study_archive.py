@@ -56,13 +56,18 @@ def archive_cell(run_dir: Path, archive_dir: Path, teacher: bool = False) -> Pat
     return target
 
 
+def restorable(run_dir: Path, archive_dir: Path) -> bool:
+    """The cell has no run directory and a record in the archive."""
+    return not run_dir.exists() and (archive_dir / run_dir.name).is_dir()
+
+
 def restore_cell(run_dir: Path, archive_dir: Path, is_done: Callable[[], bool]) -> bool:
     """Restore the cell's run directory from its archived record when it has none; keep it only if
     `is_done()` then holds (every stage done under the cell's current hashes). Returns whether
     the cell was restored."""
-    record = archive_dir / run_dir.name
-    if run_dir.exists() or not record.is_dir():
+    if not restorable(run_dir, archive_dir):
         return False
+    record = archive_dir / run_dir.name
     staging = run_dir.parent / f".{run_dir.name}.restoring"  # renamed in whole: no half-restored cell
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(record, staging)

@@ -103,12 +103,6 @@ def cell_metrics(run: dict, threshold: float) -> dict[str, float]:
                 out["seconds_to_threshold"] = clock[reached[0]]
         out["rl_eval_acc_best"] = max(acc)
         out["rl_eval_acc_mean"] = sum(acc) / len(acc)  # the area under the RL curve per eval point: how fast it rose
-    curve = selection_curve(run["grpo_metrics"])
-    if curve:  # Select and Improve's "select" over RL: how concentrated the outputs' strategy is, and when
-        out["rl_top_strategy_first"], out["rl_top_strategy_last"] = curve[0][2], curve[-1][2]
-        selected = [step for step, _, share in curve if share >= SELECTED_SHARE]
-        if selected:
-            out["steps_to_one_strategy"] = float(selected[0])
     if run["warm_start"]:
         out.update({f"warm_start/{k}": float(run["warm_start"][k]) for k in WARM_START_METRICS if k in run["warm_start"]})
         primitives = run["warm_start"].get("primitives") or {}  # what the warm start is made of: its share of each
@@ -133,6 +127,16 @@ def selection_curve(grpo_metrics: Sequence[dict]) -> list[tuple[int, str, float]
         if named:
             curve.append((step, *max(named.items(), key=lambda item: item[1])))
     return curve
+
+
+def selection_metrics(curve: Sequence[tuple[int, str, float]]) -> dict[str, float]:
+    """Select and Improve's "select" over RL: how concentrated the outputs' strategy is at the
+    first and last eval, and from which step one strategy holds SELECTED_SHARE of them."""
+    out = {"rl_top_strategy_first": curve[0][2], "rl_top_strategy_last": curve[-1][2]}
+    selected = [step for step, _, share in curve if share >= SELECTED_SHARE]
+    if selected:
+        out["steps_to_one_strategy"] = float(selected[0])
+    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -210,6 +214,9 @@ def same_demonstrations(study: dict) -> list[list[str]]:
 def summarize(study: dict) -> dict[str, Any]:
     threshold = study["threshold"]
     per_cell = {c["name"]: cell_metrics(c["run"], threshold) if c["run"] else {} for c in study["cells"]}
+    selection = {c["name"]: curve for c in study["cells"] if c["run"] and (curve := selection_curve(c["run"]["grpo_metrics"]))}
+    for name, curve in selection.items():
+        per_cell[name].update(selection_metrics(curve))
     for prefix in SHARE_PREFIXES:  # a cell without a primitive / strategy has a share of 0 (not a missing value)
         names = {k for m in per_cell.values() for k in m if k.startswith(prefix)}
         for m in per_cell.values():
@@ -236,12 +243,10 @@ def summarize(study: dict) -> dict[str, Any]:
             b = {c["replicate"]: per_cell[c["name"]][key] for c in study["methods"].get(other, []) if key in per_cell[c["name"]]}
             if a and b:
                 comparisons.append({"a": first, "b": other, "metric": key, **difference(a, b)})
-    selection = {c["name"]: [list(point) for point in selection_curve(c["run"]["grpo_metrics"])]
-                 for c in study["cells"] if c["run"] and "grpo" not in c["run"].get("outdated", ())}
     return {"study_dir": str(study["dir"]), "threshold": threshold, "axes": study["manifest"]["axes"],
             "replicate_axis": study["manifest"].get("replicate_axis"), "cells": per_cell, "methods": methods,
             "comparisons": comparisons, "same_demonstrations": same_demonstrations(study),
-            "selection": {name: curve for name, curve in selection.items() if curve}}
+            "selection": {name: [list(point) for point in curve] for name, curve in selection.items()}}
 
 
 # ---------------------------------------------------------------------------------------
