@@ -8,7 +8,7 @@
       method:                         # a mapping: named variants, each setting several keys
         tailor: {warm_start.method: tailor}
         forward: {warm_start.method: task_trace, warm_start.strategy: forward}
-    compare: [[mixed, forward]]       # optional: method pairs the report compares (besides first vs each)
+    compare: [[mixed, forward]]       # optional: method pairs the report compares first (then first vs each)
     archive_dir: results/gf/cells     # optional: each finished cell's record (tailor_jax.study_archive)
 
 Every cell's config is validated and planned (run.plan: batches, schedules, problem sets) before
@@ -66,7 +66,7 @@ class Study:
     threshold: float  # the report's "steps / seconds to threshold" (held-out accuracy)
     axes: dict[str, list[tuple[Any, dict[str, Any]]]]  # axis -> [(value, {dotted key: value})]
     cells: list[Cell]
-    compare: tuple[tuple[str, str], ...] = ()  # extra method pairs the report compares (besides first vs each)
+    compare: tuple[tuple[str, str], ...] = ()  # method pairs the report compares first (then first vs each)
     archive_dir: Path | None = None  # where finished cells' records are kept (tailor_jax.study_archive)
 
 
@@ -155,7 +155,7 @@ def load_study(path: str | Path) -> Study:
 
 def _compare_pairs(compare: Any, cells: list[Cell], where: str) -> tuple[tuple[str, str], ...]:
     """`compare: [[mixed, rule_based], ...]`: method pairs (labels as the report names them: the
-    grid values other than `seed`, joined by " / ") to compare besides the first method with each."""
+    grid values other than `seed`, joined by " / ") the report compares first (then the first method with each)."""
     from tailor_jax.eval.study_report import method_label
 
     if compare is None:

@@ -391,7 +391,7 @@ def test_study_report_statistics_by_hand(tmp_path):
     # each step 2 s); rule_based never
     assert summary["cells"]["tailor-1"]["steps_to_threshold"] == 20 and summary["cells"]["tailor-1"]["seconds_to_threshold"] == 40.0
     assert summary["methods"]["rule_based"]["reached_threshold"] == 0
-    # the study file's own pairs (`compare`) come after the first method's
+    # the study file's own pairs (`compare`) come first and replace the same pair the other way round
     manifest = json.loads((study_dir / "study.json").read_text())
     (study_dir / "study.json").write_text(json.dumps({**manifest, "compare": [["rule_based", "tailor"]]}))
     study_report.write_study_report(study_dir)
@@ -399,10 +399,10 @@ def test_study_report_statistics_by_hand(tmp_path):
                  if (c["a"], c["b"], c["metric"]) == ("rule_based", "tailor", "rl_acc"))
     assert extra["mean"] == pytest.approx(-0.2) and extra["std"] == pytest.approx(0.05)
     text = path.read_text()
-    assert "rule_based - tailor, held-out accuracy after RL (%): -20.0 points +- 5.0" in text
-    assert ("tailor - rule_based, held-out accuracy after RL (%): +20.0 points +- 5.0 (std of the paired differences; "
-            "95% CI [+7.6, +32.4], 3 seeds)") in text
-    assert "tailor is higher than rule_based beyond the seed spread" in text
+    assert ("rule_based - tailor, held-out accuracy after RL (%): -20.0 points +- 5.0 (std of the paired differences; "
+            "95% CI [-32.4, -7.6], 3 seeds)") in text
+    assert "tailor - rule_based" not in text
+    assert "rule_based is lower than tailor beyond the seed spread" in text
     assert "after SFT (%): +0.0 points" in text and "the interval includes 0" in text
     for plot in ("rl_accuracy_by_step", "rl_accuracy_by_seconds", "accuracy"):
         assert (study_dir / "plots" / f"{plot}.png").stat().st_size > 5000

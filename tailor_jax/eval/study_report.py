@@ -235,8 +235,12 @@ def summarize(study: dict) -> dict[str, Any]:
             methods[label][key] = mean_interval([per_cell[c["name"]][key] for c in cells if key in per_cell[c["name"]]])
     comparisons = []
     labels = list(study["methods"])
-    pairs = [(labels[0], other) for other in labels[1:]]  # the first method (e.g. tailor) against each
-    pairs += [tuple(p) for p in study["manifest"].get("compare", []) if tuple(p) not in pairs]  # the study file's own
+    # the study file's own pairs first, in its orientation; then the first method against each other
+    # one, unless the study file already compares that pair (either way round: a - b and b - a say
+    # the same thing twice)
+    pairs = [tuple(p) for p in study["manifest"].get("compare", [])]
+    pairs += [(labels[0], other) for other in labels[1:]
+              if (labels[0], other) not in pairs and (other, labels[0]) not in pairs]
     for first, other in pairs:
         for key in ("rl_acc", "sft_acc", "rl_eval_acc_mean", "steps_to_threshold", "seconds_to_threshold"):
             a = {c["replicate"]: per_cell[c["name"]][key] for c in study["methods"].get(first, []) if key in per_cell[c["name"]]}
