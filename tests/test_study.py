@@ -604,3 +604,30 @@ def test_micro_study_killed_mid_cell_finishes_with_the_same_numbers(tmp_path):
     assert _numbers(second) == numbers
     summary = json.loads((study_dir / "summary.json").read_text())
     assert set(summary["cells"]) == {"report-false", "report-true"} and "rl_acc" in summary["cells"]["report-true"]
+
+
+def _sample_record_path(pattern: str) -> str:
+    """A file name that RECORD_GLOBS / TEACHER_GLOBS match: `*/metrics.jsonl` -> grpo/metrics.jsonl."""
+    if pattern.endswith("/*"):
+        return pattern[:-1] + "model.safetensors"
+    return pattern.replace("*/", "grpo/").replace("*.", "grpo.")
+
+
+@pytest.mark.skipif(shutil.which("git") is None or not (REPO / ".git").exists(), reason="needs a git checkout")
+def test_committed_study_archives_are_not_gitignored():
+    """Each study's archive_dir is meant to be committed; a record file that .gitignore drops
+    (`*.jsonl` once dropped every cell's metrics.jsonl) would be missing after a clone, and a
+    restored cell would lose its training curves without a word."""
+    from tailor_jax.study_archive import RECORD_GLOBS, TEACHER_GLOBS
+
+    checked = 0
+    for study_file in sorted((REPO / "configs" / "studies").glob("*.yaml")):
+        archive_dir = yaml.safe_load(study_file.read_text()).get("archive_dir")
+        if not archive_dir:
+            continue
+        paths = [f"{archive_dir}/seed-0_cell/{_sample_record_path(p)}" for p in RECORD_GLOBS + TEACHER_GLOBS]
+        ignored = subprocess.run(["git", "-C", str(REPO), "check-ignore", "--no-index", *paths],
+                                 capture_output=True, text=True)
+        assert ignored.returncode == 1, f"{study_file.name}: .gitignore drops {ignored.stdout.split()}"
+        checked += 1
+    assert checked >= 2  # the KK and iGSM studies set archive_dir
