@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from tailor_jax.errors import TailorError
@@ -79,7 +80,14 @@ def main(argv: list[str] | None = None) -> int:
 
             configure_cpu_devices()
             initialize_distributed()
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return status
+    except BrokenPipeError:
+        # The reader went away (`tailor-jax study --dry-run | head`): stop quietly, as a
+        # command killed by SIGPIPE would. Python's own flush at exit must not retry the write.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except TailorError as err:
         print(f"tailor-jax {args.command}: error: {err}", file=sys.stderr)
         return 2

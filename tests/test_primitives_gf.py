@@ -142,3 +142,16 @@ def test_primitives_cli(capsys):
     assert "CHECK FAILED" not in out and out.count("<answer>") == len(all_primitives("gf"))
     assert cli_main(["primitives", "chess"]) == 2
     assert "unknown task" in capsys.readouterr().err
+
+
+def test_cli_stops_quietly_when_its_reader_goes_away():
+    """`tailor-jax ... | head`: the closed pipe ends the command without a traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "tailor_jax.cli", "primitives", "kk"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader leaves before the first line is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
