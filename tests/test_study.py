@@ -368,6 +368,23 @@ def test_cells_already_at_the_threshold_before_rl_are_counted(tmp_path):
     assert "cells reaching it: strong 1 of 1 (1 before RL), weak 1 of 1." in text
 
 
+def test_study_comparison_mid_study_pairs_only_the_seeds_both_have():
+    """A study still running: tailor has seeds 0 and 1, rule_based only seed 0. The comparison is
+    tailor's seed 0 against rule_based's seed 0 (same data, same held-out problems), not tailor's
+    two-seed mean against one seed, and it says a result was left out."""
+    diff = study_report.difference({0: 0.5, 1: 0.7}, {0: 0.3})
+    assert diff["paired"] and diff["n"] == 1 and diff["mean"] == pytest.approx(0.2)
+    assert diff["unpaired_left_out"] == 1 and diff["ci95"] is None
+    text = study_report.describe_comparison({"a": "tailor", "b": "rule_based", "metric": "rl_acc", **diff})
+    assert text == ("tailor - rule_based, held-out accuracy after RL (%): +20.0 points (1 seed; too few for an "
+                    "interval). Paired on the seeds both have: 1 result without a partner left out.")
+    # with every seed shared nothing is left out and the sentence ends at the spread
+    full = study_report.difference({0: 0.5, 1: 0.7, 2: 0.6}, {0: 0.3, 1: 0.6, 2: 0.3})
+    assert full["paired"] and full["n"] == 3 and full["unpaired_left_out"] == 0
+    # no seed in common (e.g. two studies' cells): unpaired, Welch
+    assert not study_report.difference({0: 0.5, 1: 0.7}, {2: 0.3, 3: 0.4})["paired"]
+
+
 def test_study_report_statistics_by_hand(tmp_path):
     study_dir = tmp_path / "s"
     cells = []

@@ -4,9 +4,10 @@
 
 Cells are grouped into *methods* by their grid values other than the replicate axis `seed`; per
 method every metric gets mean, sample std, n and a 95% t-interval of the mean. Methods are
-compared with the first one in the grid (e.g. `tailor`): per seed where both have it (a paired
-difference), else unpaired (Welch). Each cell is read with eval.report.load_run, so a report can
-be made at any time, over a study still running (cells without results are listed as such).
+compared (the study file's `compare` pairs, then the first method in the grid against the rest)
+per seed both have (a paired difference), unpaired (Welch) only when they share no seed. Each
+cell is read with eval.report.load_run, so a report can be made at any time, over a study still
+running (cells without results are listed as such).
 """
 
 from __future__ import annotations
@@ -55,13 +56,18 @@ def mean_interval(values: Sequence[float]) -> dict[str, Any]:
 
 
 def difference(a: dict[Any, float], b: dict[Any, float]) -> dict[str, Any]:
-    """a - b over replicates: paired where they share every replicate key, else Welch's t."""
+    """a - b over replicates: paired on the replicate keys both have, else (none shared) Welch's t.
+
+    Pairing by seed compares two methods on the same data and held-out problems. A study still
+    running, or with a failed cell, has seeds only one method has: those are left out of a paired
+    difference (counted in `unpaired_left_out`) rather than mixed into unequal means.
+    """
     from scipy import stats
 
     shared = sorted(set(a) & set(b), key=str)
-    if len(shared) >= 2 and len(shared) == len(a) == len(b):
+    if shared:
         result = mean_interval([a[k] - b[k] for k in shared])
-        return {**result, "paired": True}
+        return {**result, "paired": True, "unpaired_left_out": len(a) + len(b) - 2 * len(shared)}
     x, y = list(a.values()), list(b.values())
     if len(x) < 2 or len(y) < 2:
         mean = (sum(x) / len(x) - sum(y) / len(y)) if x and y else None
@@ -305,6 +311,9 @@ def describe_comparison(c: dict) -> str:
             text += ": the interval includes 0, no difference shown at this spread."
     else:
         text += f" ({c['n']} seed{'s' if c['n'] != 1 else ''}; too few for an interval)."
+    if c.get("unpaired_left_out"):
+        left = c["unpaired_left_out"]
+        text += f" Paired on the seeds both have: {left} result{'s' if left != 1 else ''} without a partner left out."
     return text
 
 
