@@ -425,6 +425,37 @@ def test_study_report_statistics_by_hand(tmp_path):
         assert (study_dir / "plots" / f"{plot}.png").stat().st_size > 5000
 
 
+def test_study_comparison_after_rl_per_level(tmp_path):
+    """KK's eval has 3 and 4 people and every model fails at 4: the headline (their mean) halves
+    each difference, so the report also compares after RL per level, unhalved, and says plainly
+    when a level is 0 everywhere."""
+    study_dir = tmp_path / "s"
+    cells = []
+    for seed, (t3, r3) in enumerate([(0.4, 0.3), (0.5, 0.3)]):
+        for method, acc3 in (("tailor", t3), ("rule_based", r3)):
+            _fake_cell(study_dir, f"{method}-{seed}", 0.1, acc3 / 2, [0.1, acc3])
+            for model in ("sft", "grpo"):  # the fake cell's eval: level 3 only; add level 4 at 0
+                path = study_dir / f"{method}-{seed}" / "eval" / f"{model}.json"
+                result = json.loads(path.read_text())
+                result["acc_by_level"] = {"3": acc3 if model == "grpo" else 0.2, "4": 0.0}
+                path.write_text(json.dumps(result))
+            cells.append({"name": f"{method}-{seed}", "values": {"seed": seed, "method": method}})
+    (study_dir / "study.json").write_text(json.dumps({"axes": {"seed": [0, 1], "method": ["tailor", "rule_based"]},
+                                                       "replicate_axis": "seed", "threshold": 0.8, "cells": cells}))
+    text = study_report.write_study_report(study_dir).read_text()
+    assert "tailor - rule_based, held-out accuracy after RL (%): +7.5 points +- 3.5" in text
+    assert "tailor - rule_based, held-out accuracy after RL at level 3 (%): +15.0 points +- 7.1" in text
+    assert "tailor - rule_based, held-out accuracy after RL at level 4 (%): every cell of both scored 0 (2 seeds)." in text
+    # one level only (the fake cells' own eval): a per-level line would repeat the headline
+    single = tmp_path / "single"
+    for seed in (0, 1):
+        _fake_cell(single, f"tailor-{seed}", 0.1, 0.4, [0.1, 0.4])
+        _fake_cell(single, f"rule_based-{seed}", 0.1, 0.3, [0.1, 0.3])
+    (single / "study.json").write_text(json.dumps({**json.loads((study_dir / "study.json").read_text())}))
+    metrics = {c["metric"] for c in study_report.summarize(study_report.load_study_dir(single))["comparisons"]}
+    assert "rl_acc" in metrics and not any(m.startswith("rl_acc/") for m in metrics)
+
+
 def test_study_report_shows_completions_cut_at_the_budget(tmp_path):
     study_dir = tmp_path / "s"
     _fake_cell(study_dir, "a", 0.5, 0.6, [0.5, 0.6], truncated=0.25)

@@ -227,7 +227,7 @@ def summarize(study: dict) -> dict[str, Any]:
         names = {k for m in per_cell.values() for k in m if k.startswith(prefix)}
         for m in per_cell.values():
             if any(k.startswith(prefix) for k in m):
-                for k in names:
+                for k in sorted(names):  # a fixed order: summary.json diffs show only what changed
                     m.setdefault(k, 0.0)
     keys = sorted({k for m in per_cell.values() for k in m})
     methods = {}
@@ -247,12 +247,19 @@ def summarize(study: dict) -> dict[str, Any]:
     pairs = [tuple(p) for p in study["manifest"].get("compare", [])]
     pairs += [(labels[0], other) for other in labels[1:]
               if (labels[0], other) not in pairs and (other, labels[0]) not in pairs]
+    # after RL per level too when the eval has several: the headline is their mean, so a level every
+    # model fails (KK at 4 people) halves every difference; the per-level lines state it unhalved
+    levels = sorted({k for m in per_cell.values() for k in m if k.startswith("rl_acc/")}, key=_level_order)
     for first, other in pairs:
-        for key in ("rl_acc", "sft_acc", "rl_eval_acc_mean", "steps_to_threshold", "seconds_to_threshold"):
+        for key in ("rl_acc", *(levels if len(levels) > 1 else ()), "sft_acc", "rl_eval_acc_mean",
+                    "steps_to_threshold", "seconds_to_threshold"):
             a = {c["replicate"]: per_cell[c["name"]][key] for c in study["methods"].get(first, []) if key in per_cell[c["name"]]}
             b = {c["replicate"]: per_cell[c["name"]][key] for c in study["methods"].get(other, []) if key in per_cell[c["name"]]}
             if a and b:
-                comparisons.append({"a": first, "b": other, "metric": key, **difference(a, b)})
+                comparison = {"a": first, "b": other, "metric": key, **difference(a, b)}
+                if key in levels and not any(a.values()) and not any(b.values()):
+                    comparison["all_zero"] = True  # "+0.0 +- 0.0, the interval includes 0" would hide why
+                comparisons.append(comparison)
     return {"study_dir": str(study["dir"]), "threshold": threshold, "axes": study["manifest"]["axes"],
             "replicate_axis": study["manifest"].get("replicate_axis"), "cells": per_cell, "methods": methods,
             "comparisons": comparisons, "same_demonstrations": same_demonstrations(study),
@@ -291,12 +298,29 @@ METRIC_NAMES = {
 }
 
 
+def _level_order(key: str) -> tuple[int, str]:
+    """"rl_acc/3" before "rl_acc/12" (levels are people, operations, steps...)."""
+    level = key.rsplit("/", 1)[1]
+    return (int(level), "") if level.isdigit() else (0, level)
+
+
+def metric_name(metric: str) -> tuple[str, float, int]:
+    """(label, scale, digits) of a summary metric; "rl_acc/3" is rl_acc at level 3."""
+    base, _, level = metric.partition("/")
+    name, scale, digits = METRIC_NAMES[base]
+    if level:
+        name = name.replace(" (%)", f" at level {level} (%)")
+    return name, scale, digits
+
+
 def describe_comparison(c: dict) -> str:
     """One plain sentence, whichever way it goes."""
-    name, scale, digits = METRIC_NAMES[c["metric"]]
+    name, scale, digits = metric_name(c["metric"])
     unit = " points" if scale == 100.0 else ""
     if c["mean"] is None:
         return f"{c['a']} - {c['b']}, {name}: no shared results yet"
+    if c.get("all_zero"):
+        return f"{c['a']} - {c['b']}, {name}: every cell of both scored 0 ({c['n']} seed{'s' if c['n'] != 1 else ''})."
     text = f"{c['a']} - {c['b']}, {name}: {scale * c['mean']:+.{digits}f}{unit}"
     if c.get("ci95"):
         lo, hi = c["ci95"]
