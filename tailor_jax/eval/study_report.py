@@ -217,6 +217,12 @@ def same_demonstrations(study: dict) -> list[list[str]]:
     return [names for names in groups.values() if len(names) > 1]
 
 
+def _level_order(key: str) -> tuple[int, str]:
+    """"rl_acc/3" before "rl_acc/12" (levels are people, operations, steps...)."""
+    level = key.rsplit("/", 1)[1]
+    return (int(level), "") if level.isdigit() else (0, level)
+
+
 def summarize(study: dict) -> dict[str, Any]:
     threshold = study["threshold"]
     per_cell = {c["name"]: cell_metrics(c["run"], threshold) if c["run"] else {} for c in study["cells"]}
@@ -296,12 +302,6 @@ METRIC_NAMES = {
     "seconds_to_threshold": ("GRPO seconds to the threshold", 1.0, 0),
     "seconds": ("compute seconds per cell (all stages, redistill's teacher included)", 1.0, 0),
 }
-
-
-def _level_order(key: str) -> tuple[int, str]:
-    """"rl_acc/3" before "rl_acc/12" (levels are people, operations, steps...)."""
-    level = key.rsplit("/", 1)[1]
-    return (int(level), "") if level.isdigit() else (0, level)
 
 
 def metric_name(metric: str) -> tuple[str, float, int]:
