@@ -92,9 +92,15 @@ def plot_bars(summary: dict, keys: Sequence[tuple[str, str]], path: Path, title:
     return run_report._save(fig, path)
 
 
+def level_order(key: str) -> tuple[int, str]:
+    """"rl_acc/3" before "rl_acc/12" (levels are people, operations, steps...)."""
+    level = key.rsplit("/", 1)[1]
+    return (int(level), "") if level.isdigit() else (0, level)
+
+
 def level_keys(summary: dict, prefix: str) -> list[str]:
     keys = {k for m in summary["methods"].values() for k in m if k.startswith(prefix + "/")}
-    return sorted(keys, key=lambda k: int(k.rsplit("/", 1)[1]) if k.rsplit("/", 1)[1].isdigit() else 0)
+    return sorted(keys, key=level_order)
 
 
 def make_plots(study: dict, summary: dict, plot_dir: Path) -> dict[str, Path]:

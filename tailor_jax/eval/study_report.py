@@ -217,12 +217,6 @@ def same_demonstrations(study: dict) -> list[list[str]]:
     return [names for names in groups.values() if len(names) > 1]
 
 
-def _level_order(key: str) -> tuple[int, str]:
-    """"rl_acc/3" before "rl_acc/12" (levels are people, operations, steps...)."""
-    level = key.rsplit("/", 1)[1]
-    return (int(level), "") if level.isdigit() else (0, level)
-
-
 def summarize(study: dict) -> dict[str, Any]:
     threshold = study["threshold"]
     per_cell = {c["name"]: cell_metrics(c["run"], threshold) if c["run"] else {} for c in study["cells"]}
@@ -255,7 +249,7 @@ def summarize(study: dict) -> dict[str, Any]:
               if (labels[0], other) not in pairs and (other, labels[0]) not in pairs]
     # after RL per level too when the eval has several: the headline is their mean, so a level every
     # model fails (KK at 4 people) halves every difference; the per-level lines state it unhalved
-    levels = sorted({k for m in per_cell.values() for k in m if k.startswith("rl_acc/")}, key=_level_order)
+    levels = sorted({k for m in per_cell.values() for k in m if k.startswith("rl_acc/")}, key=study_plots.level_order)
     for first, other in pairs:
         for key in ("rl_acc", *(levels if len(levels) > 1 else ()), "sft_acc", "rl_eval_acc_mean",
                     "steps_to_threshold", "seconds_to_threshold"):
