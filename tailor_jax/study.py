@@ -438,10 +438,12 @@ def run(args) -> int:
     if args.dry_run:
         states = check_cells(study)
         print(f"study {study.path}: {len(study.cells)} cells in {study.study_dir}")
+        index_width = len(f"[{len(study.cells)}/{len(study.cells)}]")  # columns line up past cell 9
         for i, (cell, state) in enumerate(zip(study.cells, states), 1):
             if study.archive_dir is not None and study_archive.restorable(cell.run_dir, study.archive_dir):
                 state = "archived"  # restored when the study runs, if its record is of this config
-            print(f"  [{i}/{len(study.cells)}] {cell.name:<40} {state:<8} " + " ".join(f"{k}={json.dumps(v)}" for k, v in cell.values.items()))
+            index = f"[{i}/{len(study.cells)}]"
+            print(f"  {index:<{index_width}} {cell.name:<40} {state:<8} " + " ".join(f"{k}={json.dumps(v)}" for k, v in cell.values.items()))
         return 0
     check_cells(study)  # every cell valid before anything is written (run_study checks again, under the lock)
     with one_writer(study.study_dir, "tailor-jax study"):
