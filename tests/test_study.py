@@ -438,6 +438,7 @@ def test_study_comparison_after_rl_per_level(tmp_path):
                 path = study_dir / f"{method}-{seed}" / "eval" / f"{model}.json"
                 result = json.loads(path.read_text())
                 result["acc_by_level"] = {"3": acc3 if model == "grpo" else 0.2, "4": 0.0}
+                result.update(num_problems=100, num_by_level={"3": 50, "4": 50})
                 path.write_text(json.dumps(result))
             cells.append({"name": f"{method}-{seed}", "values": {"seed": seed, "method": method}})
     (study_dir / "study.json").write_text(json.dumps({"axes": {"seed": [0, 1], "method": ["tailor", "rule_based"]},
@@ -446,6 +447,11 @@ def test_study_comparison_after_rl_per_level(tmp_path):
     assert "tailor - rule_based, held-out accuracy after RL (%): +7.5 points +- 3.5" in text
     assert "tailor - rule_based, held-out accuracy after RL at level 3 (%): +15.0 points +- 7.1" in text
     assert "tailor - rule_based, held-out accuracy after RL at level 4 (%): every cell of both scored 0 (2 seeds)." in text
+    # what 50 problems a level leave uncertain: sqrt(p(1-p)/n) per cell, averaged over the four cells
+    # (level 3 at 40, 30, 50, 30%: 6.9, 6.5, 7.1, 6.5 points; overall at half that on 100 problems);
+    # level 4, 0 everywhere, has none to state
+    (noise,) = [line for line in text.splitlines() if line.startswith("Sampling error of the evaluation alone")]
+    assert "standard error of 3.9 points (mean over 4 cells); at level 3: 6.7. " in noise and "level 4" not in noise
     # one level only (the fake cells' own eval): a per-level line would repeat the headline
     single = tmp_path / "single"
     for seed in (0, 1):

@@ -55,6 +55,12 @@ def mean_interval(values: Sequence[float]) -> dict[str, Any]:
     return {"n": n, "mean": mean, "std": std, "ci95": [mean - half, mean + half], "values": values}
 
 
+def binomial_standard_error(accuracy: float, num_problems: int) -> float:
+    """The standard error of an accuracy measured on `num_problems` problems: how far another draw
+    of the held-out set of that size would move it, whatever the seed."""
+    return math.sqrt(accuracy * (1.0 - accuracy) / num_problems)
+
+
 def difference(a: dict[Any, float], b: dict[Any, float]) -> dict[str, Any]:
     """a - b over replicates: paired on the replicate keys both have, else (none shared) Welch's t.
 
@@ -97,6 +103,11 @@ def cell_metrics(run: dict, threshold: float) -> dict[str, float]:
             out[f"{model}_truncated"] = result["truncated"]
         for name, row in result.get("strategies", {}).items():  # which primitive the greedy outputs follow
             out[f"{model}_strategy/{name}"] = row["share"]
+        if model == "grpo" and result.get("num_problems"):  # what the eval set's size alone leaves uncertain
+            out["rl_sampling_error"] = binomial_standard_error(result["acc"], result["num_problems"])
+            for level, acc in result["acc_by_level"].items():
+                if (n := result.get("num_by_level", {}).get(level)):
+                    out[f"rl_sampling_error/{level}"] = binomial_standard_error(acc, n)
     if "sft_acc" in out and "rl_acc" in out:
         out["rl_gain"] = out["rl_acc"] - out["sft_acc"]
     steps, acc = run_report.series(run["grpo_metrics"], "eval/acc")
@@ -335,6 +346,25 @@ def describe_comparison(c: dict) -> str:
     return text
 
 
+def _sampling_error_lines(summary: dict) -> list[str]:
+    """How much of a comparison's spread the held-out set's size alone explains: the binomial
+    standard error of one cell's accuracy after RL, averaged over the cells that have one."""
+    cells = summary["cells"].values()
+    keys = ["rl_sampling_error", *sorted({k for m in cells for k in m if k.startswith("rl_sampling_error/")},
+                                         key=study_plots.level_order)]
+    errors = {k: [m[k] for m in cells if k in m] for k in keys}
+    if not errors["rl_sampling_error"]:
+        return []
+    mean = {k: 100 * sum(v) / len(v) for k, v in errors.items()}
+    # a level every cell scored 0 (or 100) on has no binomial error to speak of; its comparisons say so
+    levels = "".join(f"; at level {k.rsplit('/', 1)[1]}: {mean[k]:.1f}" for k in keys[1:] if mean[k])
+    return ["", f"Sampling error of the evaluation alone: one cell's held-out accuracy after RL has a binomial "
+            f"standard error of {mean['rl_sampling_error']:.1f} points (mean over {len(errors['rl_sampling_error'])} "
+            f"cells){levels}. The difference of two cells carries about sqrt(2) = 1.4 times that if their "
+            "models fail on unrelated problems, less if on the same ones: a paired spread well above it comes from the "
+            "seeds, not from the size of the held-out set."]
+
+
 def _reached(label: str, method: dict) -> str:
     """"tailor 2 of 3 (1 before RL)": how many cells reached the threshold, and how many of those
     were there at GRPO step 0 (summaries written before that count existed lack it)."""
@@ -387,6 +417,7 @@ def markdown(study: dict, summary: dict, plots: dict[str, Path]) -> str:
               "trainer's periodic eval; cells reaching it: " + ", ".join(_reached(k, m) for k, m in methods.items()) + ".", ""]
     lines += ["## Comparisons", ""]
     lines += [f"- {describe_comparison(c)}" for c in summary["comparisons"]] or ["(one method only)"]
+    lines += _sampling_error_lines(summary)
     for prefix, title in (("sft_acc", "after SFT"), ("rl_acc", "after RL")):
         keys = study_plots.level_keys(summary, prefix)
         if keys:
