@@ -350,8 +350,7 @@ def _sampling_error_lines(summary: dict) -> list[str]:
     """How much of a comparison's spread the held-out set's size alone explains: the binomial
     standard error of one cell's accuracy after RL, averaged over the cells that have one."""
     cells = summary["cells"].values()
-    keys = ["rl_sampling_error", *sorted({k for m in cells for k in m if k.startswith("rl_sampling_error/")},
-                                         key=study_plots.level_order)]
+    keys = ["rl_sampling_error", *study_plots.level_keys(summary, "rl_sampling_error")]
     errors = {k: [m[k] for m in cells if k in m] for k in keys}
     if not errors["rl_sampling_error"]:
         return []
